@@ -1,0 +1,34 @@
+"""pyACL-compatible facade: ``import acl`` runs unmodified AscendCL Python programs on npufarm.
+
+Handles and pointers are ints; calls with out-parameters return tuples with the return code
+last, exactly as pyACL does. All logic lives in :mod:`client`; this package only binds names.
+"""
+
+from acl import constants, mdl, rt, util
+from acl._facade import handle_call, runtime_call
+
+__all__ = [
+    "constants",
+    "mdl",
+    "rt",
+    "util",
+    "init",
+    "finalize",
+    "get_recent_err_msg",
+    "create_data_buffer",
+    "destroy_data_buffer",
+    "update_data_buffer",
+    "get_data_buffer_addr",
+    "get_data_buffer_size",
+    "get_data_buffer_size_v2",
+]
+
+init = runtime_call("init")
+finalize = runtime_call("finalize")
+get_recent_err_msg = runtime_call("get_recent_err_msg")
+create_data_buffer = handle_call("create_data_buffer")
+destroy_data_buffer = handle_call("destroy_data_buffer")
+update_data_buffer = handle_call("update_data_buffer")
+get_data_buffer_addr = handle_call("get_data_buffer_addr")
+get_data_buffer_size = handle_call("get_data_buffer_size")
+get_data_buffer_size_v2 = handle_call("get_data_buffer_size_v2")

@@ -1,0 +1,73 @@
+"""``acl.mdl``: model loading, descriptions, datasets, execution (aclmdl* calls)."""
+
+from acl._facade import handle_call, runtime_call
+
+__all__ = [
+    "load_from_file",
+    "load_from_mem",
+    "unload",
+    "get_desc",
+    "execute",
+    "execute_async",
+    "execute_v2",
+    "execute_async_v2",
+    "create_desc",
+    "destroy_desc",
+    "get_num_inputs",
+    "get_num_outputs",
+    "get_input_size_by_index",
+    "get_output_size_by_index",
+    "get_input_dims",
+    "get_output_dims",
+    "get_cur_output_dims",
+    "get_input_data_type",
+    "get_output_data_type",
+    "get_input_format",
+    "get_output_format",
+    "get_input_name_by_index",
+    "get_output_name_by_index",
+    "get_input_index_by_name",
+    "get_output_index_by_name",
+    "create_dataset",
+    "add_dataset_buffer",
+    "get_dataset_num_buffers",
+    "get_dataset_buffer",
+    "destroy_dataset",
+    "create_exec_config_handle",
+    "set_exec_config_opt",
+    "destroy_exec_config_handle",
+]
+
+load_from_file = runtime_call("load_from_file")
+load_from_mem = runtime_call("load_from_mem")
+unload = runtime_call("unload")
+get_desc = runtime_call("get_desc")
+execute = runtime_call("execute")
+execute_async = runtime_call("execute_async")
+execute_v2 = runtime_call("execute_v2")
+execute_async_v2 = runtime_call("execute_async_v2")
+create_desc = handle_call("create_desc")
+destroy_desc = handle_call("destroy_desc")
+get_num_inputs = handle_call("get_num_inputs")
+get_num_outputs = handle_call("get_num_outputs")
+get_input_size_by_index = handle_call("get_input_size_by_index")
+get_output_size_by_index = handle_call("get_output_size_by_index")
+get_input_dims = handle_call("get_input_dims")
+get_output_dims = handle_call("get_output_dims")
+get_cur_output_dims = handle_call("get_cur_output_dims")
+get_input_data_type = handle_call("get_input_data_type")
+get_output_data_type = handle_call("get_output_data_type")
+get_input_format = handle_call("get_input_format")
+get_output_format = handle_call("get_output_format")
+get_input_name_by_index = handle_call("get_input_name_by_index")
+get_output_name_by_index = handle_call("get_output_name_by_index")
+get_input_index_by_name = handle_call("get_input_index_by_name")
+get_output_index_by_name = handle_call("get_output_index_by_name")
+create_dataset = handle_call("create_dataset")
+add_dataset_buffer = handle_call("add_dataset_buffer")
+get_dataset_num_buffers = handle_call("get_dataset_num_buffers")
+get_dataset_buffer = handle_call("get_dataset_buffer")
+destroy_dataset = handle_call("destroy_dataset")
+create_exec_config_handle = handle_call("create_exec_config_handle")
+set_exec_config_opt = handle_call("set_exec_config_opt")
+destroy_exec_config_handle = handle_call("destroy_exec_config_handle")

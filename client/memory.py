@@ -1,0 +1,169 @@
+"""The client's memory layer: where device and pinned-host bytes are, and copies between them.
+
+Synchronous memcpy never sends a message: the client has every card's HBM segment mapped and
+copies directly (and, like hardware, does not wait for any stream). ``LocalShmMemory`` is the
+only implementation today; a remote card (no shared memory) would get a data-frame
+implementation of the same small interface (``address``, ``attach``, ``detach``, ``close``).
+
+Pinned host memory (``malloc_host``) is a shm segment of its own, so that a card can run a
+queued ``memcpy_async`` to or from it; pageable host memory is only ever touched by the client.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import itertools
+import logging
+import mmap
+import os
+import threading
+
+import numpy as np
+
+from device.memory import HbmSegment, decode_ptr
+
+__all__ = ["AllocationTable", "HostPool", "LocalShmMemory", "poison", "host_view"]
+
+logger = logging.getLogger(__name__)
+
+_POISON_BYTE = 0xA5
+
+
+def host_view(address: int, nbytes: int) -> np.ndarray:
+    """A writable uint8 view of host memory at ``address`` (no copy)."""
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.uint8)
+
+
+def poison(address: int, nbytes: int, dtype: np.dtype) -> None:
+    """Fill a tensor with NaN (floating dtypes) or 0xA5 bytes: what an unsynced reader sees."""
+    if nbytes <= 0:
+        return
+    if np.issubdtype(dtype, np.floating) and nbytes % dtype.itemsize == 0:
+        host_view(address, nbytes).view(dtype).fill(np.nan)
+    else:
+        ctypes.memset(address, _POISON_BYTE, nbytes)
+
+
+class AllocationTable:
+    """Live device allocations of this process: pointer -> size, with range lookups."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._sizes: dict[int, int] = {}
+        self._devices: dict[int, int] = {}
+
+    def add(self, ptr: int, size: int, device_id: int) -> None:
+        bisect.insort(self._starts, ptr)
+        self._sizes[ptr] = size
+        self._devices[ptr] = device_id
+
+    def remove(self, ptr: int) -> int | None:
+        size = self._sizes.pop(ptr, None)
+        if size is None:
+            return None
+        self._devices.pop(ptr)
+        del self._starts[bisect.bisect_left(self._starts, ptr)]
+        return size
+
+    def size_of(self, ptr: int) -> int | None:
+        return self._sizes.get(ptr)
+
+    def find(self, ptr: int) -> tuple[int, int] | None:
+        """(start, size) of the allocation containing ``ptr``."""
+        i = bisect.bisect_right(self._starts, ptr) - 1
+        if i < 0:
+            return None
+        start = self._starts[i]
+        size = self._sizes[start]
+        return (start, size) if ptr < start + size else None
+
+    def contains(self, ptr: int, nbytes: int) -> bool:
+        found = self.find(ptr)
+        return found is not None and ptr + nbytes <= found[0] + found[1]
+
+    def on_device(self, device_id: int) -> list[int]:
+        return [p for p, d in self._devices.items() if d == device_id]
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+
+class HostPool:
+    """Pinned host memory: one shm segment per ``malloc_host`` call, named for the farm."""
+
+    def __init__(self, farm_id: str) -> None:
+        self._prefix = f"npufarm-{farm_id}-h{os.getpid()}-"
+        self._ids = itertools.count(1)
+        self._segments: dict[int, HbmSegment] = {}
+        self._starts: list[int] = []
+        self._lock = threading.Lock()
+
+    def malloc(self, size: int) -> int:
+        length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        segment = HbmSegment.create(f"{self._prefix}{next(self._ids)}", length)
+        segment.prefault(0, length)
+        with self._lock:
+            self._segments[segment.base_address] = segment
+            bisect.insort(self._starts, segment.base_address)
+        return segment.base_address
+
+    def free(self, ptr: int) -> bool:
+        with self._lock:
+            segment = self._segments.pop(ptr, None)
+            if segment is None:
+                return False
+            del self._starts[bisect.bisect_left(self._starts, ptr)]
+        segment.unlink()
+        segment.close()
+        return True
+
+    def locate(self, ptr: int, nbytes: int) -> tuple[str, int] | None:
+        """``(segment name, offset)`` if ``[ptr, ptr+nbytes)`` lies in pinned memory."""
+        with self._lock:
+            i = bisect.bisect_right(self._starts, ptr) - 1
+            if i < 0:
+                return None
+            segment = self._segments[self._starts[i]]
+        offset = ptr - segment.base_address
+        return (segment.name, offset) if offset + nbytes <= segment.size_bytes else None
+
+    def close(self) -> None:
+        for ptr in list(self._segments):
+            self.free(ptr)
+
+
+class LocalShmMemory:
+    """Device memory reached through the cards' shm segments mapped into this process."""
+
+    def __init__(self) -> None:
+        self._segments: dict[int, tuple[int, HbmSegment]] = {}  # device -> (epoch, segment)
+        self._lock = threading.Lock()
+
+    def attach(self, device_id: int, epoch: int, shm_name: str) -> None:
+        with self._lock:
+            current = self._segments.get(device_id)
+            if current is not None and current[0] == epoch:
+                return
+            segment = HbmSegment.attach(shm_name)
+            self._segments[device_id] = (epoch, segment)
+        if current is not None:
+            current[1].close()
+
+    def detach(self, device_id: int) -> None:
+        with self._lock:
+            current = self._segments.pop(device_id, None)
+        if current is not None:
+            current[1].close()
+
+    def segment_name(self, device_id: int) -> str:
+        return self._segments[device_id][1].name
+
+    def address(self, ptr: int) -> int:
+        """The address in this process of device pointer ``ptr`` (caller validated it)."""
+        device_id, _, offset = decode_ptr(ptr)
+        return self._segments[device_id][1].base_address + offset
+
+    def close(self) -> None:
+        for device_id in list(self._segments):
+            self.detach(device_id)

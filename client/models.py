@@ -1,0 +1,205 @@
+"""The model half of the ACL API (``acl.mdl``): loading, descriptions, datasets, execution.
+
+Models load onto the current device (the card builds the kernel and its seeded weights once);
+execution is a stream task naming device pointers. The sync forms (``execute``, ``execute_v2``)
+are an async submit followed by a wait, exactly as the runtime layers them on hardware.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from client.handles import ExecConfig, sync_timeout_error
+from client.runtime import Runtime, Stream, _int, api
+from client.session import StreamTrack
+from device.memory import is_device_ptr
+from device.models import ModelSpec, load_model_file, parse_model
+from farm.errors import (
+    ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
+    ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_PARAM_INVALID,
+    ACL_ERROR_RT_STREAM_CONTEXT,
+    ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
+    ACL_SUCCESS,
+    AclError,
+)
+from farm.protocol import TaskKind
+
+__all__ = ["LoadedModel", "ModelRuntime"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_id: int
+    device_id: int
+    epoch: int
+    card_handle: int
+    spec: ModelSpec
+
+
+class ModelRuntime(Runtime):
+    """:class:`Runtime` plus the ``acl.mdl`` calls and the data-buffer descriptors."""
+
+    # -- loading ---------------------------------------------------------------------------
+    def _load(self, spec: ModelSpec) -> int:
+        session = self.require()
+        device_id = self.current_context().device_id
+        reply = session.request(device_id, "load", spec=spec.to_dict())
+        with self.lock:
+            model_id = len(self.models) + 1
+            while model_id in self.models or model_id in self.retired_model_ids:
+                model_id += 1
+            self.models[model_id] = LoadedModel(
+                model_id, device_id, session.epochs[device_id], reply["handle"], spec
+            )
+        return model_id
+
+    @api(1)
+    def load_from_file(self, path: Any) -> int:
+        if not isinstance(path, str) or not path:
+            raise AclError("model path must be a non-empty str", ACL_ERROR_INVALID_PARAM)
+        self.current_context()
+        return self._load(load_model_file(path))
+
+    @api(1)
+    def load_from_mem(self, ptr: Any, size: Any) -> int:
+        ptr, size = _int(ptr, "ptr"), _int(size, "size")
+        if ptr == 0 or size <= 0 or is_device_ptr(ptr):
+            raise AclError("load_from_mem needs a host buffer and a size", ACL_ERROR_INVALID_PARAM)
+        self.current_context()
+        return self._load(parse_model(ctypes.string_at(ptr, size), source=f"memory@{ptr:#x}"))
+
+    def model(self, model_id: Any) -> LoadedModel:
+        self.require()
+        found = self.models.get(_int(model_id, "model id"))
+        if found is None:
+            raise AclError(f"unknown model id {model_id}", ACL_ERROR_GE_EXEC_MODEL_ID_INVALID)
+        return found
+
+    @api()
+    def unload(self, model_id: Any) -> None:
+        found = self.model(model_id)
+        with self.lock:
+            del self.models[found.model_id]
+            self.retired_model_ids.add(found.model_id)
+        session = self.require()
+        if found.device_id not in session.lost and found.epoch == session.epochs[found.device_id]:
+            session.request(found.device_id, "unload", handle=found.card_handle)
+
+    # -- descriptions ----------------------------------------------------------------------
+    @api()
+    def get_desc(self, desc: Any, model_id: Any) -> int:
+        found = self.model(model_id)
+        return self.handles.fill_desc(desc, found.model_id, found.spec)
+
+    # -- execution -------------------------------------------------------------------------
+    def _refs(self, dataset: Any, tensors: tuple, what: str) -> list[list[int]]:
+        buffers = self.handles.dataset_buffers(dataset)
+        if buffers is None:
+            raise AclError(f"{what} dataset {dataset} is unknown", ACL_ERROR_INVALID_PARAM)
+        if len(buffers) < len(tensors):
+            raise AclError(
+                f"{what} dataset has {len(buffers)} buffers, the model needs {len(tensors)}",
+                ACL_ERROR_INVALID_PARAM,
+            )
+        refs = []
+        for index, (handle, tensor) in enumerate(zip(buffers, tensors)):
+            buffer = self.handles.buffer(handle)
+            if buffer is None:
+                raise AclError(f"{what} buffer {index} was destroyed", ACL_ERROR_INVALID_PARAM)
+            ptr, size = buffer
+            if size < tensor.nbytes:
+                raise AclError(
+                    f"{what} {index} ({tensor.name}) is {size} bytes, needs {tensor.nbytes}",
+                    ACL_ERROR_INVALID_PARAM,
+                )
+            if not is_device_ptr(ptr):
+                raise AclError(f"{what} {index} is not device memory", ACL_ERROR_RT_PARAM_INVALID)
+            self._device_address(ptr, tensor.nbytes)
+            refs.append([ptr, tensor.nbytes])
+        return refs
+
+    def _submit_execute(
+        self, model_id: Any, inputs: Any, outputs: Any, track: StreamTrack, stream: Stream | None
+    ) -> int:
+        found = self.model(model_id)
+        if found.device_id != track.device_id:
+            raise AclError(
+                f"model {found.model_id} is on device {found.device_id}, the stream "
+                f"on {track.device_id}",
+                ACL_ERROR_RT_STREAM_CONTEXT,
+            )
+        session = self.require()
+        session.check_device(found.device_id)
+        if found.epoch != session.epochs[found.device_id]:
+            raise AclError(
+                "the model was loaded before the device was reset",
+                ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
+            )
+        task = {
+            "k": TaskKind.EXECUTE,
+            "m": found.card_handle,
+            "i": self._refs(inputs, found.spec.inputs, "input"),
+            "o": self._refs(outputs, found.spec.outputs, "output"),
+        }
+        return session.submit(track, task)
+
+    def _exec_config(self, handle: Any) -> ExecConfig:
+        if _int(handle, "exec config handle") == 0:
+            raise AclError("exec config handle is NULL", ACL_ERROR_INVALID_PARAM)
+        config = self.handles.exec_config_snapshot(handle)
+        if config is None:
+            raise AclError(f"unknown exec config handle {handle}", ACL_ERROR_INVALID_PARAM)
+        return config
+
+    def _sync_track(self) -> StreamTrack:
+        """The current context's private queue for synchronous executes."""
+        context = self.current_context()
+        with self.lock:
+            track = self.sync_tracks.get(context.handle)
+            if track is None:
+                track = self.sync_tracks[context.handle] = StreamTrack(
+                    context.device_id, -context.handle
+                )
+        return track
+
+    @api()
+    def execute(self, model_id: Any, inputs: Any, outputs: Any) -> int:
+        track = self._sync_track()
+        task_id = self._submit_execute(model_id, inputs, outputs, track, None)
+        return self._wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+
+    @api()
+    def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
+        target = self.stream(stream)
+        self._submit_execute(model_id, inputs, outputs, target.track, target)
+
+    @api()
+    def execute_v2(self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any) -> int:
+        config = self._exec_config(handle)
+        if _int(stream, "stream") == 0 and getattr(self._tls, "context", None) is None:
+            self.current_context()
+        target = self.stream(stream)
+        timeout_ms = config.stream_sync_timeout_ms
+        if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
+            raise AclError(
+                "exec-config stream sync timeout 0 is invalid for a sync",
+                ACL_ERROR_RT_PARAM_INVALID,
+            )
+        task_id = self._submit_execute(model_id, inputs, outputs, target.track, target)
+        return self._wait_track(target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+
+    @api()
+    def execute_async_v2(
+        self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any
+    ) -> None:
+        config = self._exec_config(handle)
+        target = self.stream(stream)
+        self._submit_execute(model_id, inputs, outputs, target.track, target)
+        target.sync_timeout_ms = config.stream_sync_timeout_ms
+        target.event_timeout_ms = config.event_sync_timeout_ms

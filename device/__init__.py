@@ -1,0 +1,1 @@
+"""npufarm device package."""

@@ -1,0 +1,332 @@
+"""One emulated NPU card: a process with its HBM in shared memory, stream FIFOs and an executor.
+
+::
+
+    broker ROUTER ──SUBMIT/REQUEST──▶ card DEALER ─▶ StreamScheduler ─▶ kernel on shm bytes
+                  ◀─COMPLETE/REPLY──              ◀─ timer heap (modelled latency) ◀─┘
+                  ◀─HEARTBEAT (stats)── every heartbeat interval, kernels running or not
+
+The card never blocks on a kernel's modelled duration: a started task computes its real outputs
+at once (numpy on the shm views) and completes when its timer fires, ``max(start + modelled,
+compute done)``. The poll timeout is the nearest timer or heartbeat, so an idle card sleeps.
+A card whose broker has been silent for the heartbeat expiry exits and unlinks its segment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from device import executor
+from device.memory import Allocator, HbmSegment, segment_name
+from device.models import ModelSpec, build_kernel
+from device.streams import StreamScheduler, Task
+from farm import protocol as proto
+from farm.errors import (
+    ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_MEMORY_ALLOCATION,
+    ACL_ERROR_RT_PARAM_INVALID,
+    ACL_SUCCESS,
+    NpuFarmError,
+)
+from farm.protocol import Cmd
+
+__all__ = ["CardSpec", "Card", "run_card"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_DRAIN = 256  # inbound messages handled per loop turn before timers get a look in
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """Everything a card process needs; msgpack/JSON friendly so it crosses process starts."""
+
+    farm_id: str
+    device_id: int
+    epoch: int
+    backend: str
+    hbm_bytes: int
+    soc_name: str
+    speed_factor: float
+    jitter_sigma: float
+    exec_slots: int
+    time_scale: float
+    heartbeat_interval_s: float
+    heartbeat_liveness: int
+    seed: int
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CardSpec:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Card:
+    """The card's state and its thin socket loop."""
+
+    def __init__(self, spec: CardSpec) -> None:
+        self.spec = spec
+        self.segment = HbmSegment.create(
+            segment_name(spec.farm_id, spec.device_id, spec.epoch), spec.hbm_bytes
+        )
+        self.allocator = Allocator(spec.hbm_bytes)
+        self.owners: dict[int, bytes] = {}  # allocation offset -> client identity
+        self.attached: dict[str, HbmSegment] = {}  # clients' pinned host segments, by name
+        self.models: dict[int, tuple[ModelSpec, Any, bytes]] = {}
+        self._model_ids = itertools.count(1)
+        self.scheduler = StreamScheduler(spec.exec_slots)
+        self.timers: list[tuple[float, int, Task, int]] = []
+        self._timer_seq = itertools.count()
+        self.outbox: dict[bytes, list] = {}
+        self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
+        self.stats = {"done": 0, "failed": 0, "submitted": 0}
+        self.running = True
+        self.ctx = zmq.Context()
+        self.socket = self.ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.IDENTITY, f"card{spec.device_id}.{spec.epoch}".encode())
+        self.socket.connect(spec.backend)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.socket.close(0)
+        self.ctx.term()
+        for segment in self.attached.values():
+            segment.close()
+        self.segment.close()
+        self.segment.unlink()
+
+    def ready_body(self) -> dict[str, Any]:
+        return {
+            "device_id": self.spec.device_id,
+            "epoch": self.spec.epoch,
+            "pid": os.getpid(),
+            "shm_name": self.segment.name,
+            "hbm_bytes": self.spec.hbm_bytes,
+            "soc_name": self.spec.soc_name,
+            "exec_slots": self.spec.exec_slots,
+        }
+
+    def stats_body(self) -> dict[str, Any]:
+        return {
+            "epoch": self.spec.epoch,
+            "hbm_used": self.allocator.used_bytes,
+            "hbm_total": self.spec.hbm_bytes,
+            "streams": self.scheduler.stream_count(),
+            "queued": self.scheduler.queued,
+            "running": self.scheduler.running,
+            **self.stats,
+        }
+
+    def send(self, cmd: bytes, client: bytes, body: Any) -> None:
+        self.socket.send_multipart(proto.worker_message(cmd, client, proto.pack(body)))
+
+    def run(self) -> None:
+        interval_s = self.spec.heartbeat_interval_s
+        expiry_s = interval_s * self.spec.heartbeat_liveness
+        self.send(Cmd.READY, b"", self.ready_body())
+        now = time.monotonic()
+        next_beat = now + interval_s
+        broker_seen = now
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while self.running:
+            now = time.monotonic()
+            deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
+            timeout_ms = max(0.0, (deadline - now) * 1000.0)
+            if poller.poll(timeout_ms):
+                broker_seen = time.monotonic()
+                for _ in range(_MAX_DRAIN):
+                    try:
+                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self.on_message(frames)
+            now = time.monotonic()
+            self.fire_timers(now)
+            self.start_ready(now)
+            self.flush()
+            if now >= next_beat:
+                self.send(Cmd.HEARTBEAT, b"", self.stats_body())
+                next_beat = now + interval_s
+                if now - broker_seen > expiry_s:
+                    logger.warning(
+                        "card %d: broker silent for %.2fs, exiting",
+                        self.spec.device_id,
+                        now - broker_seen,
+                    )
+                    self.running = False
+
+    # -- inbound ---------------------------------------------------------------------------
+    def on_message(self, frames: list) -> None:
+        try:
+            msg = proto.parse_worker_message(frames, with_identity=False)
+            if msg.cmd == Cmd.SUBMIT:
+                self.on_submit(msg.client, proto.unpack(msg.body))
+            elif msg.cmd == Cmd.REQUEST:
+                self.on_request(msg.client, proto.unpack(msg.body))
+            elif msg.cmd == Cmd.DISCONNECT:
+                if msg.client:
+                    self.drop_client(msg.client)
+                else:
+                    self.running = False
+            elif msg.cmd != Cmd.HEARTBEAT:
+                logger.warning("card %d: unexpected command %r", self.spec.device_id, msg.cmd)
+        except NpuFarmError as exc:
+            logger.warning("card %d: dropped malformed message: %s", self.spec.device_id, exc)
+
+    def on_submit(self, client: bytes, tasks: Any) -> None:
+        if not isinstance(tasks, list):
+            logger.warning("card %d: SUBMIT body is not a list; dropped", self.spec.device_id)
+            return
+        now = time.monotonic()
+        for body in tasks:
+            problem = proto.validate_task(body)
+            if problem is not None:
+                logger.warning("card %d: bad task dropped: %s", self.spec.device_id, problem)
+                if isinstance(body, dict) and isinstance(body.get("t"), int):
+                    self.complete(client, body["t"], ACL_ERROR_RT_PARAM_INVALID, now, now)
+                continue
+            self.stats["submitted"] += 1
+            self.scheduler.submit(Task(client, body["s"], body["t"], body, now))
+
+    def on_request(self, client: bytes, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
+            logger.warning("card %d: request without rid dropped", self.spec.device_id)
+            return
+        handler = getattr(self, f"op_{body.get('op')}", None)
+        if handler is None:
+            reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"unknown op {body.get('op')!r}"}
+        else:
+            try:
+                reply = handler(client, body)
+            except (KeyError, TypeError, ValueError) as exc:
+                reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
+        reply["rid"] = body["rid"]
+        reply.setdefault("code", ACL_SUCCESS)
+        self.send(Cmd.REPLY, client, reply)
+
+    # -- request ops -----------------------------------------------------------------------
+    def op_malloc(self, client: bytes, body: dict) -> dict:
+        size = int(body["size"])
+        if size <= 0:
+            return {"code": ACL_ERROR_INVALID_PARAM}
+        offset = self.allocator.alloc(size)
+        if offset is None:
+            return {
+                "code": ACL_ERROR_RT_MEMORY_ALLOCATION,
+                "error": f"HBM exhausted: {size} bytes requested, {self.allocator.free_bytes} free",
+            }
+        try:
+            self.segment.prefault(offset, size)
+        except OSError as exc:  # /dev/shm itself is full: an allocation failure, not SIGBUS
+            self.allocator.free(offset)
+            return {"code": ACL_ERROR_RT_MEMORY_ALLOCATION, "error": f"cannot commit HBM: {exc}"}
+        self.owners[offset] = client
+        return {"offset": offset}
+
+    def op_free(self, client: bytes, body: dict) -> dict:
+        offset = int(body["offset"])
+        if self.owners.get(offset) != client:
+            return {"code": ACL_ERROR_RT_PARAM_INVALID, "error": "not a live allocation"}
+        del self.owners[offset]
+        self.allocator.free(offset)
+        return {}
+
+    def op_mem_info(self, client: bytes, body: dict) -> dict:
+        return {"free": self.allocator.free_bytes, "total": self.spec.hbm_bytes}
+
+    def op_load(self, client: bytes, body: dict) -> dict:
+        spec = ModelSpec.from_dict(body["spec"])
+        handle = next(self._model_ids)
+        self.models[handle] = (spec, build_kernel(spec), client)
+        return {"handle": handle}
+
+    def op_unload(self, client: bytes, body: dict) -> dict:
+        entry = self.models.get(int(body["handle"]))
+        if entry is None or entry[2] != client:
+            return {"code": ACL_ERROR_INVALID_PARAM}
+        del self.models[int(body["handle"])]
+        return {}
+
+    def op_stats(self, client: bytes, body: dict) -> dict:
+        return self.stats_body()
+
+    def drop_client(self, client: bytes) -> None:
+        """A client left: release its memory, models and streams."""
+        for offset in [o for o, c in self.owners.items() if c == client]:
+            del self.owners[offset]
+            self.allocator.free(offset)
+        for handle in [h for h, entry in self.models.items() if entry[2] == client]:
+            del self.models[handle]
+        self.scheduler.drop_client(client)
+        self.timers = [t for t in self.timers if t[2].client != client]
+        heapq.heapify(self.timers)
+        self.outbox.pop(client, None)
+
+    # -- execution -------------------------------------------------------------------------
+    def start_ready(self, now: float) -> None:
+        """Start every startable task; zero-latency ones finish at once, which may free a
+        stream or slot for the next round."""
+        while tasks := self.scheduler.take_startable():
+            for task in tasks:
+                task.started_s = now
+                code, duration_s = executor.start(self, task)
+                done_s = time.monotonic()
+                deadline = max(now + duration_s, done_s)
+                if deadline <= done_s:
+                    self.finish(task, code, done_s)
+                else:
+                    heapq.heappush(self.timers, (deadline, next(self._timer_seq), task, code))
+
+    def fire_timers(self, now: float) -> None:
+        while self.timers and self.timers[0][0] <= now:
+            _, _, task, code = heapq.heappop(self.timers)
+            self.finish(task, code, now)
+
+    def finish(self, task: Task, code: int, now: float) -> None:
+        self.scheduler.finish(task)
+        self.complete(task.client, task.task_id, code, task.started_s, now)
+
+    def complete(self, client: bytes, task_id: int, code: int, start_s: float, end_s: float):
+        self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
+        self.outbox.setdefault(client, []).append(
+            proto.completion_row(task_id, code, start_s, end_s)
+        )
+
+    def flush(self) -> None:
+        for client, rows in self.outbox.items():
+            self.send(Cmd.COMPLETE, client, rows)
+        self.outbox.clear()
+
+
+def run_card(spec_dict: dict[str, Any]) -> None:
+    """Process entry point (forkserver target and ``python -m device``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the farm shuts cards down, not Ctrl-C
+    spec = CardSpec.from_dict(spec_dict)
+    logging.basicConfig(
+        level=os.environ.get("NPUFARM_LOG_LEVEL", "WARNING"),
+        format=f"%(asctime)s card{spec.device_id} %(levelname)s %(message)s",
+    )
+    card = Card(spec)
+
+    def _stop(signum, frame):
+        card.running = False
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        card.run()
+    finally:
+        card.close()

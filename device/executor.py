@@ -1,0 +1,114 @@
+"""Starting one stream task on a card: resolve its buffer references, compute, model latency.
+
+Every address a task names is checked against the card's allocator before a byte is touched: a
+pointer of another card or an old epoch, a freed block or a range running past its block fails
+the task with 107000 instead of reading or writing outside what the caller owns.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from device.memory import HbmSegment, decode_ptr
+from device.models import modelled_duration_s
+from farm.errors import (
+    ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
+    ACL_ERROR_RT_MODEL_EXECUTE,
+    ACL_ERROR_RT_PARAM_INVALID,
+    ACL_SUCCESS,
+)
+from farm.protocol import TaskKind
+
+if TYPE_CHECKING:
+    from device.card import Card
+    from device.streams import Task
+
+__all__ = ["start", "BadAddress"]
+
+logger = logging.getLogger(__name__)
+
+
+class BadAddress(Exception):
+    """A task named memory the card cannot let it touch."""
+
+
+def device_view(card: Card, ptr: int, nbytes: int) -> np.ndarray:
+    decoded = decode_ptr(ptr)
+    if decoded is None:
+        raise BadAddress(f"{ptr:#x} is not a device pointer")
+    device_id, epoch, offset = decoded
+    if device_id != card.spec.device_id or epoch != card.spec.epoch & 0xFF:
+        raise BadAddress(f"{ptr:#x} belongs to device {device_id} epoch {epoch}")
+    if nbytes and not card.allocator.contains(offset, nbytes):
+        raise BadAddress(f"{ptr:#x}+{nbytes} is not inside a live allocation")
+    return card.segment.view(offset, nbytes)
+
+
+def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
+    """A view on ``[segment name, offset]``: this card's HBM or a client's pinned host memory."""
+    name, offset = ref
+    if name == card.segment.name:
+        if nbytes and not card.allocator.contains(offset, nbytes):
+            raise BadAddress(f"{name}+{offset:#x}+{nbytes} is not inside a live allocation")
+        return card.segment.view(offset, nbytes)
+    if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
+        raise BadAddress(f"segment {name!r} is not part of this farm")
+    segment = card.attached.get(name)
+    if segment is None:
+        try:
+            segment = card.attached[name] = HbmSegment.attach(name)
+        except OSError as exc:
+            raise BadAddress(f"cannot attach {name!r}: {exc}") from None
+    try:
+        return segment.view(offset, nbytes)
+    except ValueError as exc:
+        raise BadAddress(str(exc)) from None
+
+
+def _execute(card: Card, task: Task) -> tuple[int, float]:
+    entry = card.models.get(task.body["m"])
+    if entry is None or entry[2] != task.client:
+        return ACL_ERROR_GE_EXEC_MODEL_ID_INVALID, 0.0
+    spec, kernel, _ = entry
+    if len(task.body["i"]) < len(spec.inputs) or len(task.body["o"]) < len(spec.outputs):
+        return ACL_ERROR_RT_PARAM_INVALID, 0.0
+    inputs = [device_view(card, ptr, n) for ptr, n in task.body["i"]]
+    outputs = [device_view(card, ptr, n) for ptr, n in task.body["o"]]
+    for view, tensor in zip(inputs, spec.inputs):
+        if view.nbytes < tensor.nbytes:
+            return ACL_ERROR_RT_PARAM_INVALID, 0.0
+    for view, tensor in zip(outputs, spec.outputs):
+        if view.nbytes < tensor.nbytes:
+            return ACL_ERROR_RT_PARAM_INVALID, 0.0
+    try:
+        kernel.run(inputs, outputs)
+    except Exception:  # a kernel bug must fail the task, never the card
+        logger.exception("card %d: kernel %s failed", card.spec.device_id, spec.name)
+        return ACL_ERROR_RT_MODEL_EXECUTE, 0.0
+    duration_s = modelled_duration_s(
+        spec.latency, spec, card.spec.speed_factor, card.spec.time_scale, card.rng
+    )
+    if card.spec.jitter_sigma > 0 and duration_s > 0:
+        duration_s *= float(card.rng.lognormal(0.0, card.spec.jitter_sigma))
+    return ACL_SUCCESS, duration_s
+
+
+def start(card: Card, task: Task) -> tuple[int, float]:
+    """Run ``task``'s real work now; return (ACL code, modelled duration in seconds)."""
+    body = task.body
+    kind = body["k"]
+    try:
+        if kind == TaskKind.EXECUTE:
+            return _execute(card, task)
+        if kind == TaskKind.COPY:
+            n = body["n"]
+            np.copyto(segment_view(card, body["dst"], n), segment_view(card, body["src"], n))
+        elif kind == TaskKind.MEMSET:
+            segment_view(card, body["dst"], body["n"]).fill(body["v"] & 0xFF)
+    except BadAddress as exc:
+        logger.warning("card %d: task %d rejected: %s", card.spec.device_id, task.task_id, exc)
+        return ACL_ERROR_RT_PARAM_INVALID, 0.0
+    return ACL_SUCCESS, 0.0

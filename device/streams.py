@@ -1,0 +1,154 @@
+"""Per-stream FIFO scheduling on one card: pure state, no sockets, no clock of its own.
+
+Streams are keyed by ``(client identity, stream id)`` because stream ids are per client process.
+Tasks on one stream start strictly in order, one at a time; different streams run concurrently up
+to ``slots`` tasks at once (the card's AI cores). A ``wait`` task (stream_wait_event) holds its
+stream until no task with an id at or below the awaited record is queued or running on the other
+stream; ``record`` and ``wait`` tasks take no slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from farm.protocol import TaskKind
+
+__all__ = ["Task", "CardStream", "StreamScheduler"]
+
+logger = logging.getLogger(__name__)
+
+StreamKey = tuple[bytes, int]
+
+
+@dataclass(slots=True)
+class Task:
+    client: bytes
+    stream: int
+    task_id: int
+    body: dict[str, Any]
+    submitted_s: float
+    started_s: float = 0.0
+
+    @property
+    def key(self) -> StreamKey:
+        return (self.client, self.stream)
+
+    @property
+    def kind(self) -> str:
+        return self.body["k"]
+
+    @property
+    def takes_slot(self) -> bool:
+        return self.body["k"] not in (TaskKind.RECORD, TaskKind.WAIT)
+
+
+@dataclass(slots=True)
+class CardStream:
+    key: StreamKey
+    queue: deque[Task] = field(default_factory=deque)
+    running: Task | None = None
+    last_done: int = 0
+    done: int = 0
+
+    def blocks(self, task_id: int) -> bool:
+        """True while a task with id <= ``task_id`` is still queued or running here."""
+        if self.running is not None and self.running.task_id <= task_id:
+            return True
+        return bool(self.queue) and self.queue[0].task_id <= task_id
+
+
+class StreamScheduler:
+    """Decides which queued tasks may start; the card loop starts and finishes them."""
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a card needs at least one execution slot")
+        self.slots = slots
+        self.streams: dict[StreamKey, CardStream] = {}
+        self.running_slots = 0
+        self._ready: deque[StreamKey] = deque()
+        self._waiters: dict[StreamKey, list[StreamKey]] = {}
+
+    # -- queries ---------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return sum(len(s.queue) for s in self.streams.values())
+
+    @property
+    def running(self) -> int:
+        return sum(1 for s in self.streams.values() if s.running is not None)
+
+    def stream_count(self) -> int:
+        return len(self.streams)
+
+    # -- events ----------------------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        stream = self.streams.get(task.key)
+        if stream is None:
+            stream = self.streams[task.key] = CardStream(task.key)
+        stream.queue.append(task)
+        if stream.running is None and len(stream.queue) == 1:
+            self._ready.append(task.key)
+
+    def take_startable(self) -> list[Task]:
+        """Pop every task that may start now, in a fair round-robin over ready streams."""
+        started: list[Task] = []
+        parked: list[StreamKey] = []
+        while self._ready:
+            key = self._ready[0]
+            stream = self.streams.get(key)
+            if stream is None or stream.running is not None or not stream.queue:
+                self._ready.popleft()
+                continue
+            head = stream.queue[0]
+            if head.kind == TaskKind.WAIT and not self._wait_satisfied(head):
+                self._ready.popleft()
+                self._waiters.setdefault((head.client, head.body["ws"]), []).append(key)
+                continue
+            if head.takes_slot and self.running_slots >= self.slots:
+                # no slot: this stream stays ready; slot-free heads of later streams may go on
+                parked.append(self._ready.popleft())
+                continue
+            self._ready.popleft()
+            stream.queue.popleft()
+            stream.running = head
+            if head.takes_slot:
+                self.running_slots += 1
+            started.append(head)
+        self._ready.extend(parked)
+        return started
+
+    def finish(self, task: Task) -> None:
+        """Mark ``task`` (previously returned by :meth:`take_startable`) as done."""
+        stream = self.streams.get(task.key)
+        if stream is None or stream.running is not task:
+            logger.debug("finish of a task that is not running: %s", task.task_id)
+            return
+        stream.running = None
+        stream.last_done = task.task_id
+        stream.done += 1
+        if task.takes_slot:
+            self.running_slots -= 1
+        if stream.queue:
+            self._ready.append(task.key)
+        for waiter in self._waiters.pop(task.key, ()):
+            self._ready.append(waiter)
+
+    def drop_client(self, client: bytes) -> list[Task]:
+        """Forget every stream of a departed client; return the tasks that were queued."""
+        dropped: list[Task] = []
+        for key in [k for k in self.streams if k[0] == client]:
+            stream = self.streams.pop(key)
+            dropped.extend(stream.queue)
+            if stream.running is not None and stream.running.takes_slot:
+                self.running_slots -= 1
+            self._waiters.pop(key, None)
+        self._ready = deque(k for k in self._ready if k[0] != client)
+        return dropped
+
+    def _wait_satisfied(self, task: Task) -> bool:
+        other = self.streams.get((task.client, task.body["ws"]))
+        return other is None or not other.blocks(task.body["wt"])

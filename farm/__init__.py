@@ -1,0 +1,1 @@
+"""npufarm farm package."""

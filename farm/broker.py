@@ -1,0 +1,383 @@
+"""The farm process: a ROUTER/ROUTER broker with the supervisor in one poll loop.
+
+::
+
+    clients (DEALER) ──▶ frontend ROUTER ─┐            ┌─ backend ROUTER ◀── cards (DEALER)
+                                          │  Broker    │
+                       route table ◀──────┤  registry  ├──────▶ sentinels of card processes
+                                          └────────────┘
+
+Hot path: a SUBMIT/REQUEST is forwarded by its route frame (device id + epoch) to the card's
+identity; a COMPLETE/REPLY by its client-identity frame back to the client. Bodies are not
+decoded. Everything else (HELLO, STATUS, card READY/HEARTBEAT, losses, restarts) is control.
+A task routed to a lost card (or an old epoch) is answered by the broker with 507010, so every
+submitted task ends completed or failed-with-code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from farm import protocol as proto
+from farm import statefile
+from farm.config import FarmConfig
+from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from farm.protocol import BROKER_DEVICE, Cmd
+from farm.registry import CardState, Registry
+from farm.supervisor import Supervisor, ipc_path
+
+__all__ = ["Broker", "run_farm"]
+
+logger = logging.getLogger(__name__)
+
+_BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
+_MAX_DRAIN = 512
+
+
+class Broker:
+    def __init__(self, config: FarmConfig, watch_parent: int | None = None) -> None:
+        self.config = config
+        self.farm_id = f"{config.name}-{os.getpid()}"
+        self.watch_parent = watch_parent
+        self.running = True
+        self.started_s = time.monotonic()
+        self.ctx = zmq.Context()
+        self.frontend = self._router(config.endpoint_address())
+        runtime_dir = config.runtime_path()
+        self.backend_address = f"ipc://{runtime_dir}/{self.farm_id}-cards.sock"
+        self.backend = self._router(self.backend_address)
+        self.registry = Registry([c.device_id for c in config.cards])
+        self.supervisor = Supervisor(config, self.farm_id, self.backend_address)
+        self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
+        self.pending_hello: list[bytes] = []
+        self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
+        self.state_path = statefile.state_path(config)
+        self.announced = False
+
+    def _router(self, address: str) -> zmq.Socket:
+        socket = self.ctx.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        path = ipc_path(address)
+        if path is not None and path.exists():
+            path.unlink()  # a stale socket file of a dead farm
+        socket.bind(address)
+        return socket
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start_cards(self) -> None:
+        self.supervisor.check_capacity()
+        now = time.monotonic()
+        for device_id in self.registry.cards:
+            entry = self.registry.starting(device_id, 0, now)
+            entry.pid = self.supervisor.start(device_id, entry.epoch)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "farm_id": self.farm_id,
+            "endpoint": self.config.endpoint_address(),
+            "pid": os.getpid(),
+            "heartbeat_interval_s": self.config.heartbeat_interval_s,
+            "heartbeat_liveness": self.config.heartbeat_liveness,
+            "time_scale": self.config.time_scale,
+            "skip_sync": self.config.skip_sync,
+            "min_completion_delay_s": self.config.min_completion_delay_s,
+            "sanitizer": self.config.sanitizer,
+            "uptime_s": time.monotonic() - self.started_s,
+            "cards": [self._describe_card(c.device_id) for c in self.config.cards],
+        }
+
+    def _describe_card(self, device_id: int) -> dict[str, Any]:
+        entry = self.registry.cards[device_id]
+        card = next(c for c in self.config.cards if c.device_id == device_id)
+        info = entry.describe()
+        info["profile"] = card.profile.name
+        info["max_streams"] = card.profile.max_streams
+        info["max_events"] = card.profile.max_events
+        info["exec_config_extensions"] = list(card.profile.exec_config_extensions)
+        return info
+
+    def shutdown(self) -> None:
+        self.registry.stop_all()
+        for process_entry in self.registry.cards.values():
+            if process_entry.identity is not None:
+                self._send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
+        self.supervisor.stop_all()
+        statefile.remove_state(self.state_path)
+        self.frontend.close(0)
+        self.backend.close(0)
+        self.ctx.term()
+        for address in (self.config.endpoint_address(), self.backend_address):
+            path = ipc_path(address)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def run(self) -> None:
+        interval_s = self.config.heartbeat_interval_s
+        expiry_s = self.config.heartbeat_expiry_s
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        watched: set[int] = set()
+        next_beat = time.monotonic()
+        while self.running:
+            for fd in set(self.supervisor.sentinels) - watched:
+                poller.register(fd, zmq.POLLIN)
+                watched.add(fd)
+            timeout_ms = max(0.0, (next_beat - time.monotonic()) * 1000.0)
+            for item, _ in poller.poll(timeout_ms):
+                if item is self.frontend:
+                    self._drain(self.frontend, self.on_client)
+                elif item is self.backend:
+                    self._drain(self.backend, self.on_card)
+                elif isinstance(item, int):
+                    poller.unregister(item)
+                    watched.discard(item)
+                    self.on_sentinel(item)
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval_s
+                self.heartbeat(now, expiry_s)
+
+    def _drain(self, socket: zmq.Socket, handler) -> None:
+        for _ in range(_MAX_DRAIN):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handler(frames)
+            except NpuFarmError as exc:
+                logger.warning("dropped malformed message: %s", exc)
+
+    # -- clients ---------------------------------------------------------------------------
+    def on_client(self, frames: list) -> None:
+        if len(frames) == 6 and frames[2] == proto.CLIENT_HEADER and frames[1] == b"":
+            cmd = frames[3]
+            if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
+                card = self.registry.routes.get(frames[4])
+                if card is not None:
+                    try:
+                        self.backend.send_multipart(
+                            [card, b"", proto.WORKER_HEADER, cmd, frames[0], frames[5]]
+                        )
+                        self.clients_of[proto.unpack_route(frames[4])[0]].add(frames[0])
+                        return
+                    except zmq.ZMQError:
+                        pass  # card vanished between its last message and now
+        msg = proto.parse_client_message(frames, with_identity=True)
+        device_id, _ = proto.unpack_route(msg.route)
+        if msg.cmd in (Cmd.SUBMIT, Cmd.REQUEST) and device_id != BROKER_DEVICE:
+            self.refuse(msg, device_id)
+        elif msg.cmd == Cmd.HELLO:
+            if self.announced:
+                self.reply(msg.identity, Cmd.HELLO, _BROKER_ROUTE, self.describe())
+            else:
+                self.pending_hello.append(msg.identity)
+        elif msg.cmd == Cmd.STATUS:
+            self.reply(msg.identity, Cmd.STATUS, _BROKER_ROUTE, self.describe())
+        elif msg.cmd == Cmd.HEARTBEAT:
+            self.reply(msg.identity, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
+        elif msg.cmd == Cmd.DISCONNECT:
+            self.client_left(msg.identity)
+        elif msg.cmd == Cmd.REQUEST:
+            self.on_broker_request(msg.identity, proto.unpack(msg.body))
+        else:
+            logger.warning("unexpected client command %r dropped", msg.cmd)
+
+    def refuse(self, msg: proto.ClientFrame, device_id: int) -> None:
+        """Answer work for a lost card (or an old epoch) with 507010, task by task."""
+        body = proto.unpack(msg.body)
+        code = ACL_ERROR_RT_LOST_HEARTBEAT
+        if msg.cmd == Cmd.SUBMIT and isinstance(body, list):
+            now = time.monotonic()
+            rows = [
+                proto.completion_row(t["t"], code, now, now)
+                for t in body
+                if isinstance(t, dict) and isinstance(t.get("t"), int)
+            ]
+            self.reply(msg.identity, Cmd.COMPLETE, msg.route, rows)
+        elif msg.cmd == Cmd.REQUEST and isinstance(body, dict) and "rid" in body:
+            self.reply(msg.identity, Cmd.REPLY, msg.route, {"rid": body["rid"], "code": code})
+
+    def on_broker_request(self, client: bytes, body: Any) -> None:
+        if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
+            raise NpuFarmError("broker request without rid")
+        rid = body["rid"]
+        if body.get("op") == "restart" and body.get("device_id") in self.registry.cards:
+            device_id = body["device_id"]
+            entry = self.registry.cards[device_id]
+            if entry.state is CardState.READY:
+                self.reply(
+                    client,
+                    Cmd.REPLY,
+                    _BROKER_ROUTE,
+                    {"rid": rid, "code": 0, "card": self._describe_card(device_id)},
+                )
+                return
+            self.pending_restart.setdefault(device_id, []).append((client, rid))
+            if entry.state is CardState.LOST:
+                self.restart(device_id)
+            elif entry.state is CardState.FAILED:
+                self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
+            return
+        self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": ACL_ERROR_INVALID_PARAM})
+
+    def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
+        try:
+            self.frontend.send_multipart(proto.client_message(cmd, route, proto.pack(body), client))
+        except zmq.ZMQError:
+            logger.debug("client %r gone; reply dropped", client)
+
+    def client_left(self, client: bytes) -> None:
+        for device_id, clients in self.clients_of.items():
+            if client in clients:
+                clients.discard(client)
+                entry = self.registry.cards[device_id]
+                if entry.state is CardState.READY and entry.identity is not None:
+                    self._send_card(entry.identity, Cmd.DISCONNECT, client, b"")
+
+    # -- cards -----------------------------------------------------------------------------
+    def on_card(self, frames: list) -> None:
+        if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
+            entry = self.registry.by_identity.get(frames[0])
+            if entry is not None:
+                try:
+                    self.frontend.send_multipart(
+                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]]
+                    )
+                except zmq.ZMQError:
+                    logger.debug("client gone; completion dropped")
+                return
+        msg = proto.parse_worker_message(frames, with_identity=True)
+        now = time.monotonic()
+        if msg.cmd == Cmd.READY:
+            self.on_ready(msg.identity, proto.unpack(msg.body), now)
+        elif msg.cmd == Cmd.HEARTBEAT:
+            entry = self.registry.on_seen(msg.identity, now)
+            if entry is None:
+                self._send_card(msg.identity, Cmd.DISCONNECT, b"", b"")
+            else:
+                body = proto.unpack(msg.body)
+                if isinstance(body, dict):
+                    entry.stats = body
+        else:
+            logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
+
+    def on_ready(self, identity: bytes, body: Any, now: float) -> None:
+        if not isinstance(body, dict):
+            raise NpuFarmError("READY body is not a map")
+        entry = self.registry.on_ready(identity, body, now)
+        if entry is None:
+            logger.warning("READY from unexpected card %r; disconnecting it", identity)
+            self._send_card(identity, Cmd.DISCONNECT, b"", b"")
+            return
+        logger.info("card %d epoch %d ready", entry.device_id, entry.epoch)
+        if self.announced:
+            self.notify(entry.device_id, "ready", 0)
+            self.answer_restart(entry.device_id, 0)
+        elif self.registry.all_ready():
+            self.announce()
+
+    def announce(self) -> None:
+        self.announced = True
+        state = self.describe()
+        statefile.write_state(self.state_path, state)
+        logger.info(
+            "farm %s up at %s with %d cards", self.farm_id, state["endpoint"], len(state["cards"])
+        )
+        for client in self.pending_hello:
+            self.reply(client, Cmd.HELLO, _BROKER_ROUTE, state)
+        self.pending_hello.clear()
+
+    def _send_card(self, identity: bytes, cmd: bytes, client: bytes, body: bytes) -> None:
+        try:
+            self.backend.send_multipart(proto.worker_message(cmd, client, body, identity))
+        except zmq.ZMQError:
+            logger.debug("card %r unreachable", identity)
+
+    def on_sentinel(self, fd: int) -> None:
+        device_id = self.supervisor.sentinels.get(fd)
+        if device_id is None:
+            return
+        process = self.supervisor.processes[device_id]
+        self.lose(device_id, f"process exited (exit code {process.exitcode})")
+        self.supervisor.forget(device_id)
+
+    def lose(self, device_id: int, reason: str) -> None:
+        entry = self.registry.mark_lost(device_id, reason, time.monotonic())
+        if entry is None:
+            return
+        logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
+        self.notify(device_id, "lost", ACL_ERROR_RT_LOST_HEARTBEAT, epoch=entry.epoch)
+        self.supervisor.kill(device_id)
+        if not self.announced:
+            raise NpuFarmError(f"card {device_id} failed to start: {reason}")
+
+    def notify(self, device_id: int, state: str, code: int, epoch: int | None = None) -> None:
+        entry = self.registry.cards[device_id]
+        body = {
+            "device_id": device_id,
+            "epoch": entry.epoch if epoch is None else epoch,
+            "state": state,
+            "code": code,
+            "card": self._describe_card(device_id),
+        }
+        for client in list(self.clients_of[device_id]):
+            self.reply(client, Cmd.CARD_EVENT, proto.pack_route(device_id, body["epoch"]), body)
+
+    def restart(self, device_id: int) -> None:
+        if not self.registry.may_restart(
+            device_id, time.monotonic(), self.config.restart_max, self.config.restart_window_s
+        ):
+            logger.error("card %d is flapping; left FAILED", device_id)
+            self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
+            return
+        self.supervisor.forget(device_id)
+        entry = self.registry.starting(device_id, 0, time.monotonic())
+        entry.pid = self.supervisor.start(device_id, entry.epoch)
+
+    def answer_restart(self, device_id: int, code: int) -> None:
+        for client, rid in self.pending_restart.pop(device_id, []):
+            self.reply(
+                client,
+                Cmd.REPLY,
+                _BROKER_ROUTE,
+                {"rid": rid, "code": code, "card": self._describe_card(device_id)},
+            )
+
+    def heartbeat(self, now: float, expiry_s: float) -> None:
+        for entry in self.registry.expired(now, expiry_s):
+            self.lose(entry.device_id, f"no heartbeat for {now - entry.last_seen_s:.2f}s")
+        for entry in self.registry.cards.values():
+            if entry.state is CardState.READY and entry.identity is not None:
+                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", b"")
+        if self.watch_parent is not None and os.getppid() != self.watch_parent:
+            logger.warning("parent process %d exited; shutting down", self.watch_parent)
+            self.running = False
+
+
+def run_farm(config: FarmConfig, watch_parent: int | None = None) -> None:
+    """Run a farm in the foreground until SIGINT/SIGTERM (or the watched parent exits)."""
+    broker = Broker(config, watch_parent=watch_parent)
+
+    def _stop(signum, frame):
+        broker.running = False
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        broker.start_cards()
+        broker.run()
+    finally:
+        broker.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,191 @@
+"""``npufarm``: run a farm, inspect it, stop it, and run the demo workload."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from farm import protocol as proto
+from farm import statefile
+from farm.config import FarmConfig, load_config
+from farm.errors import NpuFarmError
+from farm.protocol import BROKER_DEVICE, Cmd
+
+__all__ = ["main", "query_status"]
+
+logger = logging.getLogger(__name__)
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--config", help="farm config TOML (default: configs/default.toml)")
+    parser.add_argument("--name", help="farm name (state file and default endpoint)")
+    parser.add_argument("--endpoint", help='"ipc", "ipc:///path" or "tcp://127.0.0.1:PORT"')
+    parser.add_argument("--runtime-dir", help="where the state file and ipc sockets live")
+    parser.add_argument("--cards", type=int, help="number of cards")
+    parser.add_argument("--time-scale", type=float, help="latency multiplier (0 = no latency)")
+
+
+def _load(args: argparse.Namespace) -> FarmConfig:
+    return load_config(
+        args.config,
+        overrides={
+            "name": args.name,
+            "endpoint": args.endpoint,
+            "runtime_dir": args.runtime_dir,
+            "cards": args.cards,
+            "time_scale": args.time_scale,
+        },
+    )
+
+
+def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Ask a running farm for its description (cards, states, live stats)."""
+    ctx = zmq.Context()
+    socket = ctx.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        route = proto.pack_route(BROKER_DEVICE, 0)
+        socket.send_multipart(proto.client_message(Cmd.STATUS, route, proto.pack({})))
+        if not socket.poll(timeout_s * 1000):
+            raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
+        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
+        return proto.unpack(reply.body)
+    finally:
+        socket.close(0)
+        ctx.term()
+
+
+def _find_address(args: argparse.Namespace) -> str:
+    if os.environ.get("NPUFARM_ADDRESS"):
+        return os.environ["NPUFARM_ADDRESS"]
+    config = _load(args)
+    state = statefile.read_state(statefile.state_path(config))
+    if state is None:
+        raise NpuFarmError(
+            f"no running farm named {config.name!r} "
+            f"(no state file in {config.runtime_path(create=False)})"
+        )
+    return state["endpoint"]
+
+
+def _mib(value: int) -> str:
+    return f"{value / (1 << 20):,.0f}"
+
+
+def render_status(farm: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"npufarm {farm['name']} at {farm['endpoint']} (pid {farm['pid']}, "
+        f"up {farm['uptime_s']:.0f}s)"
+    )
+    for column in (
+        "card",
+        "pid",
+        "epoch",
+        "state",
+        "soc",
+        "HBM used/total MiB",
+        "streams",
+        "queued",
+        "running",
+        "done",
+        "failed",
+    ):
+        table.add_column(column, justify="right" if column not in ("state", "soc") else "left")
+    for card in farm["cards"]:
+        stats = card.get("stats") or {}
+        state = card["state"] + (f" ({card['lost_reason']})" if card.get("lost_reason") else "")
+        table.add_row(
+            str(card["device_id"]),
+            str(card["pid"]),
+            str(card["epoch"]),
+            state,
+            card.get("soc_name", ""),
+            f"{_mib(stats.get('hbm_used', 0))}/{_mib(card.get('hbm_bytes', 0))}",
+            *(str(stats.get(k, 0)) for k in ("streams", "queued", "running", "done", "failed")),
+        )
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from farm.broker import run_farm
+
+    config = _load(args)
+    run_farm(config, watch_parent=args.watch_parent)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    render_status(query_status(_find_address(args)))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    config = _load(args)
+    state = statefile.read_state(statefile.state_path(config))
+    if state is None:
+        print(f"no running farm named {config.name!r}", file=sys.stderr)
+        return 1
+    os.kill(state["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 15.0
+    while statefile.pid_alive(state["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if statefile.pid_alive(state["pid"]):
+        print(f"farm pid {state['pid']} did not stop", file=sys.stderr)
+        return 1
+    print(f"farm {config.name!r} (pid {state['pid']}) stopped")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from client.demo import run_demo
+
+    return run_demo(args.config, requests=args.requests)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npufarm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run a farm in the foreground (Ctrl-C stops it)")
+    _config_args(up)
+    up.add_argument("--watch-parent", type=int, help=argparse.SUPPRESS)
+    up.set_defaults(func=cmd_up)
+    status = sub.add_parser("status", help="table of the cards of a running farm")
+    _config_args(status)
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop a running farm")
+    _config_args(down)
+    down.set_defaults(func=cmd_down)
+    demo = sub.add_parser("demo", help="start a farm, run a multi-card workload, summarise")
+    demo.add_argument("--config", help="farm config TOML")
+    demo.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    demo.add_argument("--requests", type=int, default=200, help="requests per card")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(
+        level=os.environ.get("NPUFARM_LOG_LEVEL", level),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return args.func(args)
+    except NpuFarmError as exc:
+        print(f"npufarm: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,225 @@
+"""The npufarm wire protocol: every frame any npufarm process sends or receives is built here.
+
+Majordomo-style multipart messages. As a DEALER sends them (a ROUTER prepends the peer identity)::
+
+    client -> broker   [b"", b"NPUC01", cmd, route, body]       route = device id, epoch (">HH")
+    broker -> client   [b"", b"NPUC01", cmd, route, body]
+    card   -> broker   [b"", b"NPUW01", cmd, client_identity, body]
+    broker -> card     [b"", b"NPUW01", cmd, client_identity, body]
+
+        client (DEALER) --SUBMIT/REQUEST--> ROUTER broker ROUTER --SUBMIT/REQUEST--> card (DEALER)
+        client (DEALER) <--COMPLETE/REPLY-- ROUTER broker ROUTER <--COMPLETE/REPLY-- card (DEALER)
+
+The broker routes on the ``route`` and ``client_identity`` frames only; it never decodes a SUBMIT
+or COMPLETE body on the hot path. Bodies are msgpack (``use_bin_type=True``; never pickle).
+Tensor bytes never travel: tasks carry device pointers into the cards' shared-memory HBM.
+
+A SUBMIT body is a list of task maps (several tasks batched in one message), a COMPLETE body a list
+of ``[task_id, code, start_s, end_s]`` rows (``time.monotonic()`` seconds, comparable across local
+processes). ``route`` device ``BROKER_DEVICE`` addresses the broker itself (HELLO, STATUS, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from farm.errors import ProtocolError
+
+__all__ = [
+    "CLIENT_HEADER",
+    "WORKER_HEADER",
+    "BROKER_DEVICE",
+    "Cmd",
+    "ClientFrame",
+    "WorkerFrame",
+    "pack",
+    "unpack",
+    "pack_route",
+    "unpack_route",
+    "client_message",
+    "parse_client_message",
+    "worker_message",
+    "parse_worker_message",
+    "TaskKind",
+    "validate_task",
+    "completion_row",
+]
+
+logger = logging.getLogger(__name__)
+
+CLIENT_HEADER = b"NPUC01"
+WORKER_HEADER = b"NPUW01"
+BROKER_DEVICE = 0xFFFF
+_ROUTE = struct.Struct(">HH")
+
+
+class Cmd:
+    """One-byte commands. The same byte means the same thing on both sides of the broker."""
+
+    HELLO = b"\x01"  # client -> broker: join; reply: farm description.  card -> broker: READY
+    REQUEST = b"\x02"  # request/reply op on a card (malloc, free, load, ...) or the broker
+    REPLY = b"\x03"
+    SUBMIT = b"\x04"  # one-way batch of stream tasks
+    COMPLETE = b"\x05"  # one-way batch of task completions
+    HEARTBEAT = b"\x06"
+    CARD_EVENT = b"\x07"  # broker -> client: a card was lost or came (back) up
+    DISCONNECT = b"\x08"
+    STATUS = b"\x09"  # client -> broker: farm status table
+
+    ALL = frozenset(
+        {HELLO, REQUEST, REPLY, SUBMIT, COMPLETE, HEARTBEAT, CARD_EVENT, DISCONNECT, STATUS}
+    )
+    READY = HELLO
+
+
+class TaskKind:
+    """The ``k`` field of a task map."""
+
+    EXECUTE = "exec"  # run a loaded model: m (card model handle), i / o ([[ptr, nbytes], ...])
+    COPY = "copy"  # memcpy_async inside the farm's shm: dst / src ([segment, offset]), n bytes
+    MEMSET = "memset"  # memset_async: dst ([segment, offset]), n, v
+    RECORD = "record"  # event record: completes when every earlier task on the stream has
+    WAIT = "wait"  # stream_wait_event: ws (stream), wt (task id of the record) must be done
+    ALL = frozenset({EXECUTE, COPY, MEMSET, RECORD, WAIT})
+
+
+_packer_kwargs = {"use_bin_type": True}
+_unpacker_kwargs = {"raw": False, "strict_map_key": False}
+
+
+def pack(body: Any) -> bytes:
+    """msgpack-encode a body (maps, lists, ints, floats, str, bytes)."""
+    return msgpack.packb(body, **_packer_kwargs)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode a msgpack body; raise :class:`ProtocolError` on garbage."""
+    try:
+        return msgpack.unpackb(data, **_unpacker_kwargs)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"undecodable body ({len(data)} bytes): {exc}") from None
+
+
+def pack_route(device_id: int, epoch: int) -> bytes:
+    return _ROUTE.pack(device_id & 0xFFFF, epoch & 0xFFFF)
+
+
+def unpack_route(frame: bytes) -> tuple[int, int]:
+    if len(frame) != _ROUTE.size:
+        raise ProtocolError(f"route frame must be {_ROUTE.size} bytes, got {len(frame)}")
+    return _ROUTE.unpack(frame)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientFrame:
+    """A client-side message as the broker's ROUTER (identity set) or a client (no identity) sees
+    it. ``body`` stays raw bytes; decode with :func:`unpack` only where needed."""
+
+    identity: bytes | None
+    cmd: bytes
+    route: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFrame:
+    identity: bytes | None
+    cmd: bytes
+    client: bytes
+    body: bytes
+
+
+def client_message(cmd: bytes, route: bytes, body: bytes, identity: bytes | None = None) -> list:
+    """Frames of a client-side message; with ``identity`` as a ROUTER sends it."""
+    frames = [b"", CLIENT_HEADER, cmd, route, body]
+    return [identity, *frames] if identity is not None else frames
+
+
+def worker_message(cmd: bytes, client: bytes, body: bytes, identity: bytes | None = None) -> list:
+    frames = [b"", WORKER_HEADER, cmd, client, body]
+    return [identity, *frames] if identity is not None else frames
+
+
+def _split(frames: list, header: bytes, with_identity: bool) -> tuple[bytes | None, list]:
+    identity = None
+    if with_identity:
+        if not frames:
+            raise ProtocolError("empty message")
+        identity, frames = frames[0], frames[1:]
+    if len(frames) != 5:
+        raise ProtocolError(f"expected 5 frames after the identity, got {len(frames)}")
+    if frames[0] != b"":
+        raise ProtocolError("missing empty delimiter frame")
+    if frames[1] != header:
+        raise ProtocolError(f"bad header {bytes(frames[1][:8])!r}, expected {header!r}")
+    if frames[2] not in Cmd.ALL:
+        raise ProtocolError(f"unknown command {bytes(frames[2][:4])!r}")
+    return identity, frames
+
+
+def parse_client_message(frames: list, with_identity: bool) -> ClientFrame:
+    """Validate the framing of a client-side message (the body is not decoded)."""
+    identity, frames = _split(frames, CLIENT_HEADER, with_identity)
+    if len(frames[3]) != _ROUTE.size:
+        raise ProtocolError(f"route frame must be {_ROUTE.size} bytes")
+    return ClientFrame(identity, frames[2], frames[3], frames[4])
+
+
+def parse_worker_message(frames: list, with_identity: bool) -> WorkerFrame:
+    identity, frames = _split(frames, WORKER_HEADER, with_identity)
+    return WorkerFrame(identity, frames[2], frames[3], frames[4])
+
+
+def _is_ref_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) for r in value
+    )
+
+
+def _is_shm_ref(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and value[1] >= 0
+    )
+
+
+def validate_task(task: Any) -> str | None:
+    """Return why ``task`` is malformed, or None. Cards call this on every inbound task."""
+    if not isinstance(task, dict):
+        return "task is not a map"
+    if not isinstance(task.get("t"), int) or not isinstance(task.get("s"), int):
+        return "task needs integer t (task id) and s (stream id)"
+    kind = task.get("k")
+    if kind == TaskKind.EXECUTE:
+        if not isinstance(task.get("m"), int):
+            return "exec task needs integer m"
+        if not (_is_ref_list(task.get("i")) and _is_ref_list(task.get("o"))):
+            return "exec task needs i and o as [[ptr, nbytes], ...]"
+    elif kind in (TaskKind.COPY, TaskKind.MEMSET):
+        if not _is_shm_ref(task.get("dst")) or not isinstance(task.get("n"), int):
+            return f"{kind} task needs dst [segment, offset] and integer n"
+        if task["n"] < 0:
+            return f"{kind} task has a negative size"
+        if kind == TaskKind.COPY and not _is_shm_ref(task.get("src")):
+            return "copy task needs src [segment, offset]"
+        if kind == TaskKind.MEMSET and not isinstance(task.get("v"), int):
+            return "memset task needs integer v"
+    elif kind == TaskKind.WAIT:
+        if not isinstance(task.get("ws"), int) or not isinstance(task.get("wt"), int):
+            return "wait task needs integer ws and wt"
+    elif kind != TaskKind.RECORD:
+        return f"unknown task kind {kind!r}"
+    return None
+
+
+def completion_row(task_id: int, code: int, start_s: float, end_s: float) -> list:
+    """One row of a COMPLETE body."""
+    return [task_id, code, start_s, end_s]

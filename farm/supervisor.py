@@ -1,0 +1,134 @@
+"""Starting, watching and stopping card processes.
+
+Cards are started from a forkserver that has preloaded numpy, pyzmq and the card module, so a
+card starts in milliseconds and inherits no ZeroMQ state from the farm process (which holds
+sockets and must never plain-fork). Each process's sentinel is an fd the broker polls beside its
+sockets: a card that dies is seen at once, not at the next heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from device.card import CardSpec, run_card
+from device.memory import check_shm_capacity
+from farm.config import FarmConfig
+
+__all__ = ["Supervisor", "sweep_segments"]
+
+logger = logging.getLogger(__name__)
+
+_STOP_GRACE_S = 2.0
+
+
+def sweep_segments(farm_id: str, shm_dir: str = "/dev/shm") -> list[str]:
+    """Unlink every shared-memory segment of this farm (cards' HBM, clients' pinned memory)."""
+    prefix = f"npufarm-{farm_id}-"
+    removed = []
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(shm_dir, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class Supervisor:
+    """Card processes of one farm, by device id."""
+
+    def __init__(self, config: FarmConfig, farm_id: str, backend: str) -> None:
+        self.config = config
+        self.farm_id = farm_id
+        self.backend = backend
+        self.processes: dict[int, BaseProcess] = {}
+        self.sentinels: dict[int, int] = {}  # sentinel fd -> device id
+        self._mp = multiprocessing.get_context("forkserver")
+        self._mp.set_forkserver_preload(["device.card"])
+
+    def check_capacity(self) -> None:
+        check_shm_capacity(sum(c.profile.hbm_bytes for c in self.config.cards))
+
+    def card_spec(self, device_id: int, epoch: int) -> CardSpec:
+        card = next(c for c in self.config.cards if c.device_id == device_id)
+        profile = card.profile
+        return CardSpec(
+            farm_id=self.farm_id,
+            device_id=device_id,
+            epoch=epoch,
+            backend=self.backend,
+            hbm_bytes=profile.hbm_bytes,
+            soc_name=profile.soc_name,
+            speed_factor=profile.speed_factor,
+            jitter_sigma=profile.jitter_sigma,
+            exec_slots=profile.exec_slots,
+            time_scale=self.config.time_scale,
+            heartbeat_interval_s=self.config.heartbeat_interval_s,
+            heartbeat_liveness=self.config.heartbeat_liveness,
+            seed=self.config.seed,
+        )
+
+    def start(self, device_id: int, epoch: int) -> int:
+        """Start a card process; return its pid."""
+        self.forget(device_id)
+        process = self._mp.Process(
+            target=run_card,
+            args=(self.card_spec(device_id, epoch).to_dict(),),
+            name=f"npufarm-card{device_id}",
+            daemon=True,
+        )
+        process.start()
+        self.processes[device_id] = process
+        self.sentinels[process.sentinel] = device_id
+        logger.info("card %d epoch %d started, pid %d", device_id, epoch, process.pid)
+        return process.pid
+
+    def forget(self, device_id: int) -> None:
+        """Reap a finished process and stop watching it."""
+        process = self.processes.pop(device_id, None)
+        if process is None:
+            return
+        self.sentinels.pop(process.sentinel, None)
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=_STOP_GRACE_S)
+        process.close()
+
+    def kill(self, device_id: int) -> None:
+        process = self.processes.get(device_id)
+        if process is not None and process.is_alive():
+            process.kill()
+
+    def stop_all(self) -> None:
+        """Wait for cards told to DISCONNECT, then terminate and kill stragglers."""
+        for process in self.processes.values():
+            process.join(timeout=_STOP_GRACE_S)
+        for process in self.processes.values():
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=_STOP_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=_STOP_GRACE_S)
+        for device_id in list(self.processes):
+            self.forget(device_id)
+        removed = sweep_segments(self.farm_id)
+        if removed:
+            logger.info("swept %d leftover shm segments", len(removed))
+
+    def pid(self, device_id: int) -> int:
+        process = self.processes.get(device_id)
+        return process.pid if process is not None else 0
+
+
+def ipc_path(address: str) -> Path | None:
+    return Path(address[len("ipc://") :]) if address.startswith("ipc://") else None
