@@ -264,7 +264,11 @@ class Session:
             if self._hello is not None and now - last_sent >= interval_s:
                 self._send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
                 last_sent = now
-            if self._hello is not None and now - last_heard > self.heartbeat_expiry_s:
+            if (
+                self._hello is not None
+                and now - last_heard > self.heartbeat_expiry_s
+                and not self._socket.poll(0)
+            ):
                 self._broker_gone(now - last_heard)
         if self._outbox:  # the DISCONNECT posted by close()
             self._flush_outbox()

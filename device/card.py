@@ -15,6 +15,7 @@ A card whose broker has been silent for the heartbeat expiry exits and unlinks i
 from __future__ import annotations
 
 import heapq
+from collections import deque
 import itertools
 import logging
 import os
@@ -27,7 +28,7 @@ import numpy as np
 import zmq
 
 from device import executor
-from device.memory import Allocator, HbmSegment, segment_name
+from device.memory import Allocator, HbmSegment, prefault_preserves_contents, segment_name
 from device.models import ModelSpec, build_kernel
 from device.streams import StreamScheduler, Task
 from farm import protocol as proto
@@ -45,6 +46,7 @@ __all__ = ["CardSpec", "Card", "run_card"]
 logger = logging.getLogger(__name__)
 
 _MAX_DRAIN = 256  # inbound messages handled per loop turn before timers get a look in
+_PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Card:
         self.timers: list[tuple[float, int, Task, int]] = []
         self._timer_seq = itertools.count()
         self.outbox: dict[bytes, list] = {}
+        self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
         self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
         self.stats = {"done": 0, "failed": 0, "submitted": 0}
         self.running = True
@@ -145,7 +148,7 @@ class Card:
         while self.running:
             now = time.monotonic()
             deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
-            timeout_ms = max(0.0, (deadline - now) * 1000.0)
+            timeout_ms = 0.0 if self.prefault_queue else max(0.0, (deadline - now) * 1000.0)
             if poller.poll(timeout_ms):
                 broker_seen = time.monotonic()
                 for _ in range(_MAX_DRAIN):
@@ -158,10 +161,12 @@ class Card:
             self.fire_timers(now)
             self.start_ready(now)
             self.flush()
+            if self.prefault_queue:
+                self.prefault_step()
             if now >= next_beat:
                 self.send(Cmd.HEARTBEAT, b"", self.stats_body())
                 next_beat = now + interval_s
-                if now - broker_seen > expiry_s:
+                if now - broker_seen > expiry_s and not poller.poll(0):
                     logger.warning(
                         "card %d: broker silent for %.2fs, exiting",
                         self.spec.device_id,
@@ -218,6 +223,17 @@ class Card:
         reply.setdefault("code", ACL_SUCCESS)
         self.send(Cmd.REPLY, client, reply)
 
+    def prefault_step(self) -> None:
+        offset, nbytes = self.prefault_queue.popleft()
+        chunk = min(nbytes, _PREFAULT_CHUNK)
+        try:
+            self.segment.prefault(offset, chunk)
+        except OSError as exc:  # /dev/shm full: the pages fault in (or fail) on first use
+            logger.warning("card %d: cannot commit HBM pages: %s", self.spec.device_id, exc)
+            return
+        if nbytes > chunk:
+            self.prefault_queue.appendleft((offset + chunk, nbytes - chunk))
+
     # -- request ops -----------------------------------------------------------------------
     def op_malloc(self, client: bytes, body: dict) -> dict:
         size = int(body["size"])
@@ -229,11 +245,15 @@ class Card:
                 "code": ACL_ERROR_RT_MEMORY_ALLOCATION,
                 "error": f"HBM exhausted: {size} bytes requested, {self.allocator.free_bytes} free",
             }
-        try:
-            self.segment.prefault(offset, size)
-        except OSError as exc:  # /dev/shm itself is full: an allocation failure, not SIGBUS
-            self.allocator.free(offset)
-            return {"code": ACL_ERROR_RT_MEMORY_ALLOCATION, "error": f"cannot commit HBM: {exc}"}
+        if prefault_preserves_contents():
+            # commit pages in chunks from the loop, so heartbeats go on during a large malloc
+            self.prefault_queue.append((offset, size))
+        else:
+            try:
+                self.segment.prefault(offset, size)
+            except OSError as exc:  # /dev/shm is full: an allocation failure, not SIGBUS
+                self.allocator.free(offset)
+                return {"code": ACL_ERROR_RT_MEMORY_ALLOCATION, "error": f"no HBM pages: {exc}"}
         self.owners[offset] = client
         return {"offset": offset}
 

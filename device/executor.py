@@ -44,7 +44,16 @@ def device_view(card: Card, ptr: int, nbytes: int) -> np.ndarray:
         raise BadAddress(f"{ptr:#x} belongs to device {device_id} epoch {epoch}")
     if nbytes and not card.allocator.contains(offset, nbytes):
         raise BadAddress(f"{ptr:#x}+{nbytes} is not inside a live allocation")
-    return card.segment.view(offset, nbytes)
+    return _view(card.segment, offset, nbytes)
+
+
+def _view(segment: HbmSegment, offset: int, nbytes: int) -> np.ndarray:
+    """``segment.view`` with an out-of-segment range (e.g. a zero-byte reference far past the
+    end, which skips the allocator check) failing the task instead of the card."""
+    try:
+        return segment.view(offset, nbytes)
+    except ValueError as exc:
+        raise BadAddress(str(exc)) from None
 
 
 def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
@@ -53,19 +62,16 @@ def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
     if name == card.segment.name:
         if nbytes and not card.allocator.contains(offset, nbytes):
             raise BadAddress(f"{name}+{offset:#x}+{nbytes} is not inside a live allocation")
-        return card.segment.view(offset, nbytes)
+        return _view(card.segment, offset, nbytes)
     if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
         raise BadAddress(f"segment {name!r} is not part of this farm")
     segment = card.attached.get(name)
     if segment is None:
         try:
             segment = card.attached[name] = HbmSegment.attach(name)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a malformed or empty segment
             raise BadAddress(f"cannot attach {name!r}: {exc}") from None
-    try:
-        return segment.view(offset, nbytes)
-    except ValueError as exc:
-        raise BadAddress(str(exc)) from None
+    return _view(segment, offset, nbytes)
 
 
 def _execute(card: Card, task: Task) -> tuple[int, float]:

@@ -47,6 +47,7 @@ __all__ = [
     "segment_name",
     "shm_free_bytes",
     "check_shm_capacity",
+    "prefault_preserves_contents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -412,6 +413,12 @@ class HbmSegment:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"HbmSegment({self._name!r}, {self._size} bytes, {state})"
+
+
+def prefault_preserves_contents() -> bool:
+    """True while prefaulting uses MADV_POPULATE_WRITE, which leaves the bytes as they are (so
+    it may run after the memory was handed out); the fallback writes zeros."""
+    return _populate_supported
 
 
 def _touch_pages(view: np.ndarray, offset: int) -> None:

@@ -25,6 +25,10 @@ __all__ = ["CardState", "CardEntry", "Registry"]
 logger = logging.getLogger(__name__)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class CardState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -87,19 +91,30 @@ class Registry:
         return entry
 
     def on_ready(self, identity: bytes, body: dict[str, Any], now: float) -> CardEntry | None:
-        """A card announced itself. None if it is not the epoch we are waiting for."""
-        entry = self.cards.get(body.get("device_id"))
+        """A card announced itself. None if it is not the epoch we are waiting for, or if the
+        announcement is malformed (the body comes off the wire: any type may be anywhere)."""
+        device_id = body.get("device_id")
+        if not _is_int(device_id):
+            return None
+        entry = self.cards.get(device_id)
         if (
             entry is None
             or entry.state is not CardState.STARTING
-            or body.get("epoch") != entry.epoch
+            or entry.epoch < 1  # never started: nothing can be announcing itself yet
+            or not _is_int(body.get("epoch"))
+            or body["epoch"] != entry.epoch
         ):
+            return None
+        shm_name = body.get("shm_name", "")
+        hbm_bytes = body.get("hbm_bytes", 0)
+        soc_name = body.get("soc_name", "")
+        if not (isinstance(shm_name, str) and _is_int(hbm_bytes) and isinstance(soc_name, str)):
             return None
         entry.state = CardState.READY
         entry.identity = identity
-        entry.shm_name = str(body.get("shm_name", ""))
-        entry.hbm_bytes = int(body.get("hbm_bytes", 0))
-        entry.soc_name = str(body.get("soc_name", ""))
+        entry.shm_name = shm_name
+        entry.hbm_bytes = hbm_bytes
+        entry.soc_name = soc_name
         entry.last_seen_s = now
         self.by_identity[identity] = entry
         self.routes[entry.route] = identity
