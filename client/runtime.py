@@ -109,7 +109,7 @@ class Stream:
     handle: int
     context: Context
     track: StreamTrack
-    sync_timeout_ms: int = -1  # from the last execute_async_v2 exec config on this stream
+    sync_timeout_ms: int = -1  # exec config of execute_async_v2 since the last sync
     event_timeout_ms: int = -1
 
 
@@ -453,7 +453,7 @@ class Runtime:
     @api()
     def synchronize_stream(self, stream: Any) -> int:
         found = self.stream(stream)
-        timeout_ms = found.sync_timeout_ms
+        timeout_ms, found.sync_timeout_ms = found.sync_timeout_ms, -1  # consumed by this sync
         if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(
                 f"exec-config stream sync timeout {timeout_ms} ms is invalid",
