@@ -15,12 +15,12 @@ A card whose broker has been silent for the heartbeat expiry exits and unlinks i
 from __future__ import annotations
 
 import heapq
-from collections import deque
 import itertools
 import logging
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
