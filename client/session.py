@@ -125,7 +125,7 @@ class Session:
             )
 
     def request(
-        self, device_id: int, op: str, timeout_s: float = _REQUEST_TIMEOUT_S, **args: Any
+        self, device_id: int, op: str, /, timeout_s: float = _REQUEST_TIMEOUT_S, **args: Any
     ) -> dict:
         """A request/reply op on a card (or the broker with BROKER_DEVICE); raise on error."""
         if device_id != BROKER_DEVICE:

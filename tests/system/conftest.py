@@ -41,7 +41,13 @@ class RunningFarm:
         return f"{self.name}-{self.process.pid}"
 
     def card_pids(self) -> list[int]:
-        return [c["pid"] for c in self.state["cards"]]
+        """Pids of the cards now (restarts change them), as the farm reports them."""
+        from farm.cli import query_status
+
+        try:
+            return [c["pid"] for c in query_status(self.address, timeout_s=2.0)["cards"]]
+        except Exception:
+            return [c["pid"] for c in self.state["cards"]]
 
     def stop(self) -> None:
         if self.process.poll() is None:
