@@ -1,0 +1,127 @@
+"""The CLI (up/status/down, Ctrl-C, tcp endpoint) and the embedded farm of ``acl.init()``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from farm.cli import query_status
+from tests.conftest import npufarm_segments, poll_for
+from tests.system.conftest import CI_CONFIG, REPO, _alive
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
+
+
+def _npufarm(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=30, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def runtime_dir():
+    path = Path(tempfile.mkdtemp(prefix="nfc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_up_status_down_over_tcp(runtime_dir):
+    port = _free_port()
+    common = ["--config", str(CI_CONFIG), "--runtime-dir", str(runtime_dir), "--name", "cli"]
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "farm", "up", *common, "--endpoint", f"tcp://127.0.0.1:{port}"],
+        cwd=REPO, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        state_file = runtime_dir / "cli.json"
+        poll_for(state_file.exists, 30.0)
+        state = json.loads(state_file.read_text())
+        assert state["endpoint"] == f"tcp://127.0.0.1:{port}"
+        status = _npufarm("status", *common)
+        assert status.returncode == 0, status.stderr
+        for word in ("card", "epoch", "ready", "Ascend910B"):
+            assert word in status.stdout
+        farm_id = f"cli-{farm.pid}"
+        assert any(s.startswith(f"npufarm-{farm_id}-") for s in npufarm_segments())
+        down = _npufarm("down", *common)
+        assert down.returncode == 0, down.stderr
+        assert farm.wait(timeout=15) == 0
+        assert not any(s.startswith(f"npufarm-{farm_id}-") for s in npufarm_segments())
+        assert not state_file.exists()
+        assert _npufarm("status", *common).returncode != 0  # nothing running: clear error
+    finally:
+        if farm.poll() is None:
+            farm.kill()
+            farm.wait()
+
+
+def test_ctrl_c_to_the_process_group_stops_cleanly(runtime_dir):
+    """A terminal's Ctrl-C signals the farm, its forkserver and every card at once."""
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "farm", "up", "--config", str(CI_CONFIG), "--runtime-dir",
+         str(runtime_dir), "--name", "cc", "--cards", "3"],
+        cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        poll_for((runtime_dir / "cc.json").exists, 30.0)
+        pids = [c["pid"] for c in query_status(f"ipc://{runtime_dir}/cc.sock")["cards"]]
+        os.killpg(farm.pid, signal.SIGINT)
+        assert farm.wait(timeout=15) == 0
+        for pid in pids:
+            poll_for(lambda pid=pid: not _alive(pid), 5.0)
+        assert not any(s.startswith(f"npufarm-cc-{farm.pid}-") for s in npufarm_segments())
+        assert not list(runtime_dir.glob("*.sock"))
+    finally:
+        if farm.poll() is None:
+            os.killpg(farm.pid, signal.SIGKILL)
+            farm.wait()
+
+
+_EMBEDDED = r"""
+import json, os, sys
+import numpy as np
+import acl
+assert acl.init() == 0
+from client import RUNTIME
+farm_pid = RUNTIME.session.farm["pid"]
+assert acl.rt.set_device(1) == 0
+ptr, ret = acl.rt.malloc(1024, 0)
+x = np.arange(256, dtype=np.float32); y = np.empty_like(x)
+acl.rt.memcpy(ptr, 1024, acl.util.numpy_to_ptr(x), 1024, 1)
+acl.rt.memcpy(acl.util.numpy_to_ptr(y), 1024, ptr, 1024, 2)
+print(json.dumps({"farm_pid": farm_pid, "ok": bool((x == y).all())}), flush=True)
+if sys.argv[1] == "finalize":
+    assert acl.finalize() == 0
+"""
+
+
+@pytest.mark.parametrize("ending", ["finalize", "exit"])
+def test_embedded_farm_starts_at_init_and_stops(ending, runtime_dir):
+    env = {k: v for k, v in os.environ.items() if k != "NPUFARM_ADDRESS"}
+    env.update(NPUFARM_CONFIG=str(CI_CONFIG), NPUFARM_RUNTIME_DIR=str(runtime_dir))
+    before = npufarm_segments()
+    done = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED, ending], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"]
+    poll_for(lambda: not _alive(result["farm_pid"]), 10.0)
+    poll_for(lambda: npufarm_segments() <= before, 5.0)
