@@ -40,6 +40,20 @@ class LoadedModel:
     epoch: int
     card_handle: int
     spec: ModelSpec
+    input_nbytes: tuple[int, ...] = ()
+    output_nbytes: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, model_id: int, device_id: int, epoch: int, handle: int, spec: ModelSpec):
+        return cls(
+            model_id,
+            device_id,
+            epoch,
+            handle,
+            spec,
+            tuple(t.nbytes for t in spec.inputs),
+            tuple(t.nbytes for t in spec.outputs),
+        )
 
 
 class ModelRuntime(Runtime):
@@ -54,7 +68,7 @@ class ModelRuntime(Runtime):
             model_id = len(self.models) + 1
             while model_id in self.models or model_id in self.retired_model_ids:
                 model_id += 1
-            self.models[model_id] = LoadedModel(
+            self.models[model_id] = LoadedModel.of(
                 model_id, device_id, session.epochs[device_id], reply["handle"], spec
             )
         return model_id
@@ -98,30 +112,32 @@ class ModelRuntime(Runtime):
         return self.handles.fill_desc(desc, found.model_id, found.spec)
 
     # -- execution -------------------------------------------------------------------------
-    def _refs(self, dataset: Any, tensors: tuple, what: str) -> list[list[int]]:
+    def _refs(self, dataset: Any, nbytes: tuple[int, ...], what: str) -> list[list[int]]:
+        """``[[ptr, tensor bytes], ...]`` of a dataset, each checked against this process's
+        live device allocations."""
         buffers = self.handles.dataset_buffers(dataset)
         if buffers is None:
             raise AclError(f"{what} dataset {dataset} is unknown", ACL_ERROR_INVALID_PARAM)
-        if len(buffers) < len(tensors):
+        if len(buffers) < len(nbytes):
             raise AclError(
-                f"{what} dataset has {len(buffers)} buffers, the model needs {len(tensors)}",
+                f"{what} dataset has {len(buffers)} buffers, the model needs {len(nbytes)}",
                 ACL_ERROR_INVALID_PARAM,
             )
         refs = []
-        for index, (handle, tensor) in enumerate(zip(buffers, tensors)):
+        for index, (handle, need) in enumerate(zip(buffers, nbytes)):
             buffer = self.handles.buffer(handle)
             if buffer is None:
                 raise AclError(f"{what} buffer {index} was destroyed", ACL_ERROR_INVALID_PARAM)
             ptr, size = buffer
-            if size < tensor.nbytes:
+            if size < need:
                 raise AclError(
-                    f"{what} {index} ({tensor.name}) is {size} bytes, needs {tensor.nbytes}",
+                    f"{what} {index} is {size} bytes, the model needs {need}",
                     ACL_ERROR_INVALID_PARAM,
                 )
             if not is_device_ptr(ptr):
                 raise AclError(f"{what} {index} is not device memory", ACL_ERROR_RT_PARAM_INVALID)
-            self._device_address(ptr, tensor.nbytes)
-            refs.append([ptr, tensor.nbytes])
+            self.check_device_range(ptr, need)
+            refs.append([ptr, need])
         return refs
 
     def _submit_execute(
@@ -144,8 +160,8 @@ class ModelRuntime(Runtime):
         task = {
             "k": TaskKind.EXECUTE,
             "m": found.card_handle,
-            "i": self._refs(inputs, found.spec.inputs, "input"),
-            "o": self._refs(outputs, found.spec.outputs, "output"),
+            "i": self._refs(inputs, found.input_nbytes, "input"),
+            "o": self._refs(outputs, found.output_nbytes, "output"),
         }
         return session.submit(track, task)
 

@@ -615,6 +615,12 @@ class Runtime:
 
     def _device_address(self, ptr: int, nbytes: int) -> int:
         """Validate a device range of this process and return its local address."""
+        self.check_device_range(ptr, nbytes)
+        return self.memory.address(ptr)
+
+    def check_device_range(self, ptr: int, nbytes: int) -> None:
+        """Raise unless ``[ptr, ptr+nbytes)`` lies in one live allocation of this process on a
+        device that is not lost, from the device's current epoch."""
         device_id, epoch, _ = decode_ptr(ptr)
         session = self.require()
         session.check_device(device_id)
@@ -631,7 +637,6 @@ class Runtime:
                     ACL_ERROR_RT_PARAM_INVALID,
                     card=device_id,
                 )
-        return self.memory.address(ptr)
 
     def _copy_plan(self, dst: int, src: int, count: int, kind: int) -> tuple[bool, bool]:
         """Check a copy's direction; return (dst is device, src is device)."""

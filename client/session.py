@@ -247,7 +247,7 @@ class Session:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        last_heard = last_sent = time.monotonic()
+        last_heard = last_ping = time.monotonic()
         while self._running:
             interval_s = self._hello["heartbeat_interval_s"] if self._hello else 0.25
             for item, _ in poller.poll(interval_s * 1000.0):
@@ -259,11 +259,15 @@ class Session:
                     self._drain_socket()
             if self._outbox:
                 self._flush_outbox()
-                last_sent = time.monotonic()
             now = time.monotonic()
-            if self._hello is not None and now - last_sent >= interval_s:
+            if (
+                self._hello is not None
+                and now - last_ping >= interval_s
+                and now - last_heard >= interval_s
+            ):
+                # nothing heard for an interval (idle, or a long task): ping; the broker answers
                 self._send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
-                last_sent = now
+                last_ping = now
             if (
                 self._hello is not None
                 and now - last_heard > self.heartbeat_expiry_s
@@ -306,7 +310,7 @@ class Session:
                 return
             try:
                 self._on_message(proto.parse_client_message(frames, with_identity=False))
-            except NpuFarmError as exc:
+            except (NpuFarmError, KeyError, TypeError, ValueError) as exc:
                 logger.warning("dropped malformed message from the broker: %s", exc)
 
     def _on_message(self, msg: proto.ClientFrame) -> None:

@@ -45,7 +45,8 @@ __all__ = ["CardSpec", "Card", "run_card"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_DRAIN = 256  # inbound messages handled per loop turn before timers get a look in
+_MAX_DRAIN = 64  # inbound messages handled per loop turn before timers get a look in
+_TURN_BUDGET = 0.25  # share of a heartbeat interval one turn may spend starting tasks
 _PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
 
 
@@ -93,6 +94,7 @@ class Card:
         self._timer_seq = itertools.count()
         self.outbox: dict[bytes, list] = {}
         self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
+        self.backlog = False  # startable tasks left over when a turn's budget ran out
         self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
         self.stats = {"done": 0, "failed": 0, "submitted": 0}
         self.running = True
@@ -148,7 +150,8 @@ class Card:
         while self.running:
             now = time.monotonic()
             deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
-            timeout_ms = 0.0 if self.prefault_queue else max(0.0, (deadline - now) * 1000.0)
+            busy = self.prefault_queue or self.backlog
+            timeout_ms = 0.0 if busy else max(0.0, (deadline - now) * 1000.0)
             if poller.poll(timeout_ms):
                 broker_seen = time.monotonic()
                 for _ in range(_MAX_DRAIN):
@@ -159,7 +162,7 @@ class Card:
                     self.on_message(frames)
             now = time.monotonic()
             self.fire_timers(now)
-            self.start_ready(now)
+            self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
             self.flush()
             if self.prefault_queue:
                 self.prefault_step()
@@ -217,7 +220,9 @@ class Card:
         else:
             try:
                 reply = handler(client, body)
-            except (KeyError, TypeError, ValueError) as exc:
+            except NpuFarmError as exc:
+                reply = {"code": exc.code, "error": str(exc)}
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
         reply["rid"] = body["rid"]
         reply.setdefault("code", ACL_SUCCESS)
@@ -297,19 +302,24 @@ class Card:
         self.outbox.pop(client, None)
 
     # -- execution -------------------------------------------------------------------------
-    def start_ready(self, now: float) -> None:
+    def start_ready(self, budget_end: float = float("inf")) -> bool:
         """Start every startable task; zero-latency ones finish at once, which may free a
-        stream or slot for the next round."""
+        stream or slot for the next round. True if the time budget ran out first (the loop
+        comes back at once, after a heartbeat and a look at the socket)."""
         while tasks := self.scheduler.take_startable():
+            if time.monotonic() > budget_end:
+                self.scheduler.put_back(tasks)
+                return True
             for task in tasks:
-                task.started_s = now
+                task.started_s = started_s = time.monotonic()
                 code, duration_s = executor.start(self, task)
                 done_s = time.monotonic()
-                deadline = max(now + duration_s, done_s)
+                deadline = max(started_s + duration_s, done_s)
                 if deadline <= done_s:
                     self.finish(task, code, done_s)
                 else:
                     heapq.heappush(self.timers, (deadline, next(self._timer_seq), task, code))
+        return False
 
     def fire_timers(self, now: float) -> None:
         while self.timers and self.timers[0][0] <= now:
@@ -346,7 +356,17 @@ def run_card(spec_dict: dict[str, Any]) -> None:
         card.running = False
 
     signal.signal(signal.SIGTERM, _stop)
+    profile_dir = os.environ.get("NPUFARM_CARD_PROFILE_DIR")  # developer aid: cProfile per card
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         card.run()
     finally:
         card.close()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"card{spec.device_id}.prof"))

@@ -116,7 +116,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     format: int = ACL_FORMAT_ND
 
-    @property
+    @functools.cached_property
     def np_dtype(self) -> np.dtype:
         return np.dtype(self.dtype)
 
@@ -124,7 +124,7 @@ class TensorSpec:
     def acl_dtype(self) -> int:
         return DTYPES[self.dtype]
 
-    @property
+    @functools.cached_property
     def concrete_shape(self) -> tuple[int, ...]:
         return tuple(1 if dim == -1 else dim for dim in self.shape)
 
@@ -132,7 +132,7 @@ class TensorSpec:
     def is_dynamic(self) -> bool:
         return -1 in self.shape
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return math.prod(self.concrete_shape) * self.np_dtype.itemsize
 

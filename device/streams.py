@@ -121,6 +121,18 @@ class StreamScheduler:
         self._ready.extend(parked)
         return started
 
+    def put_back(self, tasks: list[Task]) -> None:
+        """Undo :meth:`take_startable` for tasks the card did not start after all."""
+        for task in reversed(tasks):
+            stream = self.streams.get(task.key)
+            if stream is None or stream.running is not task:
+                continue
+            stream.running = None
+            stream.queue.appendleft(task)
+            if task.takes_slot:
+                self.running_slots -= 1
+            self._ready.appendleft(task.key)
+
     def finish(self, task: Task) -> None:
         """Mark ``task`` (previously returned by :meth:`take_startable`) as done."""
         stream = self.streams.get(task.key)
@@ -150,5 +162,7 @@ class StreamScheduler:
         return dropped
 
     def _wait_satisfied(self, task: Task) -> bool:
+        if task.body["ws"] == task.stream:
+            return True  # the stream's own FIFO already orders it
         other = self.streams.get((task.client, task.body["ws"]))
         return other is None or not other.blocks(task.body["wt"])

@@ -56,6 +56,7 @@ class Broker:
         self.supervisor = Supervisor(config, self.farm_id, self.backend_address)
         self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
         self.pending_hello: list[bytes] = []
+        self.clients: set[bytes] = set()  # every client that said HELLO and not DISCONNECT
         self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
         self.state_path = statefile.state_path(config)
         self.announced = False
@@ -179,6 +180,7 @@ class Broker:
         if msg.cmd in (Cmd.SUBMIT, Cmd.REQUEST) and device_id != BROKER_DEVICE:
             self.refuse(msg, device_id)
         elif msg.cmd == Cmd.HELLO:
+            self.clients.add(msg.identity)
             if self.announced:
                 self.reply(msg.identity, Cmd.HELLO, _BROKER_ROUTE, self.describe())
             else:
@@ -213,7 +215,12 @@ class Broker:
         if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
             raise NpuFarmError("broker request without rid")
         rid = body["rid"]
-        if body.get("op") == "restart" and body.get("device_id") in self.registry.cards:
+        device_id = body.get("device_id")
+        if (
+            body.get("op") == "restart"
+            and isinstance(device_id, int)
+            and (device_id in self.registry.cards)
+        ):
             device_id = body["device_id"]
             entry = self.registry.cards[device_id]
             if entry.state is CardState.READY:
@@ -239,6 +246,7 @@ class Broker:
             logger.debug("client %r gone; reply dropped", client)
 
     def client_left(self, client: bytes) -> None:
+        self.clients.discard(client)
         for device_id, clients in self.clients_of.items():
             if client in clients:
                 clients.discard(client)
@@ -251,6 +259,7 @@ class Broker:
         if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
+                entry.last_seen_s = time.monotonic()  # any traffic proves the card is alive
                 try:
                     self.frontend.send_multipart(
                         [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]]
@@ -332,7 +341,7 @@ class Broker:
             "code": code,
             "card": self._describe_card(device_id),
         }
-        for client in list(self.clients_of[device_id]):
+        for client in list(self.clients):
             self.reply(client, Cmd.CARD_EVENT, proto.pack_route(device_id, body["epoch"]), body)
 
     def restart(self, device_id: int) -> None:

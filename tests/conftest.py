@@ -31,6 +31,22 @@ def npufarm_segments() -> set[str]:
 _RUNTIME_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
 
 
+def mapped_segments() -> set[str]:
+    """npufarm segments some live process still has mapped (a running farm's, not a leak)."""
+    mapped = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            maps = (entry / "maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            if "/dev/shm/npufarm-" in line:
+                mapped.add(line.rsplit("/", 1)[1].split(" ")[0])
+    return mapped
+
+
 def child_pids() -> set[int]:
     """Live (non-zombie) child processes of this test process, except multiprocessing's own
     process-lifetime helpers (resource tracker, forkserver)."""
@@ -79,7 +95,7 @@ def no_leaks():
     except AssertionError:
         pass
     leftover_children = child_pids()
-    leftover_segments = npufarm_segments() - segments_before
+    leftover_segments = npufarm_segments() - segments_before - mapped_segments()
     leftover_sockets = socket_fds() - sockets_before
     assert not leftover_children, f"leaked child processes: {leftover_children}"
     assert not leftover_segments, f"leaked /dev/shm segments: {sorted(leftover_segments)}"

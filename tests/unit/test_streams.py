@@ -320,3 +320,31 @@ def test_counters(make):
     assert scheduler.running == 1
     scheduler.finish(started[0])
     assert scheduler.running == 0
+
+
+def test_put_back_undoes_take_startable(make):
+    scheduler = StreamScheduler(2)
+    a1, b1, c1 = make.exec(1), make.exec(2), make.record(3)
+    a2 = make.exec(1)
+    submit_all(scheduler, a1, b1, c1, a2)
+    taken = scheduler.take_startable()
+    assert taken == [a1, b1, c1]
+    scheduler.put_back(taken)
+    assert scheduler.running_slots == 0
+    assert scheduler.running == 0
+    assert scheduler.queued == 4
+    assert scheduler.take_startable() == [a1, b1, c1]  # same tasks, same order
+    scheduler.finish(a1)
+    assert scheduler.take_startable() == [a2]
+
+
+def test_put_back_ignores_tasks_that_are_not_running(make):
+    scheduler = StreamScheduler(1)
+    t1, t2 = make.exec(1), make.exec(1)
+    submit_all(scheduler, t1, t2)
+    assert scheduler.take_startable() == [t1]
+    scheduler.put_back([t2])  # queued, never taken
+    assert scheduler.running_slots == 1
+    assert scheduler.queued == 1
+    scheduler.finish(t1)
+    assert scheduler.take_startable() == [t2]
