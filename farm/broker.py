@@ -259,7 +259,6 @@ class Broker:
         if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
-                entry.last_seen_s = time.monotonic()  # any traffic proves the card is alive
                 try:
                     self.frontend.send_multipart(
                         [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]]
