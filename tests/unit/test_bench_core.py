@@ -1,0 +1,173 @@
+"""benchmarks.core: pure helpers, and one ``--quick`` run end to end in a subprocess.
+
+The subprocess run starts real farms (a few seconds each); it checks the JSON shape, that every
+figure is a positive number, and that nothing of that run is left behind (farm processes, shm
+segments, temp dirs).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import core
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+
+
+def test_entry_ratio_and_target():
+    e = core._entry(50.0, unit="tasks/s", baseline=100.0, target="ratio >= 0.8", met=False)
+    assert e["ratio"] == 0.5 and e["meets_target"] is False
+    assert core._entry(1.0, unit="s")["ratio"] is None
+    assert core._entry(1.0, unit="s", baseline=0.0)["ratio"] is None
+
+
+def test_interleave_round_robins_over_cards():
+    def slot(dev, i):
+        return core.Slot(dev, 0, 100 * dev + i, 0, 0, 0)
+
+    by_card = [[slot(d, i) for i in range(2)] for d in range(3)]
+    order = core.interleave(by_card, 5)
+    assert [s.device for s in order] == [0, 1, 2, 0, 1]
+    assert [s.stream for s in order] == [0, 100, 200, 1, 101]
+    with pytest.raises(ValueError):
+        core.interleave(by_card, 7)
+
+
+def test_config_text_is_valid_toml():
+    import tomllib
+
+    data = tomllib.loads(core._config_text("bench1n1", "64MiB", 4))
+    assert data["farm"]["name"] == "bench1n1" and data["farm"]["time_scale"] == 0.0
+    assert data["cards"]["count"] == 4
+    assert data["cards"]["profile"]["hbm_bytes"] == "64MiB"
+
+
+def test_summary_and_markdown():
+    entry = core._entry(
+        12.0, unit="tasks/s", baseline=10.0, target="ratio >= 0.8", met=True, in_flight=16
+    )
+    entry.update(cards=1, threads=1)
+    start = core._entry(0.3, unit="s", broker_uptime_at_announce_s=0.2, stop_s=0.25)
+    result = {"farm": {"routing": {"1_card": {"if16": entry}}, "start": {"4_cards": start}}}
+    rows = core.summarize(result)
+    assert rows[0]["metric"] == "routing 1 card, 16 in flight"
+    assert rows[0]["ratio"] == 1.2 and rows[0]["met"] is True
+    assert any("broker's own" in r["metric"] for r in rows)
+    table = core.markdown_table(rows)
+    lines = table.splitlines()
+    assert lines[0].startswith("| metric |") and len(lines) == 2 + len(rows)
+    assert "| 12 | 10 | 1.20 | ratio >= 0.8 | yes |" in lines[2]
+
+
+# -- the real thing ---------------------------------------------------------------------------
+
+
+def _bad_numbers(node, path="") -> list[str]:
+    """Paths of numbers that are negative, NaN or infinite (bools and None are skipped)."""
+    bad = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            bad += _bad_numbers(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            bad += _bad_numbers(v, f"{path}[{i}]")
+    elif (
+        isinstance(node, int | float)
+        and not isinstance(node, bool)
+        and not (0 <= node < float("inf"))
+    ):
+        bad.append(path)
+    return bad
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            data = Path(cmdline).read_bytes()
+        except OSError:
+            continue
+        if text.encode() in data:
+            found.append(int(cmdline.split("/")[2]))
+    return found
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_end_to_end(tmp_path):
+    out = tmp_path / "core.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.core", "--quick", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=130)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    tag = f"bench{proc.pid}n"
+
+    result = json.loads(stdout)
+    assert json.loads(out.read_text()) == result
+    assert "| metric |" in stderr  # the markdown table
+
+    assert result["quick"] is True
+    assert {"host", "baselines", "farm", "summary"} <= result.keys()
+    assert result["host"]["cpus"] >= 1 and result["host"]["numpy"] and result["host"]["pyzmq"]
+    assert {"echo", "rtt", "copy"} <= result["baselines"].keys()
+    assert "if4_b1" in result["baselines"]["echo"]
+    assert _bad_numbers(result) == []
+
+    farm = result["farm"]
+    assert {"routing", "pipelined", "latency", "sync_finished", "memcpy", "start", "idle_cpu"} <= (
+        farm.keys()
+    )
+    for cards in ("1_card", "8_cards"):
+        for k in (1, 4, 16):
+            entry = farm["routing"][cards][f"if{k}"]
+            assert entry["measured"] > 0 and entry["baseline"] > 0 and entry["ratio"] > 0
+            assert entry["in_flight"] == k
+    assert isinstance(farm["routing"]["8_cards"]["if16"]["meets_target"], bool)
+    assert farm["pipelined"]["8_cards"]["measured"] > 0
+    assert isinstance(farm["pipelined"]["8_cards"]["meets_target"], bool)
+    lat = farm["latency"]
+    assert 0 < lat["p50_us"] <= lat["p90_us"] <= lat["p99_us"] and lat["ratio"] > 0
+    assert farm["sync_finished"]["measured"] > 0
+    for size in ("1MiB", "16MiB"):
+        for kind in ("h2d", "d2h"):
+            assert farm["memcpy"][size][kind]["measured"] > 0
+            assert farm["memcpy"][size][kind]["ratio"] > 0
+    for n in ("4_cards", "16_cards"):
+        start = farm["start"][n]
+        assert start["measured"] > 0 and start["stop_s"] > 0
+        assert start["leftover_shm"] == 0 and start["killed"] is False
+    assert farm["idle_cpu"]["cards"] == 4 and farm["idle_cpu"]["measured"] >= 0
+
+    assert result["summary"], "summary rows"
+    for row in result["summary"]:
+        assert {"metric", "measured", "baseline", "ratio", "target", "met"} <= row.keys()
+        assert row["met"] in (True, False, None)
+        if row["target"] is not None:
+            assert isinstance(row["met"], bool), row
+
+    # nothing of this run is left behind
+    assert _processes_mentioning(tag) == []
+    assert glob.glob(f"/dev/shm/npufarm-{tag}*") == []
+    for config in glob.glob("/tmp/nfb-*/farm.toml"):
+        assert tag not in Path(config).read_text()
