@@ -250,6 +250,8 @@ class HandleTables:
         self._descs: _Table[_Desc] = _Table("model desc", destroyed_history)
         self._exec_configs: _Table[ExecConfig] = _Table("exec config", destroyed_history)
         self._tables = (self._buffers, self._datasets, self._descs, self._exec_configs)
+        self._generations = itertools.count(1)
+        self.generation = 0  # changes whenever a data buffer or dataset changes (cache key)
 
     @property
     def extensions(self) -> frozenset[int]:
@@ -283,7 +285,9 @@ class HandleTables:
 
     def destroy_data_buffer(self, buf: Any) -> int:
         """``acl.destroy_data_buffer``: ret; unknown or destroyed handle → 100000."""
-        return self._buffers.remove(buf)
+        ret = self._buffers.remove(buf)
+        self.generation = next(self._generations)
+        return ret
 
     def update_data_buffer(self, buf: Any, ptr: Any, size: Any) -> int:
         """``acl.update_data_buffer``: ret; unknown handle or bad ptr/size → 100000."""
@@ -295,6 +299,7 @@ class HandleTables:
             if key not in self._buffers.live:
                 return ACL_ERROR_INVALID_PARAM
             self._buffers.live[key] = (address, nbytes)
+        self.generation = next(self._generations)
         return ACL_SUCCESS
 
     def get_data_buffer_addr(self, buf: Any) -> int:
@@ -334,6 +339,7 @@ class HandleTables:
                 logger.debug("add_dataset_buffer: unknown dataset %r", ds)
                 return ds, ACL_ERROR_INVALID_PARAM
             buffers.append(buf_key)
+        self.generation = next(self._generations)
         return ds, ACL_SUCCESS
 
     def get_dataset_num_buffers(self, ds: Any) -> int:
@@ -358,7 +364,9 @@ class HandleTables:
 
     def destroy_dataset(self, ds: Any) -> int:
         """``acl.mdl.destroy_dataset``: ret; its data buffers stay alive."""
-        return self._datasets.remove(ds)
+        ret = self._datasets.remove(ds)
+        self.generation = next(self._generations)
+        return ret
 
     def dataset_buffers(self, ds: Any) -> list[int] | None:
         """Internal: a copy of the dataset's buffer handles, ``None`` if unknown."""

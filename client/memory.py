@@ -52,6 +52,8 @@ class AllocationTable:
         self._starts: list[int] = []
         self._sizes: dict[int, int] = {}
         self._devices: dict[int, int] = {}
+        self._generations = itertools.count(1)
+        self.generation = 0  # changes whenever an allocation goes away (cache key)
 
     def add(self, ptr: int, size: int, device_id: int) -> None:
         bisect.insort(self._starts, ptr)
@@ -64,6 +66,7 @@ class AllocationTable:
             return None
         self._devices.pop(ptr)
         del self._starts[bisect.bisect_left(self._starts, ptr)]
+        self.generation = next(self._generations)
         return size
 
     def size_of(self, ptr: int) -> int | None:

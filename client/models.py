@@ -15,7 +15,7 @@ from typing import Any
 from client.handles import ExecConfig, sync_timeout_error
 from client.runtime import Runtime, Stream, _int, api
 from client.session import StreamTrack
-from device.memory import is_device_ptr
+from device.memory import decode_ptr, is_device_ptr
 from device.models import ModelSpec, load_model_file, parse_model
 from farm.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
@@ -112,9 +112,25 @@ class ModelRuntime(Runtime):
         return self.handles.fill_desc(desc, found.model_id, found.spec)
 
     # -- execution -------------------------------------------------------------------------
-    def _refs(self, dataset: Any, nbytes: tuple[int, ...], what: str) -> list[list[int]]:
+    def _refs(
+        self, dataset: Any, nbytes: tuple[int, ...], what: str, device_id: int
+    ) -> list[list[int]]:
         """``[[ptr, tensor bytes], ...]`` of a dataset, each checked against this process's
-        live device allocations."""
+        live device allocations; cached until a buffer, dataset or allocation changes."""
+        key = (dataset, nbytes, device_id)
+        generations = (self.handles.generation, self.allocations.generation)
+        cached = self.refs_cache.get(key)
+        if cached is not None and cached[0] == generations:
+            return cached[1]
+        refs = self._check_refs(dataset, nbytes, what, device_id)
+        if len(self.refs_cache) > 4096:
+            self.refs_cache.clear()
+        self.refs_cache[key] = (generations, refs)
+        return refs
+
+    def _check_refs(
+        self, dataset: Any, nbytes: tuple[int, ...], what: str, device_id: int
+    ) -> list[list[int]]:
         buffers = self.handles.dataset_buffers(dataset)
         if buffers is None:
             raise AclError(f"{what} dataset {dataset} is unknown", ACL_ERROR_INVALID_PARAM)
@@ -134,8 +150,11 @@ class ModelRuntime(Runtime):
                     f"{what} {index} is {size} bytes, the model needs {need}",
                     ACL_ERROR_INVALID_PARAM,
                 )
-            if not is_device_ptr(ptr):
-                raise AclError(f"{what} {index} is not device memory", ACL_ERROR_RT_PARAM_INVALID)
+            if not is_device_ptr(ptr) or decode_ptr(ptr)[0] != device_id:
+                raise AclError(
+                    f"{what} {index} is not memory of device {device_id}",
+                    ACL_ERROR_RT_PARAM_INVALID,
+                )
             self.check_device_range(ptr, need)
             refs.append([ptr, need])
         return refs
@@ -160,8 +179,8 @@ class ModelRuntime(Runtime):
         task = {
             "k": TaskKind.EXECUTE,
             "m": found.card_handle,
-            "i": self._refs(inputs, found.input_nbytes, "input"),
-            "o": self._refs(outputs, found.output_nbytes, "output"),
+            "i": self._refs(inputs, found.input_nbytes, "input", found.device_id),
+            "o": self._refs(outputs, found.output_nbytes, "output", found.device_id),
         }
         return session.submit(track, task)
 

@@ -161,6 +161,7 @@ class Runtime:
         self.models: dict[int, Any] = {}
         self.retired_model_ids: set[int] = set()
         self.sync_tracks: dict[int, StreamTrack] = {}
+        self.refs_cache: dict[tuple, tuple] = {}
         self.memory = LocalShmMemory()
         self.host: HostPool | None = None
         self.handles = HandleTables()

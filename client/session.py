@@ -279,7 +279,7 @@ class Session:
 
     def _send(self, cmd: bytes, route: bytes, body: bytes) -> None:
         try:
-            self._socket.send_multipart(proto.client_message(cmd, route, body))
+            proto.send_frames(self._socket, proto.client_message(cmd, route, body))
         except zmq.ZMQError as exc:
             logger.warning("send failed: %s", exc)
 

@@ -95,6 +95,7 @@ class Card:
         self.outbox: dict[bytes, list] = {}
         self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
         self.backlog = False  # startable tasks left over when a turn's budget ran out
+        self.bindings: dict[tuple, tuple[list, list]] = {}  # exec buffer views (executor)
         self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
         self.stats = {"done": 0, "failed": 0, "submitted": 0}
         self.running = True
@@ -136,7 +137,7 @@ class Card:
         }
 
     def send(self, cmd: bytes, client: bytes, body: Any) -> None:
-        self.socket.send_multipart(proto.worker_message(cmd, client, proto.pack(body)))
+        proto.send_frames(self.socket, proto.worker_message(cmd, client, proto.pack(body)))
 
     def run(self) -> None:
         interval_s = self.spec.heartbeat_interval_s
@@ -268,6 +269,7 @@ class Card:
             return {"code": ACL_ERROR_RT_PARAM_INVALID, "error": "not a live allocation"}
         del self.owners[offset]
         self.allocator.free(offset)
+        self.bindings.clear()
         return {}
 
     def op_mem_info(self, client: bytes, body: dict) -> dict:
@@ -296,6 +298,7 @@ class Card:
             self.allocator.free(offset)
         for handle in [h for h, entry in self.models.items() if entry[2] == client]:
             del self.models[handle]
+        self.bindings.clear()
         self.scheduler.drop_client(client)
         self.timers = [t for t in self.timers if t[2].client != client]
         heapq.heapify(self.timers)

@@ -47,6 +47,7 @@ __all__ = [
     "load_model_file",
     "Kernel",
     "build_kernel",
+    "typed_view",
     "reference",
     "modelled_duration_s",
 ]
@@ -489,7 +490,7 @@ _FACTORIES: dict[str, Callable[[ModelSpec], Compute]] = {
 }
 
 
-def _typed_view(buffer: np.ndarray, tensor: TensorSpec) -> np.ndarray:
+def typed_view(buffer: np.ndarray, tensor: TensorSpec) -> np.ndarray:
     """The first ``tensor.nbytes`` of a flat uint8 buffer as a typed, shaped array (no copy)."""
     nbytes = tensor.nbytes
     if buffer.dtype != np.uint8 or buffer.ndim != 1:
@@ -521,8 +522,8 @@ class Kernel:
                 f"output buffers, got {len(inputs)} and {len(outputs)}",
                 ACL_ERROR_INVALID_PARAM,
             )
-        xs = [_typed_view(buf, tensor) for buf, tensor in zip(inputs, spec.inputs)]
-        ys = [_typed_view(buf, tensor) for buf, tensor in zip(outputs, spec.outputs)]
+        xs = [typed_view(buf, tensor) for buf, tensor in zip(inputs, spec.inputs)]
+        ys = [typed_view(buf, tensor) for buf, tensor in zip(outputs, spec.outputs)]
         self._compute(xs, ys)
 
     def compute(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> None:

@@ -168,8 +168,9 @@ class Broker:
                 card = self.registry.routes.get(frames[4])
                 if card is not None:
                     try:
-                        self.backend.send_multipart(
-                            [card, b"", proto.WORKER_HEADER, cmd, frames[0], frames[5]]
+                        proto.send_frames(
+                            self.backend,
+                            [card, b"", proto.WORKER_HEADER, cmd, frames[0], frames[5]],
                         )
                         self.clients_of[proto.unpack_route(frames[4])[0]].add(frames[0])
                         return
@@ -241,7 +242,9 @@ class Broker:
 
     def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
         try:
-            self.frontend.send_multipart(proto.client_message(cmd, route, proto.pack(body), client))
+            proto.send_frames(
+                self.frontend, proto.client_message(cmd, route, proto.pack(body), client)
+            )
         except zmq.ZMQError:
             logger.debug("client %r gone; reply dropped", client)
 
@@ -260,8 +263,9 @@ class Broker:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
                 try:
-                    self.frontend.send_multipart(
-                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]]
+                    proto.send_frames(
+                        self.frontend,
+                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]],
                     )
                 except zmq.ZMQError:
                     logger.debug("client gone; completion dropped")
@@ -309,7 +313,7 @@ class Broker:
 
     def _send_card(self, identity: bytes, cmd: bytes, client: bytes, body: bytes) -> None:
         try:
-            self.backend.send_multipart(proto.worker_message(cmd, client, body, identity))
+            proto.send_frames(self.backend, proto.worker_message(cmd, client, body, identity))
         except zmq.ZMQError:
             logger.debug("card %r unreachable", identity)
 
