@@ -1,13 +1,19 @@
-"""The client's connection to a farm: one DEALER socket owned by one I/O thread.
+"""The client's connection to a farm: a send socket for API threads, a receive socket for the
+I/O thread.
 
 ::
 
-    API threads ──append──▶ outbox deque ──wake pipe──▶ I/O thread ──DEALER──▶ broker
-        ▲                                                   │
-        └──── Condition: stream tracks, request slots ◀─────┘ COMPLETE / REPLY / CARD_EVENT
+    API threads ─append─▶ outbox ─holder of the send lock flushes─▶ DEALER "<id>/s" ─▶ broker
+        ▲                                                                              │
+        └── Condition: stream tracks, request slots ◀── I/O thread ◀── DEALER "<id>" ◀─┘
+                                                    COMPLETE / REPLY / CARD_EVENT / HEARTBEAT
 
-API threads never touch the socket (ZeroMQ sockets are not thread-safe). Submits are one-way and
-batched: everything queued for one card while the I/O thread was busy leaves in one SUBMIT.
+The broker answers work sent from ``<id>/s`` to ``<id>`` (``protocol.reply_identity``), so an API
+thread sends its own task with no hand-off to another thread, and a sync waits only for the I/O
+thread's notify. The send socket moves between threads under a mutex (ZeroMQ allows a socket to
+migrate with a full memory barrier); the receive socket never leaves the I/O thread. Submits are
+one-way and batched: everything queued while another thread held the send lock leaves in one
+SUBMIT per card.
 Completions update per-stream tracks under one condition variable, so a sync on a stream whose
 tasks are already done is a local check, no round trip. A lost card fails every pending task of
 that card with 507010; a silent broker (heartbeat expiry) fails everything.
@@ -90,20 +96,29 @@ class Session:
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
-        self._outbox: deque[tuple[bytes, bytes, Any]] = deque()
+        self._outbox: deque[tuple[bytes, bytes, Any]] = deque()  # work: SUBMIT / REQUEST
+        self._control: deque[tuple[bytes, bytes, Any]] = deque()  # HELLO / HEARTBEAT / BYE
+        self._send_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False
         self._running = True
         self._ctx = zmq.Context()
-        self._socket = self._ctx.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 100_000)
-        self._socket.setsockopt(zmq.RCVHWM, 100_000)
-        self._socket.connect(address)
+        identity = f"c{os.getpid()}-{os.urandom(6).hex()}".encode()
+        self._socket = self._dealer(identity)  # receives; owned by the I/O thread
+        self._sender = self._dealer(identity + proto.SENDER_SUFFIX)  # sends work; send lock
         self._hello: dict | None = None
         self._thread = threading.Thread(target=self._io_loop, name="npufarm-io", daemon=True)
         self._thread.start()
         self.farm = self._handshake(connect_timeout_s)
+
+    def _dealer(self, identity: bytes) -> zmq.Socket:
+        socket = self._ctx.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.setsockopt(zmq.IDENTITY, identity)
+        socket.connect(self.address)
+        return socket
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -137,6 +152,7 @@ class Session:
         with self.cond:
             self._replies[rid] = None
         self._post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
+        self._flush_now()
         deadline = time.monotonic() + timeout_s
         with self.cond:
             while self._replies[rid] is None:
@@ -174,6 +190,8 @@ class Session:
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:
         """Wait until no task <= ``task_id`` is pending on ``track``. False on timeout.
         A lost card ends the wait at once (its tasks were failed)."""
+        if self._outbox:
+            self._flush_now()
         with self.cond:
             if not track.blocks(task_id):
                 return True
@@ -204,10 +222,12 @@ class Session:
     def close(self) -> None:
         if not self._running:
             return
-        self._post(Cmd.DISCONNECT, _BROKER_ROUTE, {})
+        self._post_control(Cmd.DISCONNECT, _BROKER_ROUTE, {})
         self._running = False
         self._wake()
         self._thread.join(timeout=5.0)
+        with self._send_lock:
+            self._sender.close(0)
         self._socket.close(0)
         self._ctx.term()
         os.close(self._wake_r)
@@ -215,7 +235,7 @@ class Session:
 
     # -- I/O thread plumbing ---------------------------------------------------------------
     def _handshake(self, timeout_s: float) -> dict:
-        self._post(Cmd.HELLO, _BROKER_ROUTE, {"pid": os.getpid()})
+        self._post_control(Cmd.HELLO, _BROKER_ROUTE, {"pid": os.getpid()})
         deadline = time.monotonic() + timeout_s
         with self.cond:
             while self._hello is None:
@@ -232,10 +252,27 @@ class Session:
         return farm
 
     def _post(self, cmd: bytes, route: bytes, body: Any) -> None:
+        """Queue work for the I/O thread, which sends what accumulated as one batch per card.
+        A thread about to wait sends the queue itself first (:meth:`_flush_now`)."""
         self._outbox.append((cmd, route, body))
         if not self._wake_pending:
             self._wake_pending = True
             self._wake()
+
+    def _flush_now(self) -> None:
+        """Send the queued work from this thread unless another thread is sending already; that
+        thread then takes it along (its recheck after unlocking sees it)."""
+        while self._outbox and self._running:
+            if not self._send_lock.acquire(blocking=False):
+                return
+            try:
+                self._flush_outbox(self._sender)
+            finally:
+                self._send_lock.release()
+
+    def _post_control(self, cmd: bytes, route: bytes, body: Any) -> None:
+        self._control.append((cmd, route, body))
+        self._wake()
 
     def _wake(self) -> None:
         try:
@@ -254,11 +291,13 @@ class Session:
                 if item == self._wake_r:
                     os.read(self._wake_r, 4096)
                     self._wake_pending = False
+                    self._flush_now()
                 else:
                     last_heard = time.monotonic()
                     self._drain_socket()
-            if self._outbox:
-                self._flush_outbox()
+            while self._control:
+                cmd, route, body = self._control.popleft()
+                self._send(self._socket, cmd, route, proto.pack(body))
             now = time.monotonic()
             if (
                 self._hello is not None
@@ -266,7 +305,7 @@ class Session:
                 and now - last_heard >= interval_s
             ):
                 # nothing heard for an interval (idle, or a long task): ping; the broker answers
-                self._send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
+                self._send(self._socket, Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
                 last_ping = now
             if (
                 self._hello is not None
@@ -274,16 +313,21 @@ class Session:
                 and not self._socket.poll(0)
             ):
                 self._broker_gone(now - last_heard)
-        if self._outbox:  # the DISCONNECT posted by close()
-            self._flush_outbox()
+        while self._control:  # the DISCONNECT posted by close()
+            cmd, route, body = self._control.popleft()
+            self._send(self._socket, cmd, route, proto.pack(body))
 
-    def _send(self, cmd: bytes, route: bytes, body: bytes) -> None:
+    @staticmethod
+    def _send(socket: zmq.Socket, cmd: bytes, route: bytes, body: bytes) -> None:
         try:
-            proto.send_frames(self._socket, proto.client_message(cmd, route, body))
+            proto.send_frames(socket, proto.client_message(cmd, route, body))
         except zmq.ZMQError as exc:
             logger.warning("send failed: %s", exc)
 
-    def _flush_outbox(self) -> None:
+    def _flush_outbox(self, socket: zmq.Socket) -> None:
+        """Send everything queued (caller holds the send lock), one SUBMIT per card per run of
+        consecutive submits, so order with requests is kept."""
+        send = self._send
         batches: dict[bytes, list] = {}
         outbox = self._outbox
         while outbox:
@@ -292,15 +336,15 @@ class Session:
                 batch = batches.setdefault(route, [])
                 batch.append(body)
                 if len(batch) >= _MAX_BATCH:
-                    self._send(Cmd.SUBMIT, route, proto.pack(batch))
+                    send(socket, Cmd.SUBMIT, route, proto.pack(batch))
                     del batches[route]
                 continue
             for batch_route, batch in batches.items():  # keep order with this message
-                self._send(Cmd.SUBMIT, batch_route, proto.pack(batch))
+                send(socket, Cmd.SUBMIT, batch_route, proto.pack(batch))
             batches.clear()
-            self._send(cmd, route, proto.pack(body))
+            send(socket, cmd, route, proto.pack(body))
         for batch_route, batch in batches.items():
-            self._send(Cmd.SUBMIT, batch_route, proto.pack(batch))
+            send(socket, Cmd.SUBMIT, batch_route, proto.pack(batch))
 
     def _drain_socket(self) -> None:
         while True:

@@ -167,16 +167,17 @@ class Broker:
             if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
                 card = self.registry.routes.get(frames[4])
                 if card is not None:
+                    client = proto.reply_identity(frames[0])
                     try:
                         proto.send_frames(
-                            self.backend,
-                            [card, b"", proto.WORKER_HEADER, cmd, frames[0], frames[5]],
+                            self.backend, [card, b"", proto.WORKER_HEADER, cmd, client, frames[5]]
                         )
-                        self.clients_of[proto.unpack_route(frames[4])[0]].add(frames[0])
+                        self.clients_of[proto.unpack_route(frames[4])[0]].add(client)
                         return
                     except zmq.ZMQError:
                         pass  # card vanished between its last message and now
         msg = proto.parse_client_message(frames, with_identity=True)
+        msg = proto.ClientFrame(proto.reply_identity(msg.identity), msg.cmd, msg.route, msg.body)
         device_id, _ = proto.unpack_route(msg.route)
         if msg.cmd in (Cmd.SUBMIT, Cmd.REQUEST) and device_id != BROKER_DEVICE:
             self.refuse(msg, device_id)

@@ -50,6 +50,8 @@ __all__ = [
     "validate_task",
     "completion_row",
     "send_frames",
+    "SENDER_SUFFIX",
+    "reply_identity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ logger = logging.getLogger(__name__)
 CLIENT_HEADER = b"NPUC01"
 WORKER_HEADER = b"NPUW01"
 BROKER_DEVICE = 0xFFFF
+SENDER_SUFFIX = b"/s"  # a client's send-only socket: identity of its receiving socket + this
 _ROUTE = struct.Struct(">HH")
 
 
@@ -242,3 +245,9 @@ def send_frames(socket: zmq.Socket, frames: list) -> None:
     for index in range(last):
         send(frames[index], _SNDMORE)
     send(frames[last])
+
+
+def reply_identity(identity: bytes) -> bytes:
+    """Where answers to a client message go: a client sends work on a second socket whose
+    identity is its receiving socket's plus :data:`SENDER_SUFFIX`."""
+    return identity[:-2] if identity.endswith(SENDER_SUFFIX) else identity
