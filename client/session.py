@@ -1,22 +1,22 @@
-"""The client's connection to a farm: a send socket for API threads, a receive socket for the
-I/O thread.
+"""The client's connection to a farm: a send socket any API thread uses under a lock, and a
+receive socket read by whichever thread is waiting (or the I/O thread when nobody is).
 
 ::
 
     API threads ─append─▶ outbox ─holder of the send lock flushes─▶ DEALER "<id>/s" ─▶ broker
-        ▲                                                                              │
-        └── Condition: stream tracks, request slots ◀── I/O thread ◀── DEALER "<id>" ◀─┘
-                                                    COMPLETE / REPLY / CARD_EVENT / HEARTBEAT
+                                                                                       │
+    waiting API thread (leader) or, when none waits, the I/O thread ◀── DEALER "<id>" ◀┘
+        └─▶ stream tracks / request slots under one Condition ─▶ other waiters notified
 
-The broker answers work sent from ``<id>/s`` to ``<id>`` (``protocol.reply_identity``), so an API
-thread sends its own task with no hand-off to another thread, and a sync waits only for the I/O
-thread's notify. The send socket moves between threads under a mutex (ZeroMQ allows a socket to
-migrate with a full memory barrier); the receive socket never leaves the I/O thread. Submits are
-one-way and batched: everything queued while another thread held the send lock leaves in one
-SUBMIT per card.
-Completions update per-stream tracks under one condition variable, so a sync on a stream whose
-tasks are already done is a local check, no round trip. A lost card fails every pending task of
-that card with 507010; a silent broker (heartbeat expiry) fails everything.
+The broker answers everything sent from ``<id>/s`` to ``<id>`` (``protocol.reply_identity``).
+Sockets move between threads only under their locks (ZeroMQ allows a socket to migrate with a
+full memory barrier). A thread that waits for a completion flushes the outbox itself and then
+receives on the socket itself (leader/follower), so a synchronous round trip has no thread
+hand-off; the I/O thread steps aside while anyone waits, and otherwise drains completions,
+card events and pongs, pings an idle broker and declares it lost after the heartbeat expiry.
+Submits are one-way and batched: what queued up while the I/O thread was busy leaves as one
+SUBMIT per card. A sync on a stream whose tasks are done is a local check, no round trip.
+A lost card fails every pending task of that card with 507010; a silent broker fails everything.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _REQUEST_TIMEOUT_S = 30.0
 _MAX_BATCH = 64
+_IO_THREAD = "io"  # the receiver marker of the I/O thread (waiting threads use their ident)
 
 
 @dataclass(eq=False)
@@ -97,16 +99,20 @@ class Session:
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
         self._outbox: deque[tuple[bytes, bytes, Any]] = deque()  # work: SUBMIT / REQUEST
-        self._control: deque[tuple[bytes, bytes, Any]] = deque()  # HELLO / HEARTBEAT / BYE
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.Lock()  # owns the send socket
+        self._receiver: int | str | None = None  # who may use the receive socket (cond)
+        self._waiters = 0  # threads in _await (the I/O thread steps aside while > 0)
+        self._last_heard = time.monotonic()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_pending = False
         self._running = True
         self._ctx = zmq.Context()
         identity = f"c{os.getpid()}-{os.urandom(6).hex()}".encode()
-        self._socket = self._dealer(identity)  # receives; owned by the I/O thread
-        self._sender = self._dealer(identity + proto.SENDER_SUFFIX)  # sends work; send lock
+        self._socket = self._dealer(identity)  # receives (under the receive lock)
+        self._sender = self._dealer(identity + proto.SENDER_SUFFIX)  # sends (send lock)
         self._hello: dict | None = None
+        # HELLO leaves on the receive socket, so the broker knows that pipe before it answers
+        self._send(self._socket, Cmd.HELLO, _BROKER_ROUTE, proto.pack({"pid": os.getpid()}))
         self._thread = threading.Thread(target=self._io_loop, name="npufarm-io", daemon=True)
         self._thread.start()
         self.farm = self._handshake(connect_timeout_s)
@@ -152,23 +158,15 @@ class Session:
         with self.cond:
             self._replies[rid] = None
         self._post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
-        self._flush_now()
-        deadline = time.monotonic() + timeout_s
+        answered = self._await(
+            lambda: self._replies[rid] is not None or self.broker_lost,
+            time.monotonic() + timeout_s,
+        )
         with self.cond:
-            while self._replies[rid] is None:
-                remaining = deadline - time.monotonic()
-                if self.broker_lost or remaining <= 0:
-                    del self._replies[rid]
-                    code = (
-                        ACL_ERROR_RT_LOST_HEARTBEAT
-                        if self.broker_lost
-                        else (ACL_ERROR_RT_SOCKET_CLOSE)
-                    )
-                    raise AclError(
-                        f"no reply to {op} from device {device_id}", code, card=device_id
-                    )
-                self.cond.wait(remaining)
             reply = self._replies.pop(rid)
+        if reply is None:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT if answered else ACL_ERROR_RT_SOCKET_CLOSE
+            raise AclError(f"no reply to {op} from device {device_id}", code, card=device_id)
         if reply.get("code", ACL_SUCCESS) != ACL_SUCCESS:
             raise AclError(reply.get("error", f"{op} failed"), reply["code"], card=device_id)
         return reply
@@ -190,21 +188,11 @@ class Session:
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:
         """Wait until no task <= ``task_id`` is pending on ``track``. False on timeout.
         A lost card ends the wait at once (its tasks were failed)."""
-        if self._outbox:
-            self._flush_now()
         with self.cond:
             if not track.blocks(task_id):
                 return True
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while track.blocks(task_id):
-                if deadline is None:
-                    self.cond.wait(self.heartbeat_expiry_s)
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self.cond.wait(remaining)
-            return True
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return self._await(lambda: not track.blocks(task_id), deadline)
 
     def take_error(self, track: StreamTrack) -> int:
         """The first unreported task error of the stream, reported once."""
@@ -222,12 +210,18 @@ class Session:
     def close(self) -> None:
         if not self._running:
             return
-        self._post_control(Cmd.DISCONNECT, _BROKER_ROUTE, {})
+        self._flush_now()
+        with self._send_lock:
+            self._send(self._sender, Cmd.DISCONNECT, _BROKER_ROUTE, proto.pack({}))
         self._running = False
         self._wake()
         self._thread.join(timeout=5.0)
         with self._send_lock:
             self._sender.close(0)
+        with self.cond:
+            while self._receiver is not None:
+                self.cond.wait(0.1)
+            self._receiver = "closed"
         self._socket.close(0)
         self._ctx.term()
         os.close(self._wake_r)
@@ -235,14 +229,7 @@ class Session:
 
     # -- I/O thread plumbing ---------------------------------------------------------------
     def _handshake(self, timeout_s: float) -> dict:
-        self._post_control(Cmd.HELLO, _BROKER_ROUTE, {"pid": os.getpid()})
-        deadline = time.monotonic() + timeout_s
-        with self.cond:
-            while self._hello is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self.cond.wait(remaining)
+        self._await(lambda: self._hello is not None, time.monotonic() + timeout_s)
         if self._hello is None:
             self.close()
             raise FarmUnavailable(f"no farm answered at {self.address} within {timeout_s:g}s")
@@ -270,9 +257,67 @@ class Session:
             finally:
                 self._send_lock.release()
 
-    def _post_control(self, cmd: bytes, route: bytes, body: Any) -> None:
-        self._control.append((cmd, route, body))
-        self._wake()
+    def _await(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Wait until ``done()`` (checked under the condition) or the deadline; False on
+        timeout. The waiting thread flushes the outbox and, when no other thread is receiving,
+        becomes the receiver itself; otherwise it waits to be notified."""
+        if self._outbox:
+            self._flush_now()
+        me = threading.get_ident()
+        kicked = False
+        with self.cond:
+            if done():
+                return True
+            self._waiters += 1
+        try:
+            while True:
+                with self.cond:
+                    while True:
+                        if done():
+                            return True
+                        if not self._running:
+                            return False
+                        slice_s = self._interval_s()
+                        if deadline is not None:
+                            remaining = deadline - time.monotonic()
+                            if remaining <= 0:
+                                return False
+                            slice_s = min(slice_s, remaining)
+                        if self._receiver is None:
+                            self._receiver = me
+                            break
+                        if self._receiver == _IO_THREAD and not kicked:
+                            kicked = True  # the I/O thread is in poll: ask it to step aside
+                            self._wake()
+                        self.cond.wait(slice_s)
+                self._receive(slice_s)
+        finally:
+            with self.cond:
+                self._waiters -= 1
+                last = self._waiters == 0
+            if last:
+                self._wake()  # the I/O thread takes the receive socket back
+
+    def _receive(self, timeout_s: float, poller: zmq.Poller | None = None) -> None:
+        """Poll and drain the receive socket; the caller has just become the receiver."""
+        try:
+            if poller is None:
+                if self._socket.poll(timeout_s * 1000.0):
+                    self._drain_socket()
+            else:
+                for item, _ in poller.poll(timeout_s * 1000.0):
+                    if item == self._wake_r:
+                        os.read(self._wake_r, 4096)
+                        self._wake_pending = False
+                    else:
+                        self._drain_socket()
+        finally:
+            with self.cond:
+                self._receiver = None
+                self.cond.notify_all()  # a waiter may take over the receive socket
+
+    def _interval_s(self) -> float:
+        return self._hello["heartbeat_interval_s"] if self._hello else 0.05
 
     def _wake(self) -> None:
         try:
@@ -281,41 +326,44 @@ class Session:
             pass
 
     def _io_loop(self) -> None:
+        """Receive while nobody waits; ping an idle broker; declare a silent one lost."""
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        last_heard = last_ping = time.monotonic()
+        wake_only = zmq.Poller()
+        wake_only.register(self._wake_r, zmq.POLLIN)
+        last_ping = time.monotonic()
         while self._running:
-            interval_s = self._hello["heartbeat_interval_s"] if self._hello else 0.25
-            for item, _ in poller.poll(interval_s * 1000.0):
-                if item == self._wake_r:
-                    os.read(self._wake_r, 4096)
-                    self._wake_pending = False
-                    self._flush_now()
-                else:
-                    last_heard = time.monotonic()
-                    self._drain_socket()
-            while self._control:
-                cmd, route, body = self._control.popleft()
-                self._send(self._socket, cmd, route, proto.pack(body))
+            interval_s = self._interval_s()
+            with self.cond:
+                mine = self._waiters == 0 and self._receiver is None and self._running
+                if mine:
+                    self._receiver = _IO_THREAD
+            if mine:
+                self._receive(interval_s, poller)
+            elif wake_only.poll(interval_s * 1000.0):  # a waiter receives; keep flushing
+                os.read(self._wake_r, 4096)
+                self._wake_pending = False
+            if self._outbox:
+                self._flush_now()
             now = time.monotonic()
-            if (
-                self._hello is not None
-                and now - last_ping >= interval_s
-                and now - last_heard >= interval_s
-            ):
+            if self._hello is None or not self._running:
+                continue
+            silent_s = now - self._last_heard
+            if now - last_ping >= interval_s and silent_s >= interval_s:
                 # nothing heard for an interval (idle, or a long task): ping; the broker answers
-                self._send(self._socket, Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
+                with self._send_lock:
+                    self._send(self._sender, Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
                 last_ping = now
-            if (
-                self._hello is not None
-                and now - last_heard > self.heartbeat_expiry_s
-                and not self._socket.poll(0)
-            ):
-                self._broker_gone(now - last_heard)
-        while self._control:  # the DISCONNECT posted by close()
-            cmd, route, body = self._control.popleft()
-            self._send(self._socket, cmd, route, proto.pack(body))
+            if silent_s > self.heartbeat_expiry_s:
+                with self.cond:  # look once more: the answer may be queued behind a busy thread
+                    mine = self._receiver is None
+                    if mine:
+                        self._receiver = _IO_THREAD
+                if mine:
+                    self._receive(0.0)
+                if time.monotonic() - self._last_heard > self.heartbeat_expiry_s:
+                    self._broker_gone(silent_s)
 
     @staticmethod
     def _send(socket: zmq.Socket, cmd: bytes, route: bytes, body: bytes) -> None:
@@ -347,11 +395,13 @@ class Session:
             send(socket, Cmd.SUBMIT, batch_route, proto.pack(batch))
 
     def _drain_socket(self) -> None:
+        """Handle every queued message (caller holds the receive lock)."""
         while True:
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._last_heard = time.monotonic()
             try:
                 self._on_message(proto.parse_client_message(frames, with_identity=False))
             except (NpuFarmError, KeyError, TypeError, ValueError) as exc:
