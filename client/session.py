@@ -397,9 +397,8 @@ class Session:
     def _drain_socket(self) -> None:
         """Handle every queued message (caller holds the receive lock)."""
         while True:
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = proto.recv_ready(self._socket)
+            if frames is None:
                 return
             self._last_heard = time.monotonic()
             try:

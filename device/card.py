@@ -156,9 +156,8 @@ class Card:
             if poller.poll(timeout_ms):
                 broker_seen = time.monotonic()
                 for _ in range(_MAX_DRAIN):
-                    try:
-                        frames = self.socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    frames = proto.recv_ready(self.socket)
+                    if frames is None:
                         break
                     self.on_message(frames)
             now = time.monotonic()

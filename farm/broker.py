@@ -151,9 +151,8 @@ class Broker:
 
     def _drain(self, socket: zmq.Socket, handler) -> None:
         for _ in range(_MAX_DRAIN):
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = proto.recv_ready(socket)
+            if frames is None:
                 return
             try:
                 handler(frames)

@@ -50,6 +50,7 @@ __all__ = [
     "validate_task",
     "completion_row",
     "send_frames",
+    "recv_ready",
     "SENDER_SUFFIX",
     "reply_identity",
 ]
@@ -94,6 +95,9 @@ class TaskKind:
 
 
 _SNDMORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
 
 _packer_kwargs = {"use_bin_type": True}
 _unpacker_kwargs = {"raw": False, "strict_map_key": False}
@@ -251,3 +255,14 @@ def reply_identity(identity: bytes) -> bytes:
     """Where answers to a client message go: a client sends work on a second socket whose
     identity is its receiving socket's plus :data:`SENDER_SUFFIX`."""
     return identity[:-2] if identity.endswith(SENDER_SUFFIX) else identity
+
+
+def recv_ready(socket: zmq.Socket) -> list | None:
+    """The next queued message, or None when there is none (no ``zmq.Again`` raised: an
+    exception per drained batch costs more than the EVENTS check)."""
+    if not socket.get(_EVENTS) & _POLLIN:
+        return None
+    try:
+        return socket.recv_multipart(_NOBLOCK)
+    except zmq.Again:
+        return None
