@@ -60,6 +60,7 @@ class Broker:
         self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
         self.state_path = statefile.state_path(config)
         self.announced = False
+        self.signal_fd: int | None = None  # read end of the signal wakeup pipe (run_farm)
 
     def _router(self, address: str) -> zmq.Socket:
         socket = self.ctx.socket(zmq.ROUTER)
@@ -129,6 +130,8 @@ class Broker:
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
         watched: set[int] = set()
+        if self.signal_fd is not None:
+            poller.register(self.signal_fd, zmq.POLLIN)  # SIGINT/SIGTERM end the poll at once
         next_beat = time.monotonic()
         while self.running:
             for fd in set(self.supervisor.sentinels) - watched:
@@ -140,6 +143,8 @@ class Broker:
                     self._drain(self.frontend, self.on_client)
                 elif item is self.backend:
                     self._drain(self.backend, self.on_card)
+                elif item == self.signal_fd:
+                    os.read(self.signal_fd, 512)
                 elif isinstance(item, int):
                     poller.unregister(item)
                     watched.discard(item)
@@ -386,10 +391,17 @@ def run_farm(config: FarmConfig, watch_parent: int | None = None) -> None:
         broker.running = False
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    previous_fd = signal.set_wakeup_fd(wake_w)
+    broker.signal_fd = wake_r
     try:
         broker.start_cards()
         broker.run()
     finally:
         broker.shutdown()
+        signal.set_wakeup_fd(previous_fd)
+        os.close(wake_r)
+        os.close(wake_w)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
