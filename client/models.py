@@ -176,13 +176,12 @@ class ModelRuntime(Runtime):
                 "the model was loaded before the device was reset",
                 ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
             )
-        task = {
-            "k": TaskKind.EXECUTE,
-            "m": found.card_handle,
-            "i": self._refs(inputs, found.input_nbytes, "input", found.device_id),
-            "o": self._refs(outputs, found.output_nbytes, "output", found.device_id),
-        }
-        return session.submit(track, task)
+        reads = self._refs(inputs, found.input_nbytes, "input", found.device_id)
+        writes = self._refs(outputs, found.output_nbytes, "output", found.device_id)
+        if self.poison_outputs:
+            self.poison_unread(writes, reads, found.spec.outputs)
+        task = {"k": TaskKind.EXECUTE, "m": found.card_handle, "i": reads, "o": writes}
+        return self.submit_task(track, task, reads, writes, "acl.mdl.execute")
 
     def _exec_config(self, handle: Any) -> ExecConfig:
         if _int(handle, "exec config handle") == 0:

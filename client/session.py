@@ -95,6 +95,7 @@ class Session:
         self.epochs: dict[int, int] = {}
         self.broker_lost = False
         self.ledger = Ledger()
+        self.on_settle: Callable[[int, int], None] | None = None  # (task id, code), under cond
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
@@ -171,8 +172,14 @@ class Session:
             raise AclError(reply.get("error", f"{op} failed"), reply["code"], card=device_id)
         return reply
 
-    def submit(self, track: StreamTrack, task: dict[str, Any]) -> int:
-        """Queue one task on ``track``'s stream; return its task id. One-way."""
+    def submit(
+        self,
+        track: StreamTrack,
+        task: dict[str, Any],
+        registered: Callable[[int], None] | None = None,
+    ) -> int:
+        """Queue one task on ``track``'s stream; return its task id. One-way.
+        ``registered(task_id)`` runs under the condition before the task can complete."""
         self.check_device(track.device_id)
         with self.cond:
             task_id = next(self._task_ids)
@@ -182,6 +189,8 @@ class Session:
             track.last_task = task_id
             self.tracks[task_id] = track
             self.ledger.submitted += 1
+            if registered is not None:
+                registered(task_id)
         self._post(Cmd.SUBMIT, self.route(track.device_id), task)
         return task_id
 
@@ -443,6 +452,8 @@ class Session:
         track = self.tracks.pop(task_id, None)
         if track is None:
             return
+        if self.on_settle is not None:
+            self.on_settle(task_id, code)
         if track.pending and track.pending[0] == task_id:
             track.pending.popleft()
         else:

@@ -67,10 +67,11 @@ class CardSpec:
     heartbeat_interval_s: float
     heartbeat_liveness: int
     seed: int
+    min_completion_delay_s: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CardSpec:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -90,7 +91,7 @@ class Card:
         self.models: dict[int, tuple[ModelSpec, Any, bytes]] = {}
         self._model_ids = itertools.count(1)
         self.scheduler = StreamScheduler(spec.exec_slots)
-        self.timers: list[tuple[float, int, Task, int]] = []
+        self.timers: list[tuple] = []  # (deadline, seq, task, code, commit) heap
         self._timer_seq = itertools.count()
         self.outbox: dict[bytes, list] = {}
         self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
@@ -312,23 +313,28 @@ class Card:
             if time.monotonic() > budget_end:
                 self.scheduler.put_back(tasks)
                 return True
+            min_delay_s = self.spec.min_completion_delay_s
             for task in tasks:
                 task.started_s = started_s = time.monotonic()
-                code, duration_s = executor.start(self, task)
+                defer = min_delay_s > 0 or self.spec.time_scale > 0
+                code, duration_s, commit = executor.start(self, task, defer)
                 done_s = time.monotonic()
-                deadline = max(started_s + duration_s, done_s)
+                deadline = max(started_s + max(duration_s, min_delay_s), done_s)
                 if deadline <= done_s:
-                    self.finish(task, code, done_s)
+                    self.finish(task, code, done_s, commit)
                 else:
-                    heapq.heappush(self.timers, (deadline, next(self._timer_seq), task, code))
+                    entry = (deadline, next(self._timer_seq), task, code, commit)
+                    heapq.heappush(self.timers, entry)
         return False
 
     def fire_timers(self, now: float) -> None:
         while self.timers and self.timers[0][0] <= now:
-            _, _, task, code = heapq.heappop(self.timers)
-            self.finish(task, code, now)
+            _, _, task, code, commit = heapq.heappop(self.timers)
+            self.finish(task, code, now, commit)
 
-    def finish(self, task: Task, code: int, now: float) -> None:
+    def finish(self, task: Task, code: int, now: float, commit=None) -> None:
+        if commit is not None and code == ACL_SUCCESS:
+            commit()  # results appear at completion, as on hardware
         self.scheduler.finish(task)
         self.complete(task.client, task.task_id, code, task.started_s, now)
 

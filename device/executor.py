@@ -8,6 +8,7 @@ the task with 107000 instead of reading or writing outside what the caller owns.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = ["start", "BadAddress"]
 logger = logging.getLogger(__name__)
 
 _MAX_BINDINGS = 4096  # cached exec bindings per card (cleared on any free)
+
+Commit = Callable[[], None]
 
 
 class BadAddress(Exception):
@@ -101,42 +104,66 @@ def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
     return bound
 
 
-def _execute(card: Card, task: Task) -> tuple[int, float]:
+def _execute(card: Card, task: Task, defer: bool) -> tuple[int, float, Commit | None]:
     entry = card.models.get(task.body["m"])
     if entry is None or entry[2] != task.client:
-        return ACL_ERROR_GE_EXEC_MODEL_ID_INVALID, 0.0
+        return ACL_ERROR_GE_EXEC_MODEL_ID_INVALID, 0.0, None
     spec, kernel, _ = entry
     bound = _bind(card, task, spec, kernel)
     if bound is None:
-        return ACL_ERROR_RT_PARAM_INVALID, 0.0
+        return ACL_ERROR_RT_PARAM_INVALID, 0.0, None
+    inputs, outputs = bound
+    targets = [np.empty_like(y) for y in outputs] if defer else outputs
     try:
-        kernel.compute(*bound)
+        kernel.compute(inputs, targets)
     except Exception:  # a kernel bug must fail the task, never the card
         logger.exception("card %d: kernel %s failed", card.spec.device_id, spec.name)
-        return ACL_ERROR_RT_MODEL_EXECUTE, 0.0
+        return ACL_ERROR_RT_MODEL_EXECUTE, 0.0, None
+    commit = _publisher(outputs, targets) if defer else None
     if card.spec.time_scale == 0:
-        return ACL_SUCCESS, 0.0
+        return ACL_SUCCESS, 0.0, commit
     duration_s = modelled_duration_s(
         spec.latency, spec, card.spec.speed_factor, card.spec.time_scale, card.rng
     )
     if card.spec.jitter_sigma > 0 and duration_s > 0:
         duration_s *= float(card.rng.lognormal(0.0, card.spec.jitter_sigma))
-    return ACL_SUCCESS, duration_s
+    return ACL_SUCCESS, duration_s, commit
 
 
-def start(card: Card, task: Task) -> tuple[int, float]:
-    """Run ``task``'s real work now; return (ACL code, modelled duration in seconds)."""
+def _publisher(destinations: list[np.ndarray], results: list[np.ndarray]) -> Commit:
+    def commit() -> None:
+        for destination, result in zip(destinations, results):
+            np.copyto(destination, result)
+
+    return commit
+
+
+def start(card: Card, task: Task, defer: bool = False) -> tuple[int, float, Commit | None]:
+    """Run ``task``'s real work now; return (ACL code, modelled duration in seconds, commit).
+
+    With ``defer`` the results are computed now but written to their destination only when the
+    card calls ``commit`` at the task's completion, so until then a reader that skipped the
+    sync sees what was there before (or the client's poison), never early results.
+    """
     body = task.body
     kind = body["k"]
     try:
         if kind == TaskKind.EXECUTE:
-            return _execute(card, task)
+            return _execute(card, task, defer)
         if kind == TaskKind.COPY:
             n = body["n"]
-            np.copyto(segment_view(card, body["dst"], n), segment_view(card, body["src"], n))
+            destination = segment_view(card, body["dst"], n)
+            source = segment_view(card, body["src"], n)
+            if defer:
+                return ACL_SUCCESS, 0.0, _publisher([destination], [source.copy()])
+            np.copyto(destination, source)
         elif kind == TaskKind.MEMSET:
-            segment_view(card, body["dst"], body["n"]).fill(body["v"] & 0xFF)
+            destination = segment_view(card, body["dst"], body["n"])
+            value = body["v"] & 0xFF
+            if defer:
+                return ACL_SUCCESS, 0.0, lambda: destination.fill(value)
+            destination.fill(value)
     except BadAddress as exc:
         logger.warning("card %d: task %d rejected: %s", card.spec.device_id, task.task_id, exc)
-        return ACL_ERROR_RT_PARAM_INVALID, 0.0
-    return ACL_SUCCESS, 0.0
+        return ACL_ERROR_RT_PARAM_INVALID, 0.0, None
+    return ACL_SUCCESS, 0.0, None

@@ -75,6 +75,7 @@ class Supervisor:
             heartbeat_interval_s=self.config.heartbeat_interval_s,
             heartbeat_liveness=self.config.heartbeat_liveness,
             seed=self.config.seed,
+            min_completion_delay_s=self.config.min_completion_delay_s,
         )
 
     def start(self, device_id: int, epoch: int) -> int:
