@@ -77,7 +77,10 @@ def test_poison_spares_buffers_a_pending_task_still_reads(tmp_path, acl_on):
                 acl.mdl.add_dataset_buffer(ds, acl.create_data_buffer(ptr, n))
                 return ds
 
+            d = acl.rt.malloc(n, 0)[0]
             assert acl.mdl.execute_async(scale_id, dataset(a), dataset(b), stream) == 0  # b = a
+            assert acl.rt.synchronize_stream(stream) == 0  # b now holds real data
+            assert acl.mdl.execute_async(scale_id, dataset(a), dataset(d), stream) == 0  # busy
             assert acl.mdl.execute_async(scale_id, dataset(b), dataset(c), stream) == 0  # c = b
             assert acl.mdl.execute_async(scale_id, dataset(a), dataset(b), stream) == 0  # b = a
             assert acl.rt.synchronize_stream(stream) == 0
