@@ -148,6 +148,7 @@ class Runtime:
         self.session: Session | None = None
         self.embedded = None
         self.finalized_once = False
+        self.last_ledger: dict | None = None  # the client ledger of the last finalized session
         self._tls = threading.local()
         self._ids = itertools.count(0x5000_0000_0010, 16)
         self._reset_state()
@@ -211,11 +212,12 @@ class Runtime:
                 raise AclError("acl.finalize without a live acl.init", code)
             session, self.session = self.session, None
             self.finalized_once = True
+            session.close()  # the broker tells each card to drop this client's memory
+            self.last_ledger = session.ledger.as_dict()
             if self.host is not None:
                 self.host.close()
             self.memory.close()
             self.handles.clear()
-            session.close()  # the broker tells each card to drop this client's memory
             if self.embedded is not None:
                 self.embedded.stop()
                 self.embedded = None

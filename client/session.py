@@ -75,12 +75,14 @@ class Ledger:
     submitted: int = 0
     completed: int = 0
     failed: dict[int, int] = field(default_factory=dict)
+    abandoned: int = 0  # still pending when the session closed (never synced, or dropped)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "submitted": self.submitted,
             "completed": self.completed,
-            "failed": dict(self.failed),
+            "failed": {str(code): n for code, n in sorted(self.failed.items())},
+            "abandoned": self.abandoned,
         }
 
 
@@ -219,6 +221,8 @@ class Session:
     def close(self) -> None:
         if not self._running:
             return
+        with self.cond:
+            self.ledger.abandoned = len(self.tracks)
         self._flush_now()
         with self._send_lock:
             self._send(self._sender, Cmd.DISCONNECT, _BROKER_ROUTE, proto.pack({}))

@@ -28,6 +28,7 @@ from farm import protocol as proto
 from farm import statefile
 from farm.config import FarmConfig
 from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from farm.ledger import FarmLedger
 from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
 from farm.supervisor import Supervisor, ipc_path
@@ -61,6 +62,7 @@ class Broker:
         self.state_path = statefile.state_path(config)
         self.announced = False
         self.signal_fd: int | None = None  # read end of the signal wakeup pipe (run_farm)
+        self.ledger = FarmLedger()
 
     def _router(self, address: str) -> zmq.Socket:
         socket = self.ctx.socket(zmq.ROUTER)
@@ -96,6 +98,7 @@ class Broker:
             "sanitizer": self.config.sanitizer,
             "uptime_s": time.monotonic() - self.started_s,
             "cards": [self._describe_card(c.device_id) for c in self.config.cards],
+            "ledger": self.ledger.as_dict(),
         }
 
     def _describe_card(self, device_id: int) -> dict[str, Any]:
@@ -172,11 +175,14 @@ class Broker:
                 card = self.registry.routes.get(frames[4])
                 if card is not None:
                     client = proto.reply_identity(frames[0])
+                    device_id = proto.unpack_route(frames[4])[0]
                     try:
                         proto.send_frames(
                             self.backend, [card, b"", proto.WORKER_HEADER, cmd, client, frames[5]]
                         )
-                        self.clients_of[proto.unpack_route(frames[4])[0]].add(client)
+                        self.clients_of[device_id].add(client)
+                        if cmd == Cmd.SUBMIT:
+                            self.ledger.routed(device_id, proto.batch_length(frames[5]))
                         return
                     except zmq.ZMQError:
                         pass  # card vanished between its last message and now
@@ -213,6 +219,7 @@ class Broker:
                 for t in body
                 if isinstance(t, dict) and isinstance(t.get("t"), int)
             ]
+            self.ledger.refused(len(rows), code)
             self.reply(msg.identity, Cmd.COMPLETE, msg.route, rows)
         elif msg.cmd == Cmd.REQUEST and isinstance(body, dict) and "rid" in body:
             self.reply(msg.identity, Cmd.REPLY, msg.route, {"rid": body["rid"], "code": code})
@@ -267,6 +274,8 @@ class Broker:
         if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
+                if frames[3] == Cmd.COMPLETE:
+                    self._count_completions(entry.device_id, frames[5])
                 try:
                     proto.send_frames(
                         self.frontend,
@@ -289,6 +298,15 @@ class Broker:
                     entry.stats = body
         else:
             logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
+
+    def _count_completions(self, device_id: int, body: bytes) -> None:
+        try:
+            rows = proto.unpack(body)
+            codes = [row[1] for row in rows if isinstance(row, list) and len(row) == 4]
+        except (NpuFarmError, TypeError):
+            logger.warning("card %d sent a malformed COMPLETE; not counted", device_id)
+            return
+        self.ledger.ended(device_id, codes)
 
     def on_ready(self, identity: bytes, body: Any, now: float) -> None:
         if not isinstance(body, dict):
@@ -335,6 +353,7 @@ class Broker:
         if entry is None:
             return
         logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
+        self.ledger.card_lost(device_id)
         self.notify(device_id, "lost", ACL_ERROR_RT_LOST_HEARTBEAT, epoch=entry.epoch)
         self.supervisor.kill(device_id)
         if not self.announced:

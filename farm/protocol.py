@@ -51,6 +51,7 @@ __all__ = [
     "completion_row",
     "send_frames",
     "recv_ready",
+    "batch_length",
     "SENDER_SUFFIX",
     "reply_identity",
 ]
@@ -266,3 +267,17 @@ def recv_ready(socket: zmq.Socket) -> list | None:
         return socket.recv_multipart(_NOBLOCK)
     except zmq.Again:
         return None
+
+
+def batch_length(body: bytes) -> int:
+    """Number of items in a msgpack array body, read from its header alone (no decoding)."""
+    if not body:
+        return 0
+    first = body[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F
+    if first == 0xDC and len(body) >= 3:
+        return int.from_bytes(body[1:3], "big")
+    if first == 0xDD and len(body) >= 5:
+        return int.from_bytes(body[1:5], "big")
+    return 0
