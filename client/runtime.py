@@ -20,6 +20,7 @@ from typing import Any
 
 from client.handles import HandleTables, sync_timeout_error
 from client.memory import AllocationTable, HostPool, LocalShmMemory, poison
+from client.sanitizer import Sanitizer, SanitizerError
 from client.session import Session, StreamTrack
 from device.memory import decode_ptr, encode_ptr, is_device_ptr
 from farm.errors import (
@@ -30,6 +31,7 @@ from farm.errors import (
     ACL_ERROR_RT_CONTEXT_NULL,
     ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
     ACL_ERROR_RT_INVALID_DEVICEID,
+    ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_NO_EVENT_RESOURCE,
     ACL_ERROR_RT_NO_STREAM_RESOURCE,
     ACL_ERROR_RT_PARAM_INVALID,
@@ -63,6 +65,8 @@ def api(out: int | str = 0, *, default: Any = 0) -> Callable:
         def call(self: Runtime, *args: Any, **kwargs: Any) -> Any:
             try:
                 result = method(self, *args, **kwargs)
+            except SanitizerError:
+                raise  # sanitizer = "raise": the offending call raises in the caller
             except NpuFarmError as exc:
                 self.note_error(method.__name__, exc)
                 if out == 0:
@@ -149,6 +153,7 @@ class Runtime:
         self.embedded = None
         self.finalized_once = False
         self.last_ledger: dict | None = None  # the client ledger of the last finalized session
+        self.last_findings: list = []  # the sanitizer findings of the last finalized session
         self._tls = threading.local()
         self._ids = itertools.count(0x5000_0000_0010, 16)
         self._reset_state()
@@ -164,6 +169,7 @@ class Runtime:
         self.sync_tracks: dict[int, StreamTrack] = {}
         self.refs_cache: dict[tuple, tuple] = {}
         self.poison_outputs = False  # skip_sync == "poison" (set at init)
+        self.sanitizer = Sanitizer("off")
         self.task_lock = threading.Lock()  # pending_reads; taken inside session.cond only
         self.pending_reads: dict[int, int] = {}  # allocation start -> pending tasks reading it
         self.reads_of: dict[int, list[int]] = {}  # task id -> allocation starts it reads
@@ -200,6 +206,8 @@ class Runtime:
             self.handles = HandleTables(extensions)
             self.host = HostPool(self.session.farm["farm_id"])
             self.poison_outputs = self.session.farm.get("skip_sync", "poison") == "poison"
+            mode = os.environ.get("NPUFARM_SANITIZER") or self.session.farm.get("sanitizer")
+            self.sanitizer = Sanitizer(mode or "off")
             self.session.on_settle = self._settled
 
     @api()
@@ -212,6 +220,7 @@ class Runtime:
                 raise AclError("acl.finalize without a live acl.init", code)
             session, self.session = self.session, None
             self.finalized_once = True
+            self._report_findings()
             session.close()  # the broker tells each card to drop this client's memory
             self.last_ledger = session.ledger.as_dict()
             if self.host is not None:
@@ -222,6 +231,19 @@ class Runtime:
                 self.embedded.stop()
                 self.embedded = None
             self._reset_state()
+
+    def _report_findings(self) -> None:
+        """Sanitizer summary at finalize: logged, and written as JSON where
+        ``NPUFARM_SANITIZER_JSON`` says."""
+        if not self.sanitizer.enabled:
+            self.last_findings = []
+            return
+        self.last_findings = self.sanitizer.finalize()
+        if self.last_findings:
+            logger.warning("npufarm sync sanitizer:\n%s", self.sanitizer.summary())
+        path = os.environ.get("NPUFARM_SANITIZER_JSON")
+        if path:
+            self.sanitizer.export(path)
 
     # -- task bookkeeping (poisoning, sanitizer) ---------------------------------------------
     def submit_task(self, track: StreamTrack, task: dict, reads: list, writes: list,
@@ -234,10 +256,14 @@ class Runtime:
                 self.reads_of[task_id] = starts
                 for start in starts:
                     self.pending_reads[start] = self.pending_reads.get(start, 0) + 1
+            self.sanitizer.task_submitted(
+                task_id, track.device_id, track.stream_id, reads, writes, call
+            )
 
         return self.require().submit(track, task, registered)
 
     def _settled(self, task_id: int, code: int) -> None:
+        self.sanitizer.task_finished(task_id, code)
         with self.task_lock:
             for start in self.reads_of.pop(task_id, ()):
                 left = self.pending_reads.get(start, 1) - 1
@@ -331,6 +357,7 @@ class Runtime:
                 del self.models[model_id]
             state.default_context = None
             state.streams = state.events = 0
+            self.sanitizer.forget_device(device_id)
             if lost:
                 state.needs_restart = True
                 self.memory.detach(device_id)
@@ -379,6 +406,7 @@ class Runtime:
             if code == ACL_ERROR_RT_STREAM_SYNC_TIMEOUT:
                 return code
             first_error = first_error or code
+        self.sanitizer.device_synced(device_id, first_error)
         session.check_device(device_id)
         return first_error
 
@@ -477,6 +505,9 @@ class Runtime:
         stream = self.stream(handle)
         if stream is stream.context.default_stream:
             raise AclError("the default stream cannot be destroyed", ACL_ERROR_RT_PARAM_INVALID)
+        self.sanitizer.check_destroy_stream(
+            stream.track.device_id, stream.track.stream_id, "acl.rt.destroy_stream"
+        )
         if wait:
             self._wait_track(stream.track, stream.track.last_task, -1, 0)
         with self.lock:
@@ -493,9 +524,14 @@ class Runtime:
         session.check_device(track.device_id)
         timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
         if not session.wait(track, task_id, timeout_s):
-            return timeout_code
+            code = timeout_code
+        elif track.device_id in session.lost or session.broker_lost:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        else:
+            code = session.take_error(track)
+        self.sanitizer.stream_synced(track.device_id, track.stream_id, task_id, code)
         session.check_device(track.device_id)
-        return session.take_error(track)
+        return code
 
     @api()
     def synchronize_stream(self, stream: Any) -> int:
@@ -584,12 +620,18 @@ class Runtime:
         if event.track is None:
             return ACL_SUCCESS  # never recorded: nothing to wait for
         session = self.require()
-        session.check_device(event.track.device_id)
+        track = event.track
+        session.check_device(track.device_id)
         timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
-        if not session.wait(event.track, event.task_id, timeout_s):
-            return ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
-        session.check_device(event.track.device_id)
-        return ACL_SUCCESS
+        code = ACL_SUCCESS
+        if not session.wait(track, event.task_id, timeout_s):
+            code = ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
+        elif track.device_id in session.lost or session.broker_lost:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        # an event sync reports no task error, so it observes none
+        self.sanitizer.stream_synced(track.device_id, track.stream_id, event.task_id, code)
+        session.check_device(track.device_id)
+        return code
 
     @api(1)
     def query_event_status(self, event: Any) -> int:
@@ -637,6 +679,7 @@ class Runtime:
         if size is None:
             raise AclError(f"{ptr:#x} is not a live allocation", ACL_ERROR_RT_PARAM_INVALID)
         device_id = decode_ptr(ptr)[0]
+        self.sanitizer.check_free(device_id, ptr, size, "acl.rt.free")
         session.request(device_id, "free", offset=decode_ptr(ptr)[2])
 
     @api(1)
@@ -722,6 +765,11 @@ class Runtime:
             return
         dst_addr = self._device_address(dst, count) if dst_dev else dst
         src_addr = self._device_address(src, count) if src_dev else src
+        if self.sanitizer.enabled:
+            if src_dev:
+                self.sanitizer.check_read(decode_ptr(src)[0], src, count, "acl.rt.memcpy")
+            if dst_dev:
+                self.sanitizer.check_write(decode_ptr(dst)[0], dst, count, "acl.rt.memcpy")
         ctypes.memmove(dst_addr, src_addr, count)  # no stream is waited for: hardware behaviour
 
     def _shm_ref(self, ptr: int, nbytes: int, is_device: bool) -> list | None:
@@ -765,6 +813,8 @@ class Runtime:
         self.require()
         if count:
             address = self._device_address(ptr, count) if is_device_ptr(ptr) else ptr
+            if is_device_ptr(ptr):
+                self.sanitizer.check_write(decode_ptr(ptr)[0], ptr, count, "acl.rt.memset")
             ctypes.memset(address, value & 0xFF, count)
 
     @api()

@@ -76,17 +76,15 @@ _WAIT_ENDED_EARLY = (
     errors.ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
     errors.ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
 )
-_REFUSED = (
+_REFUSED = (  # the sync was rejected before it waited
     errors.ACL_ERROR_INVALID_PARAM,
     errors.ACL_ERROR_UNINITIALIZE,
     errors.ACL_ERROR_RT_PARAM_INVALID,
-)
-_REFUSED_RT = (
     errors.ACL_ERROR_RT_INVALID_DEVICEID,
     errors.ACL_ERROR_RT_CONTEXT_NULL,
     errors.ACL_ERROR_RT_STREAM_CONTEXT,
 )
-UNCOVERED_SYNC_CODES = frozenset((*_WAIT_ENDED_EARLY, *LOSS_CODES, *_REFUSED, *_REFUSED_RT))
+UNCOVERED_SYNC_CODES = frozenset((*_WAIT_ENDED_EARLY, *LOSS_CODES, *_REFUSED))
 """Sync return codes after which the tasks may still run: such a sync covers nothing."""
 
 _PACKAGES = ("acl", "client", "farm", "device")
@@ -151,7 +149,7 @@ class Finding:
 class SanitizerError(NpuFarmError):
     """Raised in ``"raise"`` mode at the offending call; ``finding`` says what and where.
 
-    The code is ``errors.ACL_ERROR_INVALID_PARAM`` (100000): the caller misused the API.
+    The code is ``ACL_ERROR_INVALID_PARAM`` (100000): the caller misused the API.
     """
 
     def __init__(self, finding: Finding) -> None:
@@ -342,7 +340,9 @@ class Sanitizer:
             finding, new = self._record("destroy_stream_pending", call, task, message)
         self._emit(finding, new)
 
-    def _conflict(self, device_id: int, start: int, end: int, *, reads: bool):
+    def _conflict(
+        self, device_id: int, start: int, end: int, *, reads: bool
+    ) -> tuple[_Task | None, int]:
         """The latest unsynced task of the device whose writes (or reads, if ``reads``) overlap
         ``[start, end)``, and how many tasks overlap."""
         latest: _Task | None = None

@@ -32,7 +32,6 @@ Plan file shape (``configs/faults/*.toml``)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import math
@@ -44,7 +43,16 @@ from typing import Any
 
 import numpy as np
 
-from farm.config import MAX_CARDS
+from farm.config import (
+    MAX_CARDS,
+    _check_keys,
+    _check_table,
+    _hint,
+    _to_float,
+    _to_int,
+    _to_str,
+    _type_error,
+)
 from farm.errors import (
     ACL_ERROR_RT_AICORE_EXCEPTION,
     ACL_ERROR_RT_AICORE_TIMEOUT,
@@ -76,18 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KINDS = (
-    "hang",
-    "slow",
-    "error",
-    "crash",
-    "disconnect",
-    "heartbeat_loss",
-    "drop",
-    "corrupt",
-    "ecc",
-    "oom",
-)
 HOOK_NAMES = ("card.execute", "card.heartbeat", "card.malloc", "broker.route")
 HOOK_INDEX: dict[str, int] = {hook: index for index, hook in enumerate(HOOK_NAMES)}
 #: kind → the hook point where it is evaluated.
@@ -96,13 +92,14 @@ HOOKS: dict[str, str] = {
     "slow": "card.execute",
     "error": "card.execute",
     "crash": "card.execute",
-    "corrupt": "card.execute",
-    "ecc": "card.execute",
     "disconnect": "card.heartbeat",
     "heartbeat_loss": "card.heartbeat",
-    "oom": "card.malloc",
     "drop": "broker.route",
+    "corrupt": "card.execute",
+    "ecc": "card.execute",
+    "oom": "card.malloc",
 }
+KINDS = tuple(HOOKS)  # hang slow error crash disconnect heartbeat_loss drop corrupt ecc oom
 #: kind → the ACL code an event reports when the rule sets none (0: no code of its own).
 DEFAULT_CODES: dict[str, int] = {
     "hang": ACL_ERROR_RT_AICORE_TIMEOUT,  # when the card's watchdog ends the hung task
@@ -136,79 +133,13 @@ _CORRUPT_RNG_KEY = len(HOOK_NAMES)  # SeedSequence key of the corruption RNG
 
 
 # --------------------------------------------------------------------------------------------
-# validation helpers (same message style as farm.config)
-
-
-def _hint(key: object, known: Iterable[object]) -> str:
-    text, names = str(key), [str(k) for k in known]
-    matches = difflib.get_close_matches(text, names, n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
-
-
-def _check_keys(table: Mapping[str, object], known: Sequence[str], label: str) -> None:
-    for key in table:
-        if key not in known:
-            raise ConfigError(
-                f"{label}: unknown key {key!r}{_hint(key, known)}; "
-                f"known keys: {', '.join(sorted(known))}"
-            )
-
-
-def _table(value: object, label: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{label}: expected a table, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _type_error(label: str, expected: str, value: object) -> ConfigError:
-    return ConfigError(f"{label}: expected {expected}, got {type(value).__name__} {value!r}")
-
-
-def _to_int(label: str, value: object, text: bool = False) -> int:
-    if text and isinstance(value, str):
-        try:
-            return int(value.strip(), 0)
-        except ValueError:
-            raise _type_error(label, "an integer", value) from None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(label, "an integer", value)
-    return value
-
-
-def _to_float(label: str, value: object, text: bool = False) -> float:
-    if text and isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _type_error(label, "a number", value) from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _type_error(label, "a number", value)
-    if not math.isfinite(value):
-        raise ConfigError(f"{label}: must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _to_str(label: str, value: object, text: bool = False) -> str:
-    if not isinstance(value, str):
-        raise _type_error(label, "a string", value)
-    return value.strip() if text else value
+# validation (farm.config's helpers, so messages read the same)
 
 
 _RULE_TYPES = {
-    "kind": _to_str,
-    "card": _to_int,
-    "stream": _to_int,
-    "model": _to_str,
-    "api": _to_str,
-    "at_s": _to_float,
-    "after_tasks": _to_int,
-    "probability": _to_float,
-    "duration_s": _to_float,
-    "count": _to_int,
-    "code": _to_int,
-    "factor": _to_float,
-    "pattern": _to_str,
-    "name": _to_str,
+    **dict.fromkeys(("kind", "model", "api", "pattern", "name"), _to_str),
+    **dict.fromkeys(("card", "stream", "after_tasks", "count", "code"), _to_int),
+    **dict.fromkeys(("at_s", "probability", "duration_s", "factor"), _to_float),
 }
 
 
@@ -337,7 +268,7 @@ class FaultRule:
         cls, data: Mapping[str, Any], *, label: str = "FaultRule", text: bool = False
     ) -> FaultRule:
         """Inverse of :meth:`to_dict`; ``text`` accepts numbers as strings (CLI input)."""
-        table = _table(data, label)
+        table = _check_table(data, label)
         _check_keys(table, tuple(_RULE_TYPES), label)
         if "kind" not in table:
             raise ConfigError(f"{label}: missing 'kind' (one of {', '.join(KINDS)})")
@@ -365,16 +296,14 @@ class FaultPlan:
     rule_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        seed = _to_int("FaultPlan.seed", self.seed)
-        if not 0 <= seed <= _MAX_SEED:
-            raise ConfigError(f"FaultPlan.seed: must be in 0..{_MAX_SEED}, got {seed}")
+        seed = _check_seed("FaultPlan.seed", self.seed)
         if not isinstance(self.rules, list | tuple):
             raise _type_error("FaultPlan.rules", "a tuple of FaultRule", self.rules)
         for index, rule in enumerate(self.rules):
             if not isinstance(rule, FaultRule):
                 raise _type_error(f"FaultPlan.rules[{index}]", "a FaultRule", rule)
         ids = tuple(
-            _to_int(f"FaultPlan.rule_ids[{i}]", v) for i, v in enumerate(self.rule_ids)
+            _to_int(f"FaultPlan.rule_ids[{i}]", v, False) for i, v in enumerate(self.rule_ids)
         ) or tuple(range(len(self.rules)))
         if len(ids) != len(self.rules) or len(set(ids)) != len(ids) or min(ids, default=0) < 0:
             raise ConfigError(
@@ -404,11 +333,9 @@ class FaultPlan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "FaultPlan.") -> FaultPlan:
         """Inverse of :meth:`to_dict`; ``source`` prefixes every error label."""
-        table = _table(data, source.rstrip(":. ") or "FaultPlan")
+        table = _check_table(data, source.rstrip(":. ") or "FaultPlan")
         _check_keys(table, ("seed", "fault", "rule_ids"), source.rstrip(":. ") or "FaultPlan")
-        seed = _to_int(f"{source}seed", table.get("seed", 0))
-        if not 0 <= seed <= _MAX_SEED:
-            raise ConfigError(f"{source}seed: must be in 0..{_MAX_SEED}, got {seed}")
+        seed = _check_seed(f"{source}seed", table.get("seed", 0))
         entries = table.get("fault", [])
         if not isinstance(entries, list | tuple):
             raise _type_error(f"{source}fault", "an array of tables [[fault]]", entries)
@@ -462,6 +389,13 @@ class FaultPlan:
                 )
 
 
+def _check_seed(label: str, value: object) -> int:
+    seed = _to_int(label, value, False)
+    if not 0 <= seed <= _MAX_SEED:
+        raise ConfigError(f"{label}: must be in 0..{_MAX_SEED}, got {seed}")
+    return seed
+
+
 def _check_kinds(kinds: Iterable[str] | None) -> set[str] | None:
     if kinds is None:
         return None
@@ -491,17 +425,9 @@ class FaultEvent:
     detail: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "t_s": round(self.t_s, 6),
-            "card": self.card,
-            "epoch": self.epoch,
-            "hook": self.hook,
-            "call": self.call_index,
-            "kind": self.kind,
-            "code": self.code,
-            "rule": self.rule,
-            "detail": dict(self.detail),
-        }
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.update(t_s=round(self.t_s, 6), call=data.pop("call_index"), detail=dict(self.detail))
+        return data
 
     def to_json_line(self) -> str:
         """One JSONL line (no newline), keys sorted."""
@@ -509,17 +435,9 @@ class FaultEvent:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FaultEvent:
-        return cls(
-            float(data["t_s"]),
-            int(data["card"]),
-            int(data["epoch"]),
-            str(data["hook"]),
-            int(data["call"]),
-            str(data["kind"]),
-            int(data["code"]),
-            int(data["rule"]),
-            dict(data.get("detail", {})),
-        )
+        names = [f.name for f in dataclasses.fields(cls)]
+        values = {n: data["call" if n == "call_index" else n] for n in names if n != "detail"}
+        return cls(**values, detail=dict(data.get("detail", {})))
 
     @classmethod
     def from_json_line(cls, line: str) -> FaultEvent:
@@ -527,17 +445,8 @@ class FaultEvent:
 
     def replay_key(self) -> tuple[Any, ...]:
         """Everything but ``t_s``: what two runs of the same plan and workload share."""
-        detail = tuple(sorted(self.detail.items()))
-        return (
-            self.card,
-            self.epoch,
-            self.hook,
-            self.call_index,
-            self.kind,
-            self.code,
-            self.rule,
-            detail,
-        )
+        fields = (self.card, self.epoch, self.hook, self.call_index, self.kind, self.code)
+        return (*fields, self.rule, tuple(sorted(self.detail.items())))
 
 
 def read_fault_log(path: str | Path) -> list[FaultEvent]:
@@ -744,7 +653,9 @@ def corrupt_bytes(
         raise ValueError(f"unknown corrupt pattern {pattern!r}; known: {', '.join(PATTERNS)}")
     if view.dtype != np.uint8 or not view.flags.writeable:
         raise ValueError(f"view must be a writable uint8 array, got {view.dtype}")
-    flat = view.reshape(-1)  # a view for contiguous buffers (the shm views are)
+    if not view.flags.c_contiguous:
+        raise ValueError("view must be contiguous (a copy would be corrupted, not the buffer)")
+    flat = view.reshape(-1)
     if flat.size == 0 or pattern == "stale":
         return
     if pattern == "bitflip":
