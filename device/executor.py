@@ -17,6 +17,7 @@ from device.memory import HbmSegment, decode_ptr
 from device.models import modelled_duration_s, typed_view
 from farm.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
+    ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_MODEL_EXECUTE,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from device.card import Card
     from device.streams import Task
 
-__all__ = ["start", "BadAddress"]
+__all__ = ["start", "BadAddress", "FreedUnderTask"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,15 @@ Commit = Callable[[], None]
 class BadAddress(Exception):
     """A task named memory the card cannot let it touch."""
 
+    code = ACL_ERROR_RT_PARAM_INVALID
+
+
+class FreedUnderTask(BadAddress):
+    """A task's memory on this card was freed after the task was queued (the client checks
+    every pointer at submission): a device memory fault, reported at the next sync."""
+
+    code = ACL_ERROR_RT_DEVICE_MEM_ERROR
+
 
 def device_view(card: Card, ptr: int, nbytes: int) -> np.ndarray:
     decoded = decode_ptr(ptr)
@@ -48,7 +58,7 @@ def device_view(card: Card, ptr: int, nbytes: int) -> np.ndarray:
     if device_id != card.spec.device_id or epoch != card.spec.epoch & 0xFF:
         raise BadAddress(f"{ptr:#x} belongs to device {device_id} epoch {epoch}")
     if nbytes and not card.allocator.contains(offset, nbytes):
-        raise BadAddress(f"{ptr:#x}+{nbytes} is not inside a live allocation")
+        raise FreedUnderTask(f"{ptr:#x}+{nbytes} is not inside a live allocation")
     return _view(card.segment, offset, nbytes)
 
 
@@ -66,7 +76,7 @@ def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
     name, offset = ref
     if name == card.segment.name:
         if nbytes and not card.allocator.contains(offset, nbytes):
-            raise BadAddress(f"{name}+{offset:#x}+{nbytes} is not inside a live allocation")
+            raise FreedUnderTask(f"{name}+{offset:#x}+{nbytes} is not inside a live allocation")
         return _view(card.segment, offset, nbytes)
     if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
         raise BadAddress(f"segment {name!r} is not part of this farm")
@@ -96,7 +106,11 @@ def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
         for (ptr, nbytes), tensor in zip(refs, tensors):
             if nbytes < tensor.nbytes:
                 return None
-            typed.append(typed_view(device_view(card, ptr, nbytes), tensor))
+            try:
+                typed.append(typed_view(device_view(card, ptr, nbytes), tensor))
+            except BadAddress as exc:
+                logger.warning("card %d: task %d: %s", card.spec.device_id, task.task_id, exc)
+                return exc
         views.append(typed)
     if len(card.bindings) >= _MAX_BINDINGS:
         card.bindings.clear()
@@ -112,6 +126,8 @@ def _execute(card: Card, task: Task, defer: bool) -> tuple[int, float, Commit | 
     bound = _bind(card, task, spec, kernel)
     if bound is None:
         return ACL_ERROR_RT_PARAM_INVALID, 0.0, None
+    if isinstance(bound, BadAddress):
+        return bound.code, 0.0, None
     inputs, outputs = bound
     targets = [np.empty_like(y) for y in outputs] if defer else outputs
     try:
@@ -165,5 +181,5 @@ def start(card: Card, task: Task, defer: bool = False) -> tuple[int, float, Comm
             destination.fill(value)
     except BadAddress as exc:
         logger.warning("card %d: task %d rejected: %s", card.spec.device_id, task.task_id, exc)
-        return ACL_ERROR_RT_PARAM_INVALID, 0.0, None
+        return exc.code, 0.0, None
     return ACL_SUCCESS, 0.0, None
