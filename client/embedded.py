@@ -31,7 +31,7 @@ _STOP_TIMEOUT_S = 10.0
 class EmbeddedFarm:
     """A farm process owned by this client process."""
 
-    def __init__(self, config_path: str | None = None) -> None:
+    def __init__(self, config_path: str | None = None, faults: str | None = None) -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="npufarm-")
         self.address = f"ipc://{self.tmpdir}/farm.sock"
         cmd = [
@@ -51,6 +51,9 @@ class EmbeddedFarm:
         config_path = config_path or os.environ.get("NPUFARM_CONFIG")
         if config_path:
             cmd += ["--config", config_path]
+        faults = faults or os.environ.get("NPUFARM_FAULTS")
+        if faults:
+            cmd += ["--faults", faults]
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
 

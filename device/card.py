@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from device import executor
+from device.injection import CardFaults, TaskFault
 from device.memory import Allocator, HbmSegment, prefault_preserves_contents, segment_name
 from device.models import ModelSpec, build_kernel
 from device.streams import StreamScheduler, Task
@@ -39,6 +40,7 @@ from farm.errors import (
     ACL_SUCCESS,
     NpuFarmError,
 )
+from farm.faults import corrupt_bytes
 from farm.protocol import Cmd
 
 __all__ = ["CardSpec", "Card", "run_card"]
@@ -68,6 +70,9 @@ class CardSpec:
     heartbeat_liveness: int
     seed: int
     min_completion_delay_s: float = 0.0
+    op_timeout_s: float = 1091.0  # device watchdog: a hung task fails after this long
+    farm_start_s: float = 0.0  # time.monotonic() of the farm's start (fault plan times)
+    faults: dict[str, Any] | None = None  # this card's part of the fault plan
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CardSpec:
@@ -97,6 +102,10 @@ class Card:
         self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
         self.backlog = False  # startable tasks left over when a turn's budget ran out
         self.bindings: dict[tuple, tuple[list, list]] = {}  # exec buffer views (executor)
+        farm_start_s = spec.farm_start_s or time.monotonic()
+        self.faults = CardFaults(
+            spec.faults, spec.device_id, spec.epoch, farm_start_s, spec.op_timeout_s
+        )
         self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
         self.stats = {"done": 0, "failed": 0, "submitted": 0}
         self.running = True
@@ -154,23 +163,32 @@ class Card:
             deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
             busy = self.prefault_queue or self.backlog
             timeout_ms = 0.0 if busy else max(0.0, (deadline - now) * 1000.0)
+            link_up = self.faults.link_up()
             if poller.poll(timeout_ms):
                 broker_seen = time.monotonic()
                 for _ in range(_MAX_DRAIN):
                     frames = proto.recv_ready(self.socket)
                     if frames is None:
                         break
-                    self.on_message(frames)
+                    if link_up:  # an injected link drop loses what arrives
+                        self.on_message(frames)
             now = time.monotonic()
             self.fire_timers(now)
             self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
-            self.flush()
+            if link_up:
+                self.flush()
+            else:
+                self.outbox.clear()
             if self.prefault_queue:
                 self.prefault_step()
             if now >= next_beat:
-                self.send(Cmd.HEARTBEAT, b"", self.stats_body())
+                beat, link_up = self.faults.on_heartbeat()
+                if beat:
+                    self.send(Cmd.HEARTBEAT, b"", self.stats_body())
+                if link_up:
+                    self.report_faults()
                 next_beat = now + interval_s
-                if now - broker_seen > expiry_s and not poller.poll(0):
+                if link_up and now - broker_seen > expiry_s and not poller.poll(0):
                     logger.warning(
                         "card %d: broker silent for %.2fs, exiting",
                         self.spec.device_id,
@@ -245,6 +263,9 @@ class Card:
         size = int(body["size"])
         if size <= 0:
             return {"code": ACL_ERROR_INVALID_PARAM}
+        injected = self.faults.on_malloc()
+        if injected:
+            return {"code": injected, "error": "injected out of memory"}
         offset = self.allocator.alloc(size)
         if offset is None:
             return {
@@ -288,6 +309,12 @@ class Card:
         del self.models[int(body["handle"])]
         return {}
 
+    def op_inject(self, client: bytes, body: dict) -> dict:
+        return {"rule": self.faults.inject(body["rule"], body.get("rule_id"))}
+
+    def op_recover(self, client: bytes, body: dict) -> dict:
+        return {"removed": self.faults.recover(body.get("kinds"))}
+
     def op_stats(self, client: bytes, body: dict) -> dict:
         return self.stats_body()
 
@@ -316,8 +343,12 @@ class Card:
             min_delay_s = self.spec.min_completion_delay_s
             for task in tasks:
                 task.started_s = started_s = time.monotonic()
+                fault = self.task_fault(task) if self.faults.enabled else None
                 defer = min_delay_s > 0 or self.spec.time_scale > 0
-                code, duration_s, commit = executor.start(self, task, defer)
+                if fault is None:
+                    code, duration_s, commit = executor.start(self, task, defer)
+                else:
+                    code, duration_s, commit = self.start_faulty(task, fault, defer)
                 done_s = time.monotonic()
                 deadline = max(started_s + max(duration_s, min_delay_s), done_s)
                 if deadline <= done_s:
@@ -326,6 +357,56 @@ class Card:
                     entry = (deadline, next(self._timer_seq), task, code, commit)
                     heapq.heappush(self.timers, entry)
         return False
+
+    def task_fault(self, task: Task) -> TaskFault | None:
+        model = None
+        if task.kind == "exec":
+            entry = self.models.get(task.body.get("m"))
+            model = entry[0].name if entry is not None else None
+        return self.faults.on_task(task.kind, task.stream, model)
+
+    def start_faulty(self, task: Task, fault: TaskFault, defer: bool):
+        """Start a task some injected fault fired on: (code, duration, commit)."""
+        if fault.crash:
+            self.crash()
+        if fault.fail_code:
+            return fault.fail_code, 0.0, None
+        if fault.hang_s is not None and fault.hang_code:
+            return fault.hang_code, fault.hang_s, None  # the watchdog ends it, nothing written
+        corrupt = fault.corrupt if task.kind == "exec" else None
+        code, duration_s, commit = executor.start(self, task, defer or corrupt is not None)
+        if fault.hang_s is not None:
+            duration_s = max(duration_s, fault.hang_s)
+        duration_s *= fault.slow_factor
+        if corrupt is not None and isinstance(commit, executor.Publish):
+            commit = self._corrupted(commit, corrupt)
+        return code, duration_s, commit
+
+    def _corrupted(self, publish: executor.Publish, pattern: str):
+        if pattern == "stale":
+            return None  # the outputs keep their old bytes
+        rng = self.faults.injector.corrupt_rng
+
+        def commit() -> None:
+            publish()
+            for destination in publish.destinations:
+                flat = destination.reshape(-1).view(np.uint8)
+                corrupt_bytes(flat, destination.dtype, pattern, rng)
+
+        return commit
+
+    def report_faults(self) -> None:
+        events = self.faults.take_events()
+        if events:
+            self.send(Cmd.CARD_EVENT, b"", {"faults": events})
+
+    def crash(self) -> None:
+        """An injected crash: report it, then die without any cleanup, as a card would."""
+        self.report_faults()
+        self.socket.close(linger=1000)
+        self.ctx.term()
+        logger.error("card %d: injected crash", self.spec.device_id)
+        os._exit(70)
 
     def fire_timers(self, now: float) -> None:
         while self.timers and self.timers[0][0] <= now:

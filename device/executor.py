@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from device.card import Card
     from device.streams import Task
 
-__all__ = ["start", "BadAddress", "FreedUnderTask"]
+__all__ = ["start", "BadAddress", "FreedUnderTask", "Publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,12 +146,20 @@ def _execute(card: Card, task: Task, defer: bool) -> tuple[int, float, Commit | 
     return ACL_SUCCESS, duration_s, commit
 
 
-def _publisher(destinations: list[np.ndarray], results: list[np.ndarray]) -> Commit:
-    def commit() -> None:
-        for destination, result in zip(destinations, results):
+class Publish:
+    """Writes a deferred task's results to their destinations when the task completes."""
+
+    def __init__(self, destinations: list[np.ndarray], results: list[np.ndarray]) -> None:
+        self.destinations = destinations
+        self.results = results
+
+    def __call__(self) -> None:
+        for destination, result in zip(self.destinations, self.results):
             np.copyto(destination, result)
 
-    return commit
+
+def _publisher(destinations: list[np.ndarray], results: list[np.ndarray]) -> Publish:
+    return Publish(destinations, results)
 
 
 def start(card: Card, task: Task, defer: bool = False) -> tuple[int, float, Commit | None]:

@@ -16,6 +16,7 @@ submitted task ends completed or failed-with-code.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from farm import protocol as proto
 from farm import statefile
 from farm.config import FarmConfig
 from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from farm.faults import API_BY_TASK_KIND, BROKER, FaultInjector, FaultPlan, FaultRule
 from farm.ledger import FarmLedger
 from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
@@ -42,7 +44,13 @@ _MAX_DRAIN = 512
 
 
 class Broker:
-    def __init__(self, config: FarmConfig, watch_parent: int | None = None) -> None:
+    def __init__(
+        self,
+        config: FarmConfig,
+        watch_parent: int | None = None,
+        plan: FaultPlan | None = None,
+        fault_log: str | None = None,
+    ) -> None:
         self.config = config
         self.farm_id = f"{config.name}-{os.getpid()}"
         self.watch_parent = watch_parent
@@ -54,7 +62,16 @@ class Broker:
         self.backend_address = f"ipc://{runtime_dir}/{self.farm_id}-cards.sock"
         self.backend = self._router(self.backend_address)
         self.registry = Registry([c.device_id for c in config.cards])
+        self.plan = plan or FaultPlan(seed=config.seed)
         self.supervisor = Supervisor(config, self.farm_id, self.backend_address)
+        self.supervisor.farm_start_s = self.started_s
+        self.supervisor.plan = self.plan
+        broker_plan = self.plan.for_broker()
+        self.route_faults = FaultInjector(broker_plan, BROKER) if broker_plan.rules else None
+        self.fault_counts: dict[str, int] = {}
+        log_path = fault_log or str(runtime_dir / f"{config.name}-faults.jsonl")
+        self.fault_log_path = log_path
+        self.fault_log = None  # opened (truncated) at the first fault event
         self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
         self.pending_hello: list[bytes] = []
         self.clients: set[bytes] = set()  # every client that said HELLO and not DISCONNECT
@@ -99,6 +116,11 @@ class Broker:
             "uptime_s": time.monotonic() - self.started_s,
             "cards": [self._describe_card(c.device_id) for c in self.config.cards],
             "ledger": self.ledger.as_dict(),
+            "faults": {
+                "log": self.fault_log_path,
+                "counts": dict(self.fault_counts),
+                "plan": self.plan.to_dict(),
+            },  # fmt: skip
         }
 
     def _describe_card(self, device_id: int) -> dict[str, Any]:
@@ -118,6 +140,8 @@ class Broker:
                 self._send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
         self.supervisor.stop_all()
         statefile.remove_state(self.state_path)
+        if self.fault_log is not None:
+            self.fault_log.close()
         self.frontend.close(0)
         self.backend.close(0)
         self.ctx.term()
@@ -176,13 +200,18 @@ class Broker:
                 if card is not None:
                     client = proto.reply_identity(frames[0])
                     device_id = proto.unpack_route(frames[4])[0]
+                    body = frames[5]
+                    if self.route_faults is not None and cmd == Cmd.SUBMIT:
+                        body = self._drop_faults(device_id, client, frames[4], body)
+                        if body is None:
+                            return
                     try:
                         proto.send_frames(
-                            self.backend, [card, b"", proto.WORKER_HEADER, cmd, client, frames[5]]
+                            self.backend, [card, b"", proto.WORKER_HEADER, cmd, client, body]
                         )
                         self.clients_of[device_id].add(client)
                         if cmd == Cmd.SUBMIT:
-                            self.ledger.routed(device_id, proto.batch_length(frames[5]))
+                            self.ledger.routed(device_id, proto.batch_length(body))
                         return
                     except zmq.ZMQError:
                         pass  # card vanished between its last message and now
@@ -207,6 +236,39 @@ class Broker:
             self.on_broker_request(msg.identity, proto.unpack(msg.body))
         else:
             logger.warning("unexpected client command %r dropped", msg.cmd)
+
+    def _drop_faults(self, device_id: int, client: bytes, route: bytes, body: bytes):
+        """broker.route faults: drop the tasks a ``drop`` rule fires on (they never complete,
+        as a lost message would leave them). Returns the body to forward, or None."""
+        tasks = proto.unpack(body)
+        if not isinstance(tasks, list):
+            return body
+        now_s = time.monotonic() - self.started_s
+        kept = []
+        for task in tasks:
+            stream = task.get("s") if isinstance(task, dict) else None
+            api = API_BY_TASK_KIND.get(task.get("k")) if isinstance(task, dict) else None
+            fired = self.route_faults.evaluate(
+                "broker.route", now_s, stream=stream, api=api, card=device_id
+            )
+            self.log_faults([f.event.to_dict() for f in fired])
+            if any(f.kind == "drop" for f in fired):
+                self.ledger.routed(device_id, 1)
+                self.ledger.dropped_tasks(device_id, 1)
+            else:
+                kept.append(task)
+        if not kept:
+            return None
+        return body if len(kept) == len(tasks) else proto.pack(kept)
+
+    def log_faults(self, events: list[dict]) -> None:
+        if events and self.fault_log is None:
+            self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
+        for event in events:
+            self.fault_log.write(json.dumps(event, sort_keys=True) + "\n")
+            self.fault_counts[event["kind"]] = self.fault_counts.get(event["kind"], 0) + 1
+        if events:
+            self.fault_log.flush()
 
     def refuse(self, msg: proto.ClientFrame, device_id: int) -> None:
         """Answer work for a lost card (or an old epoch) with 507010, task by task."""
@@ -250,7 +312,49 @@ class Broker:
             elif entry.state is CardState.FAILED:
                 self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
             return
+        if body.get("op") == "inject":
+            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.inject(body)})
+            return
+        if body.get("op") == "recover":
+            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.recover(body)})
+            return
         self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": ACL_ERROR_INVALID_PARAM})
+
+    def inject(self, body: dict) -> dict:
+        """``npufarm inject``: add a rule to the running farm (and to cards started later)."""
+        try:
+            rule = FaultRule.from_dict(body.get("rule"), label="injected fault")
+        except NpuFarmError as exc:
+            return {"code": ACL_ERROR_INVALID_PARAM, "error": str(exc)}
+        self.plan = self.plan.with_rule(rule)
+        self.supervisor.plan = self.plan
+        rule_id = self.plan.rule_ids[-1]
+        if rule.hook == "broker.route":
+            if self.route_faults is None:
+                self.route_faults = FaultInjector(FaultPlan(seed=self.plan.seed), BROKER)
+            self.route_faults.add_rule(rule, rule_id)
+        else:
+            request = {"op": "inject", "rule": rule.to_dict(), "rule_id": rule_id}
+            self._tell_cards(rule.card, request)
+        logger.warning("fault injected at runtime: %s", rule.to_dict())
+        return {"code": 0, "rule": rule_id}
+
+    def recover(self, body: dict) -> dict:
+        """``npufarm recover``: clear injected faults (of ``kinds``, or all)."""
+        kinds = body.get("kinds") or None
+        self.plan = self.plan.without(kinds)
+        self.supervisor.plan = self.plan
+        if self.route_faults is not None:
+            self.route_faults.clear(kinds)
+        self._tell_cards(None, {"op": "recover", "kinds": kinds})
+        return {"code": 0}
+
+    def _tell_cards(self, device_id: int | None, request: dict) -> None:
+        for entry in self.registry.cards.values():
+            if entry.identity is None or entry.state is not CardState.READY:
+                continue
+            if device_id is None or entry.device_id == device_id:
+                self._send_card(entry.identity, Cmd.REQUEST, b"", proto.pack({"rid": 0, **request}))
 
     def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
         try:
@@ -288,6 +392,12 @@ class Broker:
         now = time.monotonic()
         if msg.cmd == Cmd.READY:
             self.on_ready(msg.identity, proto.unpack(msg.body), now)
+        elif msg.cmd == Cmd.CARD_EVENT:
+            body = proto.unpack(msg.body)
+            if isinstance(body, dict) and isinstance(body.get("faults"), list):
+                self.log_faults([e for e in body["faults"] if isinstance(e, dict) and "kind" in e])
+        elif msg.cmd == Cmd.REPLY and not msg.client:
+            pass  # a card acknowledging an inject/recover from the broker
         elif msg.cmd == Cmd.HEARTBEAT:
             entry = self.registry.on_seen(msg.identity, now)
             if entry is None:
@@ -354,6 +464,11 @@ class Broker:
             return
         logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
         self.ledger.card_lost(device_id)
+        if entry.shm_name:  # a crashed card leaves its HBM behind; clients have it mapped
+            try:
+                os.unlink(f"/dev/shm/{entry.shm_name}")
+            except FileNotFoundError:
+                pass
         self.notify(device_id, "lost", ACL_ERROR_RT_LOST_HEARTBEAT, epoch=entry.epoch)
         self.supervisor.kill(device_id)
         if not self.announced:
@@ -402,9 +517,14 @@ class Broker:
             self.running = False
 
 
-def run_farm(config: FarmConfig, watch_parent: int | None = None) -> None:
+def run_farm(
+    config: FarmConfig,
+    watch_parent: int | None = None,
+    plan: FaultPlan | None = None,
+    fault_log: str | None = None,
+) -> None:
     """Run a farm in the foreground until SIGINT/SIGTERM (or the watched parent exits)."""
-    broker = Broker(config, watch_parent=watch_parent)
+    broker = Broker(config, watch_parent=watch_parent, plan=plan, fault_log=fault_log)
 
     def _stop(signum, frame):
         broker.running = False

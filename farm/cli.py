@@ -120,10 +120,50 @@ def render_status(farm: dict[str, Any]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from farm.broker import run_farm
+    from farm.faults import FaultPlan
 
     config = _load(args)
-    run_farm(config, watch_parent=args.watch_parent)
+    plan = FaultPlan.from_toml(args.faults) if args.faults else None
+    if plan is not None:
+        plan.check_card_count(len(config.cards))
+    run_farm(config, watch_parent=args.watch_parent, plan=plan, fault_log=args.fault_log)
     return 0
+
+
+def _broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
+    ctx = zmq.Context()
+    socket = ctx.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        route = proto.pack_route(BROKER_DEVICE, 0)
+        message = proto.client_message(Cmd.REQUEST, route, proto.pack({"rid": 1, **body}))
+        socket.send_multipart(message)
+        if not socket.poll(timeout_s * 1000):
+            raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
+        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
+        return proto.unpack(reply.body)
+    finally:
+        socket.close(0)
+        ctx.term()
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    from farm.faults import FaultRule
+
+    rule = FaultRule.from_args(args.rule, label="npufarm inject")
+    reply = _broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
+    if reply.get("code"):
+        print(f"npufarm inject: {reply.get('error', reply['code'])}", file=sys.stderr)
+        return 1
+    print(f"fault rule {reply['rule']} injected: {rule.to_dict()}")
+    return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    reply = _broker_request(_find_address(args), {"op": "recover", "kinds": args.kind or None})
+    print("faults cleared" if not reply.get("code") else f"recover failed: {reply}")
+    return 0 if not reply.get("code") else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -159,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a farm in the foreground (Ctrl-C stops it)")
     _config_args(up)
+    up.add_argument("--faults", help="fault plan TOML (configs/faults/*.toml)")
+    up.add_argument(
+        "--fault-log", help="fault log JSONL (default <runtime dir>/<name>-faults.jsonl)"
+    )
     up.add_argument("--watch-parent", type=int, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="table of the cards of a running farm")
@@ -167,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop a running farm")
     _config_args(down)
     down.set_defaults(func=cmd_down)
+    inject = sub.add_parser("inject", help="add a fault rule to a running farm")
+    _config_args(inject)
+    inject.add_argument("rule", nargs="+", help="key=value fields, e.g. kind=slow card=1 factor=4")
+    inject.set_defaults(func=cmd_inject)
+    recover = sub.add_parser("recover", help="clear injected faults of a running farm")
+    _config_args(recover)
+    recover.add_argument("--kind", action="append", help="only this kind (repeatable)")
+    recover.set_defaults(func=cmd_recover)
     demo = sub.add_parser("demo", help="start a farm, run a multi-card workload, summarise")
     demo.add_argument("--config", help="farm config TOML")
     demo.add_argument("-v", "--verbose", action="count", default=0, help="more logging")

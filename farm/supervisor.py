@@ -17,6 +17,7 @@ from pathlib import Path
 from device.card import CardSpec, run_card
 from device.memory import check_shm_capacity
 from farm.config import FarmConfig
+from farm.faults import FaultPlan
 
 __all__ = ["Supervisor", "sweep_segments"]
 
@@ -52,6 +53,8 @@ class Supervisor:
         self.backend = backend
         self.processes: dict[int, BaseProcess] = {}
         self.sentinels: dict[int, int] = {}  # sentinel fd -> device id
+        self.plan = FaultPlan(seed=config.seed)  # the farm's current fault plan (broker sets it)
+        self.farm_start_s = 0.0
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload(["device.card"])
 
@@ -76,6 +79,9 @@ class Supervisor:
             heartbeat_liveness=self.config.heartbeat_liveness,
             seed=self.config.seed,
             min_completion_delay_s=self.config.min_completion_delay_s,
+            op_timeout_s=profile.op_timeout_s,
+            farm_start_s=self.farm_start_s,
+            faults=self.plan.for_card(device_id).to_dict() if self.plan.rules else None,
         )
 
     def start(self, device_id: int, epoch: int) -> int:
