@@ -155,10 +155,11 @@ class Runtime:
         self.last_ledger: dict | None = None  # the client ledger of the last finalized session
         self.last_findings: list = []  # the sanitizer findings of the last finalized session
         self._tls = threading.local()
-        self._ids = itertools.count(0x5000_0000_0010, 16)
         self._reset_state()
 
     def _reset_state(self) -> None:
+        # handles restart with each acl.init, as in a new process (replays compare them)
+        self._ids = itertools.count(0x5000_0000_0010, 16)
         self.devices: dict[int, DeviceState] = {}
         self.contexts: dict[int, Context] = {}
         self.streams: dict[int, Stream] = {}

@@ -177,6 +177,8 @@ class Card:
             self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
             if link_up:
                 self.flush()
+                if self.faults.events:
+                    self.report_faults()
             else:
                 self.outbox.clear()
             if self.prefault_queue:
@@ -185,8 +187,6 @@ class Card:
                 beat, link_up = self.faults.on_heartbeat()
                 if beat:
                     self.send(Cmd.HEARTBEAT, b"", self.stats_body())
-                if link_up:
-                    self.report_faults()
                 next_beat = now + interval_s
                 if link_up and now - broker_seen > expiry_s and not poller.poll(0):
                     logger.warning(
