@@ -59,7 +59,8 @@ def test_warn_mode_names_every_kind(farm, acl_on, monkeypatch, tmp_path):
         stream2, _ = acl.rt.create_stream()
         assert acl.mdl.execute_async(model_id, inputs, outputs, stream2) == 0
         assert acl.rt.free(d_in) == 0  # MARK-FREE
-        assert acl.rt.synchronize_stream(stream2) == 0
+        # if the card ran the task after the free: a device memory fault, reported at the sync
+        assert acl.rt.synchronize_stream(stream2) in (0, 507053)
         assert acl_util_ptr == hp
     findings = RUNTIME.last_findings
     by_kind = {f.kind: f for f in findings}
