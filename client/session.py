@@ -42,7 +42,7 @@ from farm.errors import (
     FarmUnavailable,
     NpuFarmError,
 )
-from farm.protocol import BROKER_DEVICE, Cmd
+from farm.protocol import BROKER_DEVICE, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, Cmd
 
 __all__ = ["Session", "StreamTrack", "Ledger"]
 
@@ -126,6 +126,8 @@ class Session:
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 100_000)
         socket.setsockopt(zmq.IDENTITY, identity)
+        socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)  # reconnect with back-off
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         socket.connect(self.address)
         return socket
 

@@ -113,6 +113,8 @@ class Card:
         self.socket = self.ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.IDENTITY, f"card{spec.device_id}.{spec.epoch}".encode())
+        self.socket.setsockopt(zmq.RECONNECT_IVL, proto.RECONNECT_IVL_MS)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, proto.RECONNECT_IVL_MAX_MS)
         self.socket.connect(spec.backend)
 
     # -- lifecycle -------------------------------------------------------------------------

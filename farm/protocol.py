@@ -53,6 +53,8 @@ __all__ = [
     "recv_ready",
     "batch_length",
     "SENDER_SUFFIX",
+    "RECONNECT_IVL_MS",
+    "RECONNECT_IVL_MAX_MS",
     "reply_identity",
 ]
 
@@ -61,6 +63,8 @@ logger = logging.getLogger(__name__)
 CLIENT_HEADER = b"NPUC01"
 WORKER_HEADER = b"NPUW01"
 BROKER_DEVICE = 0xFFFF
+RECONNECT_IVL_MS = 10  # peers reconnect to the broker with back-off: 10 ms doubling ...
+RECONNECT_IVL_MAX_MS = 1000  # ... up to 1 s (ZeroMQ's reconnect interval settings)
 SENDER_SUFFIX = b"/s"  # a client's send-only socket: identity of its receiving socket + this
 _ROUTE = struct.Struct(">HH")
 
