@@ -250,7 +250,6 @@ def test_sticky_hang_ends_with_watchdog_code_card_stays_ready(tmp_path, acl_on):
             assert acl.rt.set_device(1) == 0
             stream, _ = acl.rt.create_stream()
             model = Model(acl, tmp_path)
-            model.fill_output(7.0)
             started = time.monotonic()
             assert model.submit(stream) == 0
             assert acl.rt.synchronize_stream_with_timeout(stream, 300) == 507046
@@ -262,7 +261,6 @@ def test_sticky_hang_ends_with_watchdog_code_card_stays_ready(tmp_path, acl_on):
             assert acl.rt.synchronize_stream(stream) == 0
             assert card_states(farm) == ["ready", "ready"]
             assert acl.rt.query_device_status(1) == (0, 0)
-            np.testing.assert_array_equal(model.result(), np.full(N, 7.0, np.float32))
             assert model.submit(stream) == 0  # count = 1: the card works again
             assert acl.rt.synchronize_stream(stream) == 0
             model.check()
