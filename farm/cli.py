@@ -115,7 +115,19 @@ def render_status(farm: dict[str, Any]) -> None:
             f"{_mib(stats.get('hbm_used', 0))}/{_mib(card.get('hbm_bytes', 0))}",
             *(str(stats.get(k, 0)) for k in ("streams", "queued", "running", "done", "failed")),
         )
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(table)
+    ledger = farm.get("ledger")
+    if ledger:
+        failed = ", ".join(f"{code}×{n}" for code, n in ledger["failed"].items()) or "none"
+        console.print(
+            f"tasks: {ledger['submitted']} submitted, {ledger['completed']} completed, "
+            f"failed {failed}, {ledger['dropped']} dropped, {ledger['in_flight']} in flight"
+        )
+    faults = farm.get("faults")
+    if faults and (faults.get("counts") or faults.get("plan", {}).get("fault")):
+        counts = ", ".join(f"{k}×{n}" for k, n in sorted(faults["counts"].items())) or "none yet"
+        console.print(f"faults injected: {counts} (log: {faults['log']})")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
