@@ -365,8 +365,9 @@ class Session:
             if self._hello is None or not self._running:
                 continue
             silent_s = now - self._last_heard
-            if now - last_ping >= interval_s and silent_s >= interval_s:
-                # nothing heard for an interval (idle, or a long task): ping; the broker answers
+            if now - last_ping >= interval_s:
+                # Paranoid Pirate: ping every interval; the broker answers, so a silent broker
+                # shows, and the broker knows this client lives (it releases dead clients)
                 with self._send_lock:
                     self._send(self._sender, Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
                 last_ping = now

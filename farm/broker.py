@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _MAX_DRAIN = 512
+CLIENT_EXPIRY_FACTOR = 10  # clients: 10 × the heartbeat expiry (at least 2 s) before release
 
 
 class Broker:
@@ -75,6 +76,7 @@ class Broker:
         self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
         self.pending_hello: list[bytes] = []
         self.clients: set[bytes] = set()  # every client that said HELLO and not DISCONNECT
+        self.client_seen: dict[bytes, float] = {}  # socket identity -> last message (monotonic)
         self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
         self.state_path = statefile.state_path(config)
         self.announced = False
@@ -193,6 +195,7 @@ class Broker:
 
     # -- clients ---------------------------------------------------------------------------
     def on_client(self, frames: list) -> None:
+        self.client_seen[frames[0]] = time.monotonic()
         if len(frames) == 6 and frames[2] == proto.CLIENT_HEADER and frames[1] == b"":
             cmd = frames[3]
             if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
@@ -366,6 +369,8 @@ class Broker:
 
     def client_left(self, client: bytes) -> None:
         self.clients.discard(client)
+        self.client_seen.pop(client, None)
+        self.client_seen.pop(client + proto.SENDER_SUFFIX, None)
         for device_id, clients in self.clients_of.items():
             if client in clients:
                 clients.discard(client)
@@ -506,12 +511,26 @@ class Broker:
                 {"rid": rid, "code": code, "card": self._describe_card(device_id)},
             )
 
+    def expire_clients(self, now: float) -> None:
+        """Release the cards' resources of clients silent for the client expiry (a client
+        killed without acl.finalize). Clients ping every heartbeat interval."""
+        client_expiry_s = max(CLIENT_EXPIRY_FACTOR * self.config.heartbeat_expiry_s, 2.0)
+        for identity, seen in list(self.client_seen.items()):
+            if now - seen > client_expiry_s:
+                client = proto.reply_identity(identity)
+                if client in self.clients:
+                    logger.warning("client %r silent for %.1fs: releasing its resources",
+                                   client, now - seen)  # fmt: skip
+                self.client_left(client)
+                self.client_seen.pop(identity, None)
+
     def heartbeat(self, now: float, expiry_s: float) -> None:
         for entry in self.registry.expired(now, expiry_s):
             self.lose(entry.device_id, f"no heartbeat for {now - entry.last_seen_s:.2f}s")
         for entry in self.registry.cards.values():
             if entry.state is CardState.READY and entry.identity is not None:
                 self._send_card(entry.identity, Cmd.HEARTBEAT, b"", b"")
+        self.expire_clients(now)
         if self.watch_parent is not None and os.getppid() != self.watch_parent:
             logger.warning("parent process %d exited; shutting down", self.watch_parent)
             self.running = False

@@ -125,3 +125,31 @@ def test_embedded_farm_starts_at_init_and_stops(ending, runtime_dir):
     assert result["ok"]
     poll_for(lambda: not _alive(result["farm_pid"]), 10.0)
     poll_for(lambda: npufarm_segments() <= before, 5.0)
+
+
+_KILLED_CLIENT = r"""
+import os, signal
+import acl
+assert acl.init() == 0
+assert acl.rt.set_device(0) == 0
+ptr, ret = acl.rt.malloc(64 << 20, 0)
+assert ret == 0
+print("allocated", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_client_has_its_memory_released(farm):
+    """A client that dies without acl.finalize stops pinging; the broker releases its HBM."""
+    env = {**os.environ, "NPUFARM_ADDRESS": farm.address}
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_CLIENT], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=30,
+    )  # fmt: skip
+    assert "allocated" in done.stdout and done.returncode == -signal.SIGKILL
+
+    def used() -> int:
+        return query_status(farm.address)["cards"][0]["stats"].get("hbm_used", 0)
+
+    poll_for(lambda: used() >= 64 << 20 or used() == 0, 5.0)
+    poll_for(lambda: used() == 0, 20.0)
