@@ -241,7 +241,9 @@ def test_transient_hang_times_out_then_completes(tmp_path, acl_on):
 
 
 def test_sticky_hang_ends_with_watchdog_code_card_stays_ready(tmp_path, acl_on):
-    watchdog = CI_PROFILE.replace('hbm_bytes = "256MiB"', 'hbm_bytes = "256MiB", op_timeout_s = 1.0')
+    watchdog = CI_PROFILE.replace(
+        'hbm_bytes = "256MiB"', 'hbm_bytes = "256MiB", op_timeout_s = 1.0'
+    )
     config = write_config(tmp_path, "wd", (CI_PROFILE, watchdog.replace("910b-ci", "wd")))
     rule = {"kind": "hang", "card": 1, "api": "execute", "count": 1}
     with fault_farm(tmp_path, rule, config=config) as farm:
