@@ -3,8 +3,16 @@
 ``RUNTIME`` is the process-wide ACL runtime the ``acl`` facade forwards to.
 """
 
-from client.models import ModelRuntime
+from client.memops import MemoryApi
+from client.models import ModelApi
+from client.runtime import Runtime
+from client.streams import StreamApi
 
-__all__ = ["RUNTIME", "ModelRuntime"]
+__all__ = ["RUNTIME", "AclRuntime"]
 
-RUNTIME = ModelRuntime()
+
+class AclRuntime(ModelApi, MemoryApi, StreamApi, Runtime):
+    """Every ACL call of one process: the runtime core plus its stream, memory and model parts."""
+
+
+RUNTIME = AclRuntime()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from client.handles import ExecConfig, sync_timeout_error
-from client.runtime import Runtime, Stream, _int, api
+from client.runtime import Stream, _int, api
 from client.session import StreamTrack
 from device.memory import decode_ptr, is_device_ptr
 from device.models import ModelSpec, load_model_file, parse_model
@@ -28,7 +28,7 @@ from farm.errors import (
 )
 from farm.protocol import TaskKind
 
-__all__ = ["LoadedModel", "ModelRuntime"]
+__all__ = ["LoadedModel", "ModelApi"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class LoadedModel:
         )
 
 
-class ModelRuntime(Runtime):
-    """:class:`Runtime` plus the ``acl.mdl`` calls and the data-buffer descriptors."""
+class ModelApi:
+    """The ``acl.mdl`` calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, spec: ModelSpec) -> int:

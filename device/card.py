@@ -187,6 +187,9 @@ class Card:
                 self.prefault_step()
             if now >= next_beat:
                 beat, link_up = self.faults.on_heartbeat()
+                # the fault log is the experiment's record, not card traffic: a link drop's
+                # own event still reaches it
+                self.report_faults()
                 if beat:
                     self.send(Cmd.HEARTBEAT, b"", self.stats_body())
                 next_beat = now + interval_s

@@ -1,0 +1,204 @@
+"""``acl.rt`` memory calls: malloc/free, host memory, memcpy/memset (sync: a direct copy in
+the card's shared memory, no stream waited for; async: a queued task), memory info. A mixin of
+the process-wide runtime (see ``client``)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from typing import Any
+
+from client.runtime import _int, api
+from device.memory import decode_ptr, encode_ptr, is_device_ptr
+from farm.errors import (
+    ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_PARAM_INVALID,
+    AclError,
+)
+from farm.protocol import TaskKind
+
+__all__ = ["MemoryApi"]
+
+logger = logging.getLogger(__name__)
+
+_H2H, _H2D, _D2H, _D2D, _DEFAULT = range(5)
+
+
+class MemoryApi:
+    """Memory calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+
+    # -- memory ----------------------------------------------------------------------------
+    @api(1)
+    def malloc(self, size: Any, policy: Any) -> int:
+        size, policy = _int(size, "size"), _int(policy, "policy")
+        if size <= 0 or policy < 0:
+            raise AclError(f"malloc size {size} / policy {policy} invalid", ACL_ERROR_INVALID_PARAM)
+        session = self.require()
+        device_id = self.current_context().device_id
+        reply = session.request(device_id, "malloc", size=size)
+        ptr = encode_ptr(device_id, session.epochs[device_id], reply["offset"])
+        with self.lock:
+            self.allocations.add(ptr, size, device_id)
+        return ptr
+
+    @api()
+    def free(self, ptr: Any) -> None:
+        ptr = _int(ptr, "ptr")
+        if ptr == 0:
+            raise AclError("free of NULL", ACL_ERROR_INVALID_PARAM)
+        session = self.require()
+        with self.lock:
+            size = self.allocations.remove(ptr)
+        if size is None:
+            raise AclError(f"{ptr:#x} is not a live allocation", ACL_ERROR_RT_PARAM_INVALID)
+        device_id = decode_ptr(ptr)[0]
+        self.sanitizer.check_free(device_id, ptr, size, "acl.rt.free")
+        session.request(device_id, "free", offset=decode_ptr(ptr)[2])
+
+    @api(1)
+    def malloc_host(self, size: Any) -> int:
+        size = _int(size, "size")
+        if size <= 0:
+            raise AclError(f"malloc_host size {size} invalid", ACL_ERROR_INVALID_PARAM)
+        self.require()
+        return self.host.malloc(size)
+
+    @api()
+    def free_host(self, ptr: Any) -> None:
+        self.require()
+        if not self.host.free(_int(ptr, "ptr")):
+            raise AclError(f"{ptr} is not pinned host memory", ACL_ERROR_INVALID_PARAM)
+
+    @api(2)
+    def get_mem_info(self, attr: Any) -> tuple[int, int]:
+        _int(attr, "attr")
+        device_id = self.current_context().device_id
+        reply = self.require().request(device_id, "mem_info")
+        return reply["free"], reply["total"]
+
+    def _device_address(self, ptr: int, nbytes: int) -> int:
+        """Validate a device range of this process and return its local address."""
+        self.check_device_range(ptr, nbytes)
+        return self.memory.address(ptr)
+
+    def check_device_range(self, ptr: int, nbytes: int) -> None:
+        """Raise unless ``[ptr, ptr+nbytes)`` lies in one live allocation of this process on a
+        device that is not lost, from the device's current epoch."""
+        device_id, epoch, _ = decode_ptr(ptr)
+        session = self.require()
+        session.check_device(device_id)
+        if epoch != session.epochs.get(device_id, -1) & 0xFF:
+            raise AclError(
+                f"{ptr:#x} belongs to an earlier epoch of device {device_id}",
+                ACL_ERROR_RT_PARAM_INVALID,
+                card=device_id,
+            )
+        with self.lock:
+            if not self.allocations.contains(ptr, nbytes):
+                raise AclError(
+                    f"{ptr:#x}+{nbytes} is not inside a live allocation",
+                    ACL_ERROR_RT_PARAM_INVALID,
+                    card=device_id,
+                )
+
+    def _copy_plan(self, dst: int, src: int, count: int, kind: int) -> tuple[bool, bool]:
+        """Check a copy's direction; return (dst is device, src is device)."""
+        dst_dev, src_dev = is_device_ptr(dst), is_device_ptr(src)
+        if kind == _DEFAULT:
+            return dst_dev, src_dev
+        expected = {
+            _H2H: (False, False),
+            _H2D: (True, False),
+            _D2H: (False, True),
+            _D2D: (True, True),
+        }.get(kind)
+        if expected is None:
+            raise AclError(f"memcpy kind {kind} invalid", ACL_ERROR_INVALID_PARAM)
+        if (dst_dev, src_dev) != expected:
+            raise AclError(
+                f"memcpy kind {kind} does not match the addresses", ACL_ERROR_RT_PARAM_INVALID
+            )
+        return expected
+
+    def _copy_args(self, dst: Any, dst_max: Any, src: Any, count: Any, kind: Any):
+        dst, dst_max, src = _int(dst, "dst"), _int(dst_max, "dst_max"), _int(src, "src")
+        count, kind = _int(count, "count"), _int(kind, "kind")
+        if count < 0 or dst_max < 0 or count > dst_max:
+            raise AclError(f"count {count} > dst_max {dst_max}", ACL_ERROR_INVALID_PARAM)
+        if count and (dst == 0 or src == 0):
+            raise AclError("memcpy with a NULL address", ACL_ERROR_INVALID_PARAM)
+        dst_dev, src_dev = self._copy_plan(dst, src, count, kind)
+        return dst, src, count, dst_dev, src_dev
+
+    @api()
+    def memcpy(self, dst: Any, dst_max: Any, src: Any, count: Any, kind: Any) -> None:
+        dst, src, count, dst_dev, src_dev = self._copy_args(dst, dst_max, src, count, kind)
+        self.require()
+        if count == 0:
+            return
+        dst_addr = self._device_address(dst, count) if dst_dev else dst
+        src_addr = self._device_address(src, count) if src_dev else src
+        if self.sanitizer.enabled:
+            if src_dev:
+                self.sanitizer.check_read(decode_ptr(src)[0], src, count, "acl.rt.memcpy")
+            if dst_dev:
+                self.sanitizer.check_write(decode_ptr(dst)[0], dst, count, "acl.rt.memcpy")
+        ctypes.memmove(dst_addr, src_addr, count)  # no stream is waited for: hardware behaviour
+
+    def _shm_ref(self, ptr: int, nbytes: int, is_device: bool) -> list | None:
+        if is_device:
+            self._device_address(ptr, nbytes)
+            return [self.memory.segment_name(decode_ptr(ptr)[0]), decode_ptr(ptr)[2]]
+        located = self.host.locate(ptr, nbytes)
+        return list(located) if located is not None else None
+
+    @api()
+    def memcpy_async(
+        self, dst: Any, dst_max: Any, src: Any, count: Any, kind: Any, stream: Any
+    ) -> None:
+        dst, src, count, dst_dev, src_dev = self._copy_args(dst, dst_max, src, count, kind)
+        target = self.stream(stream)
+        if count == 0:
+            return
+        dst_ref = self._shm_ref(dst, count, dst_dev)
+        src_ref = self._shm_ref(src, count, src_dev)
+        if dst_ref is None or src_ref is None:
+            # pageable host memory: the copy completes before the call returns (after the
+            # stream's earlier work, which it must follow)
+            session = self.require()
+            session.wait(target.track, target.track.last_task, None)
+            self.memcpy.__wrapped__(self, dst, count, src, count, _DEFAULT)
+            return
+        task = {"k": TaskKind.COPY, "dst": dst_ref, "src": src_ref, "n": count}
+        reads = [(src, count)] if src_dev else []
+        self.submit_task(target.track, task, reads, [(dst, count)], "acl.rt.memcpy_async")
+
+    def _memset_args(self, ptr: Any, max_count: Any, value: Any, count: Any):
+        ptr, max_count = _int(ptr, "ptr"), _int(max_count, "max")
+        value, count = _int(value, "value"), _int(count, "count")
+        if ptr == 0 or count < 0 or count > max_count:
+            raise AclError(f"memset count {count} > max {max_count}", ACL_ERROR_INVALID_PARAM)
+        return ptr, value, count
+
+    @api()
+    def memset(self, ptr: Any, max_count: Any, value: Any, count: Any) -> None:
+        ptr, value, count = self._memset_args(ptr, max_count, value, count)
+        self.require()
+        if count:
+            address = self._device_address(ptr, count) if is_device_ptr(ptr) else ptr
+            if is_device_ptr(ptr):
+                self.sanitizer.check_write(decode_ptr(ptr)[0], ptr, count, "acl.rt.memset")
+            ctypes.memset(address, value & 0xFF, count)
+
+    @api()
+    def memset_async(self, ptr: Any, max_count: Any, value: Any, count: Any, stream: Any) -> None:
+        ptr, value, count = self._memset_args(ptr, max_count, value, count)
+        target = self.stream(stream)
+        ref = self._shm_ref(ptr, count, is_device_ptr(ptr))
+        if ref is None:
+            raise AclError(
+                "memset_async needs device or pinned host memory", ACL_ERROR_RT_PARAM_INVALID
+            )
+        self.require().submit(
+            target.track, {"k": TaskKind.MEMSET, "dst": ref, "n": count, "v": value}
+        )

@@ -1,0 +1,222 @@
+"""``acl.rt`` streams and events: creation, synchronization (with the real timeout codes),
+queries, and ``stream_wait_event``. A mixin of the process-wide runtime (see ``client``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from client.handles import sync_timeout_error
+from client.runtime import Event, Stream, _int, api
+from client.session import StreamTrack
+from farm.errors import (
+    ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
+    ACL_ERROR_RT_LOST_HEARTBEAT,
+    ACL_ERROR_RT_NO_EVENT_RESOURCE,
+    ACL_ERROR_RT_NO_STREAM_RESOURCE,
+    ACL_ERROR_RT_PARAM_INVALID,
+    ACL_ERROR_RT_STREAM_CONTEXT,
+    ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
+    ACL_SUCCESS,
+    AclError,
+)
+from farm.protocol import TaskKind
+
+__all__ = ["StreamApi"]
+
+logger = logging.getLogger(__name__)
+
+
+class StreamApi:
+    """Stream and event calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+
+    # -- streams ---------------------------------------------------------------------------
+    def _new_stream(self, context: Context) -> Stream:
+        handle = next(self._ids)
+        stream = Stream(handle, context, StreamTrack(context.device_id, handle))
+        context.streams[handle] = stream
+        self.streams[handle] = stream
+        return stream
+
+    def stream(self, handle: Any) -> Stream:
+        """Resolve a stream handle (0 = the current context's default stream)."""
+        handle = _int(handle, "stream")
+        if handle == 0:
+            return self.current_context().default_stream
+        self.require()
+        found = self.streams.get(handle)
+        if found is None:
+            raise AclError(f"unknown or destroyed stream {handle:#x}", ACL_ERROR_RT_PARAM_INVALID)
+        return found
+
+    @api(1)
+    def create_stream(self) -> int:
+        with self.lock:
+            context = self.current_context()
+            state = self.devices[context.device_id]
+            card = self.require().card(context.device_id)
+            if state.streams >= card.get("max_streams", 1984):
+                raise AclError("stream limit reached", ACL_ERROR_RT_NO_STREAM_RESOURCE)
+            state.streams += 1
+            return self._new_stream(context).handle
+
+    @api()
+    def destroy_stream(self, stream: Any) -> None:
+        self._destroy_stream(stream, wait=True)
+
+    @api()
+    def destroy_stream_force(self, stream: Any) -> None:
+        self._destroy_stream(stream, wait=False)
+
+    def _destroy_stream(self, handle: Any, wait: bool) -> None:
+        stream = self.stream(handle)
+        if stream is stream.context.default_stream:
+            raise AclError("the default stream cannot be destroyed", ACL_ERROR_RT_PARAM_INVALID)
+        self.sanitizer.check_destroy_stream(
+            stream.track.device_id, stream.track.stream_id, "acl.rt.destroy_stream"
+        )
+        if wait:
+            self._wait_track(stream.track, stream.track.last_task, -1, 0)
+        with self.lock:
+            stream.context.streams.pop(stream.handle, None)
+            if self.streams.pop(stream.handle, None) is not None:
+                self.devices[stream.context.device_id].streams -= 1
+
+    def _wait_track(
+        self, track: StreamTrack, task_id: int, timeout_ms: int, timeout_code: int
+    ) -> int:
+        """Wait for ``task_id`` on ``track``; ``timeout_code`` on expiry, else the track's
+        first unreported error (or 507010 if the card was lost)."""
+        session = self.require()
+        session.check_device(track.device_id)
+        timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
+        if not session.wait(track, task_id, timeout_s):
+            code = timeout_code
+        elif track.device_id in session.lost or session.broker_lost:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        else:
+            code = session.take_error(track)
+        self.sanitizer.stream_synced(track.device_id, track.stream_id, task_id, code)
+        session.check_device(track.device_id)
+        return code
+
+    @api()
+    def synchronize_stream(self, stream: Any) -> int:
+        found = self.stream(stream)
+        timeout_ms, found.sync_timeout_ms = found.sync_timeout_ms, -1  # consumed by this sync
+        if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
+            raise AclError(
+                f"exec-config stream sync timeout {timeout_ms} ms is invalid",
+                ACL_ERROR_RT_PARAM_INVALID,
+            )
+        return self._wait_track(
+            found.track, found.track.last_task, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+        )
+
+    @api()
+    def synchronize_stream_with_timeout(self, stream: Any, timeout_ms: Any) -> int:
+        found = self.stream(stream)
+        if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
+            raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
+        return self._wait_track(
+            found.track, found.track.last_task, int(timeout_ms), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+        )
+
+    @api(1)
+    def stream_query(self, stream: Any) -> int:
+        found = self.stream(stream)
+        self.require().check_device(found.track.device_id)
+        return 1 if found.track.pending else 0
+
+    # -- events ----------------------------------------------------------------------------
+    def event(self, handle: Any) -> Event:
+        self.require()
+        found = self.events.get(_int(handle, "event"))
+        if found is None:
+            raise AclError(f"unknown or destroyed event {handle}", ACL_ERROR_RT_PARAM_INVALID)
+        return found
+
+    @api(1)
+    def create_event(self) -> int:
+        with self.lock:
+            context = self.current_context()
+            state = self.devices[context.device_id]
+            if state.events >= self.require().card(context.device_id).get("max_events", 65535):
+                raise AclError("event limit reached", ACL_ERROR_RT_NO_EVENT_RESOURCE)
+            state.events += 1
+            event = Event(next(self._ids), context.device_id)
+            self.events[event.handle] = event
+            return event.handle
+
+    @api(1)
+    def create_event_with_flag(self, flag: Any) -> int:
+        _int(flag, "flag")
+        return self.create_event.__wrapped__(self)
+
+    @api()
+    def destroy_event(self, event: Any) -> None:
+        with self.lock:
+            found = self.event(event)
+            del self.events[found.handle]
+            state = self.devices.get(found.device_id)
+            if state is not None and state.events > 0:
+                state.events -= 1
+
+    @api()
+    def record_event(self, event: Any, stream: Any) -> None:
+        found, target = self.event(event), self.stream(stream)
+        found.track = target.track
+        found.timeout_ms = target.event_timeout_ms
+        found.task_id = self.require().submit(target.track, {"k": TaskKind.RECORD})
+
+    @api()
+    def synchronize_event(self, event: Any) -> int:
+        found = self.event(event)
+        if found.timeout_ms != -1 and sync_timeout_error(found.timeout_ms) != ACL_SUCCESS:
+            raise AclError("exec-config event sync timeout is invalid", ACL_ERROR_RT_PARAM_INVALID)
+        return self._sync_event(found, found.timeout_ms)
+
+    @api()
+    def synchronize_event_with_timeout(self, event: Any, timeout_ms: Any) -> int:
+        found = self.event(event)
+        if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
+            raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
+        return self._sync_event(found, int(timeout_ms))
+
+    def _sync_event(self, event: Event, timeout_ms: int) -> int:
+        if event.track is None:
+            return ACL_SUCCESS  # never recorded: nothing to wait for
+        session = self.require()
+        track = event.track
+        session.check_device(track.device_id)
+        timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
+        code = ACL_SUCCESS
+        if not session.wait(track, event.task_id, timeout_s):
+            code = ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
+        elif track.device_id in session.lost or session.broker_lost:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        # an event sync reports no task error, so it observes none
+        self.sanitizer.stream_synced(track.device_id, track.stream_id, event.task_id, code)
+        session.check_device(track.device_id)
+        return code
+
+    @api(1)
+    def query_event_status(self, event: Any) -> int:
+        found = self.event(event)
+        if found.track is None:
+            return 1
+        self.require().check_device(found.track.device_id)
+        return 0 if found.track.blocks(found.task_id) else 1
+
+    @api()
+    def stream_wait_event(self, stream: Any, event: Any) -> None:
+        target, found = self.stream(stream), self.event(event)
+        if found.track is None:
+            return  # waiting on a never-recorded event does not block
+        if found.track.device_id != target.track.device_id:
+            raise AclError(
+                "stream_wait_event across devices is not emulated", ACL_ERROR_RT_STREAM_CONTEXT
+            )
+        self.require().submit(
+            target.track, {"k": TaskKind.WAIT, "ws": found.track.stream_id, "wt": found.task_id}
+        )
