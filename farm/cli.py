@@ -46,15 +46,15 @@ def _load(args: argparse.Namespace) -> FarmConfig:
     )
 
 
-def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Ask a running farm for its description (cards, states, live stats)."""
+def _ask_broker(address: str, cmd: bytes, body: dict[str, Any], timeout_s: float) -> dict:
+    """One request/reply with a farm's broker on a short-lived DEALER."""
     ctx = zmq.Context()
     socket = ctx.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     try:
         socket.connect(address)
         route = proto.pack_route(BROKER_DEVICE, 0)
-        socket.send_multipart(proto.client_message(Cmd.STATUS, route, proto.pack({})))
+        socket.send_multipart(proto.client_message(cmd, route, proto.pack(body)))
         if not socket.poll(timeout_s * 1000):
             raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
         reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
@@ -62,6 +62,11 @@ def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
     finally:
         socket.close(0)
         ctx.term()
+
+
+def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Ask a running farm for its description (cards, states, live stats, ledger, faults)."""
+    return _ask_broker(address, Cmd.STATUS, {}, timeout_s)
 
 
 def _find_address(args: argparse.Namespace) -> str:
@@ -143,21 +148,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
-    ctx = zmq.Context()
-    socket = ctx.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(address)
-        route = proto.pack_route(BROKER_DEVICE, 0)
-        message = proto.client_message(Cmd.REQUEST, route, proto.pack({"rid": 1, **body}))
-        socket.send_multipart(message)
-        if not socket.poll(timeout_s * 1000):
-            raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
-        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
-        return proto.unpack(reply.body)
-    finally:
-        socket.close(0)
-        ctx.term()
+    """A broker request (inject, recover, ...)."""
+    return _ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
