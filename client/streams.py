@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from client.handles import sync_timeout_error
-from client.runtime import Event, Stream, _int, api
+from client.runtime import Context, Event, Stream, _int, api
 from client.session import StreamTrack
 from farm.errors import (
     ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
