@@ -448,7 +448,7 @@ class Session:
             raise NpuFarmError("COMPLETE body is not a list")
         with self.cond:
             for row in rows:
-                if not (isinstance(row, list) and len(row) == 4 and isinstance(row[0], int)):
+                if not (isinstance(row, list) and len(row) >= 4 and isinstance(row[0], int)):
                     logger.warning("malformed completion row dropped: %r", row)
                     continue
                 self._settle(row[0], row[1])

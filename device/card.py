@@ -422,12 +422,14 @@ class Card:
         if commit is not None and code == ACL_SUCCESS:
             commit()  # results appear at completion, as on hardware
         self.scheduler.finish(task)
-        self.complete(task.client, task.task_id, code, task.started_s, now)
+        self.complete(task.client, task.task_id, code, task.started_s, now, task)
 
-    def complete(self, client: bytes, task_id: int, code: int, start_s: float, end_s: float):
+    def complete(self, client: bytes, task_id: int, code: int, start_s: float, end_s: float,
+                 task: Task | None = None) -> None:  # fmt: skip
         self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
+        stream, queued_s = (task.stream, task.submitted_s) if task is not None else (0, start_s)
         self.outbox.setdefault(client, []).append(
-            proto.completion_row(task_id, code, start_s, end_s)
+            proto.completion_row(task_id, code, start_s, end_s, stream, queued_s)
         )
 
     def flush(self) -> None:

@@ -34,6 +34,7 @@ from farm.ledger import FarmLedger
 from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
 from farm.supervisor import Supervisor, ipc_path
+from farm.trace import TraceRecorder
 
 __all__ = ["Broker", "run_farm"]
 
@@ -51,6 +52,7 @@ class Broker:
         watch_parent: int | None = None,
         plan: FaultPlan | None = None,
         fault_log: str | None = None,
+        trace: str | None = None,
     ) -> None:
         self.config = config
         self.farm_id = f"{config.name}-{os.getpid()}"
@@ -82,6 +84,8 @@ class Broker:
         self.announced = False
         self.signal_fd: int | None = None  # read end of the signal wakeup pipe (run_farm)
         self.ledger = FarmLedger()
+        self.trace_path = trace
+        self.trace = TraceRecorder(self.started_s) if trace else None
 
     def _router(self, address: str) -> zmq.Socket:
         socket = self.ctx.socket(zmq.ROUTER)
@@ -142,6 +146,8 @@ class Broker:
                 self._send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
         self.supervisor.stop_all()
         statefile.remove_state(self.state_path)
+        if self.trace is not None and self.trace_path:
+            self.trace.write(self.trace_path, list(self.registry.cards))
         if self.fault_log is not None:
             self.fault_log.close()
         self.frontend.close(0)
@@ -265,6 +271,10 @@ class Broker:
         return body if len(kept) == len(tasks) else proto.pack(kept)
 
     def log_faults(self, events: list[dict]) -> None:
+        if self.trace is not None:
+            for event in events:
+                self.trace.instant(f"fault: {event['kind']}", event.get("card", -1),
+                                   event.get("t_s", 0.0), event, since_start=True)  # fmt: skip
         if events and self.fault_log is None:
             self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
         for event in events:
@@ -314,6 +324,11 @@ class Broker:
                 self.restart(device_id)
             elif entry.state is CardState.FAILED:
                 self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
+            return
+        if body.get("op") == "trace" and isinstance(body.get("path"), str):
+            self.trace = self.trace or TraceRecorder(self.started_s)
+            count = self.trace.write(body["path"], list(self.registry.cards))
+            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": 0, "events": count})
             return
         if body.get("op") == "inject":
             self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.inject(body)})
@@ -384,7 +399,7 @@ class Broker:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
                 if frames[3] == Cmd.COMPLETE:
-                    self._count_completions(entry.device_id, frames[5])
+                    self._count_completions(entry, frames[4], frames[5])
                 try:
                     proto.send_frames(
                         self.frontend,
@@ -414,14 +429,16 @@ class Broker:
         else:
             logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
 
-    def _count_completions(self, device_id: int, body: bytes) -> None:
+    def _count_completions(self, entry, client: bytes, body: bytes) -> None:
         try:
             rows = proto.unpack(body)
-            codes = [row[1] for row in rows if isinstance(row, list) and len(row) == 4]
+            codes = [row[1] for row in rows if isinstance(row, list) and len(row) >= 4]
         except (NpuFarmError, TypeError):
-            logger.warning("card %d sent a malformed COMPLETE; not counted", device_id)
+            logger.warning("card %d sent a malformed COMPLETE; not counted", entry.device_id)
             return
-        self.ledger.ended(device_id, codes)
+        self.ledger.ended(entry.device_id, codes)
+        if self.trace is not None:
+            self.trace.tasks(entry.device_id, entry.epoch, client, rows)
 
     def on_ready(self, identity: bytes, body: Any, now: float) -> None:
         if not isinstance(body, dict):
@@ -432,6 +449,8 @@ class Broker:
             self._send_card(identity, Cmd.DISCONNECT, b"", b"")
             return
         logger.info("card %d epoch %d ready", entry.device_id, entry.epoch)
+        if self.trace is not None:
+            self.trace.instant("card ready", entry.device_id, now, {"epoch": entry.epoch})
         if self.announced:
             self.notify(entry.device_id, "ready", 0)
             self.answer_restart(entry.device_id, 0)
@@ -469,6 +488,9 @@ class Broker:
             return
         logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
         self.ledger.card_lost(device_id)
+        if self.trace is not None:
+            self.trace.instant("card lost", device_id, time.monotonic(),
+                               {"epoch": entry.epoch, "reason": reason})  # fmt: skip
         if entry.shm_name:  # a crashed card leaves its HBM behind; clients have it mapped
             try:
                 os.unlink(f"/dev/shm/{entry.shm_name}")
@@ -541,9 +563,10 @@ def run_farm(
     watch_parent: int | None = None,
     plan: FaultPlan | None = None,
     fault_log: str | None = None,
+    trace: str | None = None,
 ) -> None:
     """Run a farm in the foreground until SIGINT/SIGTERM (or the watched parent exits)."""
-    broker = Broker(config, watch_parent=watch_parent, plan=plan, fault_log=fault_log)
+    broker = Broker(config, watch_parent, plan=plan, fault_log=fault_log, trace=trace)
 
     def _stop(signum, frame):
         broker.running = False

@@ -143,7 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
     if plan is not None:
         plan.check_card_count(len(config.cards))
-    run_farm(config, watch_parent=args.watch_parent, plan=plan, fault_log=args.fault_log)
+    run_farm(config, args.watch_parent, plan=plan, fault_log=args.fault_log, trace=args.trace)
     return 0
 
 
@@ -161,6 +161,16 @@ def cmd_inject(args: argparse.Namespace) -> int:
         print(f"npufarm inject: {reply.get('error', reply['code'])}", file=sys.stderr)
         return 1
     print(f"fault rule {reply['rule']} injected: {rule.to_dict()}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.out)
+    reply = _broker_request(_find_address(args), {"op": "trace", "path": path})
+    if reply.get("code"):
+        print(f"npufarm trace: {reply}", file=sys.stderr)
+        return 1
+    print(f"{reply['events']} trace events written to {path} (open in ui.perfetto.dev)")
     return 0
 
 
@@ -207,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--fault-log", help="fault log JSONL (default <runtime dir>/<name>-faults.jsonl)"
     )
+    up.add_argument("--trace", help="write a Chrome/Perfetto trace JSON here at shutdown")
     up.add_argument("--watch-parent", type=int, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="table of the cards of a running farm")
@@ -219,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(inject)
     inject.add_argument("rule", nargs="+", help="key=value fields, e.g. kind=slow card=1 factor=4")
     inject.set_defaults(func=cmd_inject)
+    trace = sub.add_parser("trace", help="write a running farm's trace (Chrome/Perfetto JSON)")
+    _config_args(trace)
+    trace.add_argument("out", help="trace JSON path")
+    trace.set_defaults(func=cmd_trace)
     recover = sub.add_parser("recover", help="clear injected faults of a running farm")
     _config_args(recover)
     recover.add_argument("--kind", action="append", help="only this kind (repeatable)")

@@ -15,8 +15,8 @@ or COMPLETE body on the hot path. Bodies are msgpack (``use_bin_type=True``; nev
 Tensor bytes never travel: tasks carry device pointers into the cards' shared-memory HBM.
 
 A SUBMIT body is a list of task maps (several tasks batched in one message), a COMPLETE body a list
-of ``[task_id, code, start_s, end_s]`` rows (``time.monotonic()`` seconds, comparable across local
-processes). ``route`` device ``BROKER_DEVICE`` addresses the broker itself (HELLO, STATUS, ...).
+of ``[task_id, code, start_s, end_s, stream, queued_s]`` rows (``time.monotonic()`` seconds,
+comparable across local processes). ``route`` device ``BROKER_DEVICE`` addresses the broker itself (HELLO, STATUS, ...).
 """
 
 from __future__ import annotations
@@ -241,9 +241,12 @@ def validate_task(task: Any) -> str | None:
     return None
 
 
-def completion_row(task_id: int, code: int, start_s: float, end_s: float) -> list:
-    """One row of a COMPLETE body."""
-    return [task_id, code, start_s, end_s]
+def completion_row(
+    task_id: int, code: int, start_s: float, end_s: float, stream: int = 0, queued_s: float = 0.0
+) -> list:
+    """One row of a COMPLETE body: ``[task, code, start_s, end_s, stream, queued_s]`` (the
+    first four are what clients need; the rest feeds the trace)."""
+    return [task_id, code, start_s, end_s, stream, queued_s or start_s]
 
 
 def send_frames(socket: zmq.Socket, frames: list) -> None:

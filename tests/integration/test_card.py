@@ -182,7 +182,7 @@ class ScriptedBroker:
             body = proto.unpack(msg.body)
             assert isinstance(body, list)
             for row in body:
-                assert isinstance(row, list) and len(row) == 4, row
+                assert isinstance(row, list) and len(row) == 6, row
                 assert row[0] not in rows, f"task {row[0]} completed twice"
                 rows[row[0]] = row
         assert set(rows) == wanted, f"unexpected completions {set(rows) - wanted}"
@@ -348,9 +348,10 @@ def test_ready_then_malloc_load_exec(harness):
     task_id = h.broker.task_id()
     h.broker.submit([buffers.task(task_id, handle)])
     rows = h.broker.completions([task_id])
-    tid, code, start_s, end_s = rows[task_id]
+    tid, code, start_s, end_s, stream, queued_s = rows[task_id]
     assert (tid, code) == (task_id, ACL_SUCCESS)
-    assert before <= start_s <= end_s <= time.monotonic()
+    assert before <= queued_s <= start_s <= end_s <= time.monotonic()
+    assert stream == buffers.task(task_id, handle)["s"]
     buffers.check_output()
 
     stats = h.broker.request("stats")

@@ -91,7 +91,8 @@ def test_routes():
 
 
 def test_completion_row():
-    assert completion_row(5, 0, 1.0, 2.0) == [5, 0, 1.0, 2.0]
+    assert completion_row(5, 0, 1.0, 2.0) == [5, 0, 1.0, 2.0, 0, 1.0]  # queued = start
+    assert completion_row(5, 7, 1.0, 2.0, 9, 0.5) == [5, 7, 1.0, 2.0, 9, 0.5]
 
 
 def test_commands_are_single_distinct_bytes():

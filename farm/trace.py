@@ -1,0 +1,89 @@
+"""A Chrome/Perfetto trace of the farm: every card's streams, faults, card losses and restarts.
+
+The broker already decodes each COMPLETE (for the ledger); with tracing on it also keeps one
+complete-event per task: the card is the process, the (client, stream) pair the thread, the span
+the task's run on the card, with its queueing time and code as arguments. Faults and card state
+changes are instant events. Open the file in ui.perfetto.dev or chrome://tracing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TraceRecorder"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_MAX_EVENTS = 1_000_000  # oldest task events are dropped beyond this (a ring buffer)
+
+
+class TraceRecorder:
+    """Collects trace events; times are ``time.monotonic()`` seconds, shown from farm start."""
+
+    def __init__(self, farm_start_s: float, max_events: int = _DEFAULT_MAX_EVENTS) -> None:
+        self.farm_start_s = farm_start_s
+        self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
+        self._threads: dict[tuple[int, bytes, int], int] = {}  # (card, client, stream) -> tid
+        self._names: list[dict[str, Any]] = []
+
+    def _us(self, t_s: float) -> float:
+        return round((t_s - self.farm_start_s) * 1e6, 1)
+
+    def _tid(self, card: int, client: bytes, stream: int) -> int:
+        key = (card, client, stream)
+        tid = self._threads.get(key)
+        if tid is None:
+            tid = self._threads[key] = len(self._threads) + 1
+            name = f"{client.decode(errors='replace')} stream {stream & 0xFFFFFFFF:#x}"
+            self._names.append(
+                {"ph": "M", "name": "thread_name", "pid": card, "tid": tid, "args": {"name": name}}
+            )
+        return tid
+
+    def tasks(self, card: int, epoch: int, client: bytes, rows: list) -> None:
+        """Completion rows ``[task, code, start_s, end_s, stream, queued_s]`` of one card."""
+        for row in rows:
+            if not isinstance(row, list) or len(row) < 6:
+                continue
+            task_id, code, start_s, end_s, stream, queued_s = row[:6]
+            event = {
+                "ph": "X",
+                "name": "task" if code == 0 else f"task failed {code}",
+                "cat": "task",
+                "pid": card,
+                "tid": self._tid(card, client, stream),
+                "ts": self._us(start_s),
+                "dur": max(0.0, round((end_s - start_s) * 1e6, 1)),
+                "args": {
+                    "task": task_id,
+                    "code": code,
+                    "epoch": epoch,
+                    "queued_us": round((start_s - queued_s) * 1e6, 1),
+                },  # fmt: skip
+            }
+            self.events.append(event)
+
+    def instant(self, name: str, card: int, t_s: float, args: dict[str, Any] | None = None,
+                since_start: bool = False) -> None:  # fmt: skip
+        """A marker on a card's timeline (``t_s`` monotonic, or since farm start)."""
+        ts = round(t_s * 1e6, 1) if since_start else self._us(t_s)
+        self.events.append({"ph": "i", "s": "p", "name": name, "cat": "farm", "pid": card,
+                            "tid": 0, "ts": ts, "args": args or {}})  # fmt: skip
+
+    def to_json(self, cards: list[int]) -> dict[str, Any]:
+        processes = [
+            {"ph": "M", "name": "process_name", "pid": card, "args": {"name": f"card {card}"}}
+            for card in cards
+        ]
+        return {"traceEvents": [*processes, *self._names, *self.events], "displayTimeUnit": "ms"}
+
+    def write(self, path: str | Path, cards: list[int]) -> int:
+        """Write the trace; return the number of events."""
+        data = self.to_json(cards)
+        Path(path).write_text(json.dumps(data), encoding="utf-8")
+        logger.info("trace with %d events written to %s", len(data["traceEvents"]), path)
+        return len(data["traceEvents"])

@@ -1,0 +1,82 @@
+"""The farm's Chrome/Perfetto trace: valid trace JSON with task spans per card and stream,
+fault markers, and card loss/restart markers; from `up --trace` and from `npufarm trace`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import poll_for
+from tests.system.conftest import MODELS, REPO, start_farm, stop_and_check
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
+
+PLAN = """
+seed = 3
+[[fault]]
+kind = "error"
+card = 0
+api = "execute"
+after_tasks = 2
+count = 1
+"""
+
+
+def _work(acl, device_id: int, tasks: int) -> None:
+    assert acl.rt.set_device(device_id) == 0
+    stream, _ = acl.rt.create_stream()
+    model_id, _ = acl.mdl.load_from_file(str(MODELS / "add.toml"))
+    n = 1024 * 4
+    ptrs = [acl.rt.malloc(n, 0)[0] for _ in range(3)]
+    inputs, outputs = acl.mdl.create_dataset(), acl.mdl.create_dataset()
+    for ptr in ptrs[:2]:
+        acl.mdl.add_dataset_buffer(inputs, acl.create_data_buffer(ptr, n))
+    acl.mdl.add_dataset_buffer(outputs, acl.create_data_buffer(ptrs[2], n))
+    x = np.ones(1024, np.float32)
+    for ptr in ptrs[:2]:
+        acl.rt.memcpy(ptr, n, acl.util.numpy_to_ptr(x), n, 1)
+    for _ in range(tasks):
+        assert acl.mdl.execute_async(model_id, inputs, outputs, stream) == 0
+        acl.rt.synchronize_stream(stream)
+
+
+def test_trace_has_tasks_faults_and_card_events(tmp_path, acl_on):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(PLAN)
+    final = tmp_path / "trace.json"
+    farm = start_farm(cards=2, extra=["--faults", str(plan), "--trace", str(final)])
+    try:
+        with acl_on(farm) as acl:
+            _work(acl, 0, 5)
+            _work(acl, 1, 3)
+            live = tmp_path / "live.json"
+            done = subprocess.run(
+                [sys.executable, "-m", "farm", "trace", str(live), "--runtime-dir",
+                 str(farm.runtime_dir), "--name", farm.name],
+                cwd=REPO, capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            live_events = json.loads(live.read_text())["traceEvents"]
+            assert sum(e["ph"] == "X" for e in live_events) >= 8
+    finally:
+        stop_and_check(farm)
+    poll_for(final.exists, 5.0)
+    trace = json.loads(final.read_text())
+    events = trace["traceEvents"]
+    spans = [e for e in events if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    assert (
+        len([e for e in spans if e["pid"] == 0]) == 5
+        and len([e for e in spans if e["pid"] == 1]) == 3
+    )
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 and "task" in e["args"] for e in spans)
+    failed = [e for e in spans if e["args"]["code"] != 0]
+    assert [e["args"]["code"] for e in failed] == [507015]
+    names = {e["name"] for e in events if e["ph"] == "i"}
+    assert {"fault: error", "card ready"} <= names
+    meta = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    assert meta == {"card 0", "card 1"}
