@@ -31,6 +31,7 @@ from farm.config import FarmConfig
 from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
 from farm.faults import API_BY_TASK_KIND, BROKER, FaultInjector, FaultPlan, FaultRule
 from farm.ledger import FarmLedger
+from farm.metrics import FarmMetrics
 from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
 from farm.supervisor import Supervisor, ipc_path
@@ -53,6 +54,7 @@ class Broker:
         plan: FaultPlan | None = None,
         fault_log: str | None = None,
         trace: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.config = config
         self.farm_id = f"{config.name}-{os.getpid()}"
@@ -86,6 +88,7 @@ class Broker:
         self.ledger = FarmLedger()
         self.trace_path = trace
         self.trace = TraceRecorder(self.started_s) if trace else None
+        self.metrics = FarmMetrics(metrics_port, config.name) if metrics_port is not None else None
 
     def _router(self, address: str) -> zmq.Socket:
         socket = self.ctx.socket(zmq.ROUTER)
@@ -120,13 +123,14 @@ class Broker:
             "min_completion_delay_s": self.config.min_completion_delay_s,
             "sanitizer": self.config.sanitizer,
             "uptime_s": time.monotonic() - self.started_s,
+            "metrics": f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None,
             "cards": [self._describe_card(c.device_id) for c in self.config.cards],
             "ledger": self.ledger.as_dict(),
             "faults": {
                 "log": self.fault_log_path,
                 "counts": dict(self.fault_counts),
                 "plan": self.plan.to_dict(),
-            },  # fmt: skip
+            },
         }
 
     def _describe_card(self, device_id: int) -> dict[str, Any]:
@@ -148,6 +152,8 @@ class Broker:
         statefile.remove_state(self.state_path)
         if self.trace is not None and self.trace_path:
             self.trace.write(self.trace_path, list(self.registry.cards))
+        if self.metrics is not None:
+            self.metrics.close()
         if self.fault_log is not None:
             self.fault_log.close()
         self.frontend.close(0)
@@ -273,8 +279,16 @@ class Broker:
     def log_faults(self, events: list[dict]) -> None:
         if self.trace is not None:
             for event in events:
-                self.trace.instant(f"fault: {event['kind']}", event.get("card", -1),
-                                   event.get("t_s", 0.0), event, since_start=True)  # fmt: skip
+                self.trace.instant(
+                    f"fault: {event['kind']}",
+                    event.get("card", -1),
+                    event.get("t_s", 0.0),
+                    event,
+                    since_start=True,
+                )
+        if self.metrics is not None:
+            for event in events:
+                self.metrics.fault(event.get("card", -1), event["kind"])
         if events and self.fault_log is None:
             self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
         for event in events:
@@ -426,6 +440,8 @@ class Broker:
                 body = proto.unpack(msg.body)
                 if isinstance(body, dict):
                     entry.stats = body
+                    if self.metrics is not None:
+                        self.metrics.card_stats(entry.device_id, body)
         else:
             logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
 
@@ -439,6 +455,8 @@ class Broker:
         self.ledger.ended(entry.device_id, codes)
         if self.trace is not None:
             self.trace.tasks(entry.device_id, entry.epoch, client, rows)
+        if self.metrics is not None:
+            self.metrics.tasks_ended(entry.device_id, rows)
 
     def on_ready(self, identity: bytes, body: Any, now: float) -> None:
         if not isinstance(body, dict):
@@ -451,6 +469,8 @@ class Broker:
         logger.info("card %d epoch %d ready", entry.device_id, entry.epoch)
         if self.trace is not None:
             self.trace.instant("card ready", entry.device_id, now, {"epoch": entry.epoch})
+        if self.metrics is not None:
+            self.metrics.card_state(entry.device_id, True, entry.epoch)
         if self.announced:
             self.notify(entry.device_id, "ready", 0)
             self.answer_restart(entry.device_id, 0)
@@ -489,8 +509,11 @@ class Broker:
         logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
         self.ledger.card_lost(device_id)
         if self.trace is not None:
-            self.trace.instant("card lost", device_id, time.monotonic(),
-                               {"epoch": entry.epoch, "reason": reason})  # fmt: skip
+            self.trace.instant(
+                "card lost", device_id, time.monotonic(), {"epoch": entry.epoch, "reason": reason}
+            )
+        if self.metrics is not None:
+            self.metrics.card_state(device_id, False, entry.epoch)
         if entry.shm_name:  # a crashed card leaves its HBM behind; clients have it mapped
             try:
                 os.unlink(f"/dev/shm/{entry.shm_name}")
@@ -541,8 +564,9 @@ class Broker:
             if now - seen > client_expiry_s:
                 client = proto.reply_identity(identity)
                 if client in self.clients:
-                    logger.warning("client %r silent for %.1fs: releasing its resources",
-                                   client, now - seen)  # fmt: skip
+                    logger.warning(
+                        "client %r silent for %.1fs: releasing its resources", client, now - seen
+                    )
                 self.client_left(client)
                 self.client_seen.pop(identity, None)
 
@@ -564,9 +588,17 @@ def run_farm(
     plan: FaultPlan | None = None,
     fault_log: str | None = None,
     trace: str | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Run a farm in the foreground until SIGINT/SIGTERM (or the watched parent exits)."""
-    broker = Broker(config, watch_parent, plan=plan, fault_log=fault_log, trace=trace)
+    broker = Broker(
+        config,
+        watch_parent,
+        plan=plan,
+        fault_log=fault_log,
+        trace=trace,
+        metrics_port=metrics_port,
+    )
 
     def _stop(signum, frame):
         broker.running = False

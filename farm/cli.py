@@ -143,7 +143,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
     if plan is not None:
         plan.check_card_count(len(config.cards))
-    run_farm(config, args.watch_parent, plan=plan, fault_log=args.fault_log, trace=args.trace)
+    run_farm(
+        config,
+        args.watch_parent,
+        plan=plan,
+        fault_log=args.fault_log,
+        trace=args.trace,
+        metrics_port=args.metrics_port,
+    )
     return 0
 
 
@@ -218,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--fault-log", help="fault log JSONL (default <runtime dir>/<name>-faults.jsonl)"
     )
     up.add_argument("--trace", help="write a Chrome/Perfetto trace JSON here at shutdown")
+    up.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     up.add_argument("--watch-parent", type=int, help=argparse.SUPPRESS)
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="table of the cards of a running farm")

@@ -16,7 +16,8 @@ Tensor bytes never travel: tasks carry device pointers into the cards' shared-me
 
 A SUBMIT body is a list of task maps (several tasks batched in one message), a COMPLETE body a list
 of ``[task_id, code, start_s, end_s, stream, queued_s]`` rows (``time.monotonic()`` seconds,
-comparable across local processes). ``route`` device ``BROKER_DEVICE`` addresses the broker itself (HELLO, STATUS, ...).
+comparable across local processes). ``route`` device ``BROKER_DEVICE`` addresses the broker
+itself (HELLO, STATUS, ...).
 """
 
 from __future__ import annotations

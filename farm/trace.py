@@ -63,16 +63,32 @@ class TraceRecorder:
                     "code": code,
                     "epoch": epoch,
                     "queued_us": round((start_s - queued_s) * 1e6, 1),
-                },  # fmt: skip
+                },
             }
             self.events.append(event)
 
-    def instant(self, name: str, card: int, t_s: float, args: dict[str, Any] | None = None,
-                since_start: bool = False) -> None:  # fmt: skip
+    def instant(
+        self,
+        name: str,
+        card: int,
+        t_s: float,
+        args: dict[str, Any] | None = None,
+        since_start: bool = False,
+    ) -> None:
         """A marker on a card's timeline (``t_s`` monotonic, or since farm start)."""
         ts = round(t_s * 1e6, 1) if since_start else self._us(t_s)
-        self.events.append({"ph": "i", "s": "p", "name": name, "cat": "farm", "pid": card,
-                            "tid": 0, "ts": ts, "args": args or {}})  # fmt: skip
+        self.events.append(
+            {
+                "ph": "i",
+                "s": "p",
+                "name": name,
+                "cat": "farm",
+                "pid": card,
+                "tid": 0,
+                "ts": ts,
+                "args": args or {},
+            }
+        )
 
     def to_json(self, cards: list[int]) -> dict[str, Any]:
         processes = [

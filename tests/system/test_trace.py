@@ -80,3 +80,35 @@ def test_trace_has_tasks_faults_and_card_events(tmp_path, acl_on):
     assert {"fault: error", "card ready"} <= names
     meta = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
     assert meta == {"card 0", "card 1"}
+
+
+def test_prometheus_metrics_are_scraped(tmp_path, acl_on):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    farm = start_farm(cards=2, extra=["--metrics-port", str(port)])
+    try:
+        with acl_on(farm) as acl:
+            _work(acl, 1, 4)
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read().decode()
+
+        def scraped() -> str | None:
+            text = scrape()
+            ready = 'npufarm_card_hbm_bytes{card="0"}' in text and "npufarm_tasks_total{" in text
+            return text if ready else None
+
+        text = poll_for(scraped, 5.0)
+        assert 'npufarm_tasks_total{card="1",code="0"} 4.0' in text
+        assert 'npufarm_task_run_seconds_count{card="1"} 4.0' in text
+        assert 'npufarm_card_healthy{card="0"} 1.0' in text
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+        assert float(samples['npufarm_card_hbm_bytes{card="0"}']) == 256 << 20
+    finally:
+        stop_and_check(farm)

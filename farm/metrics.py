@@ -1,0 +1,117 @@
+"""Prometheus metrics of a farm, served by the farm process on a loopback port.
+
+``npufarm up --metrics-port 9464`` (or ``metrics_port`` in the caller) exposes
+``http://127.0.0.1:9464/metrics``. The broker feeds it what it already sees: completion rows
+(tasks by card and code, task run time and queueing histograms), card heartbeats (HBM used, queue
+depth, running tasks, streams, health) and fault events.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["FarmMetrics"]
+
+logger = logging.getLogger(__name__)
+
+_TIME_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+
+
+class FarmMetrics:
+    """The farm's metric families on a private registry, and the HTTP server exposing them."""
+
+    def __init__(self, port: int, farm: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client.exposition import start_http_server
+
+        self.registry = CollectorRegistry()
+        labels = ("card",)
+        self.tasks = Counter(
+            "npufarm_tasks",
+            "Tasks ended on a card, by ACL code",
+            ("card", "code"),
+            registry=self.registry,
+        )
+        self.task_seconds = Histogram(
+            "npufarm_task_run_seconds",
+            "Task run time on the card",
+            labels,
+            buckets=_TIME_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "npufarm_task_queue_seconds",
+            "Time a task waited on its card before it started",
+            labels,
+            buckets=_TIME_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "npufarm_card_queued_tasks",
+            "Tasks queued on a card's streams",
+            labels,
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "npufarm_card_running_tasks", "Tasks running on a card", labels, registry=self.registry
+        )
+        self.streams = Gauge(
+            "npufarm_card_streams", "Streams with state on a card", labels, registry=self.registry
+        )
+        self.hbm_used = Gauge(
+            "npufarm_card_hbm_used_bytes", "HBM allocated on a card", labels, registry=self.registry
+        )
+        self.hbm_total = Gauge(
+            "npufarm_card_hbm_bytes", "HBM size of a card", labels, registry=self.registry
+        )
+        self.healthy = Gauge(
+            "npufarm_card_healthy",
+            "1 while a card is ready, 0 when lost",
+            labels,
+            registry=self.registry,
+        )
+        self.epoch = Gauge(
+            "npufarm_card_epoch",
+            "Current epoch (restarts + 1) of a card",
+            labels,
+            registry=self.registry,
+        )
+        self.faults = Counter(
+            "npufarm_faults_injected",
+            "Injected faults that fired",
+            ("card", "kind"),
+            registry=self.registry,
+        )
+        self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        self.port = self.server.server_port
+        logger.info("farm %s metrics at http://127.0.0.1:%d/metrics", farm, self.port)
+
+    def tasks_ended(self, card: int, rows: list) -> None:
+        label = str(card)
+        for row in rows:
+            if not isinstance(row, list) or len(row) < 6:
+                continue
+            self.tasks.labels(label, str(row[1])).inc()
+            self.task_seconds.labels(label).observe(max(0.0, row[3] - row[2]))
+            self.queue_seconds.labels(label).observe(max(0.0, row[2] - row[5]))
+
+    def card_stats(self, card: int, stats: dict[str, Any]) -> None:
+        label = str(card)
+        self.queued.labels(label).set(stats.get("queued", 0))
+        self.running.labels(label).set(stats.get("running", 0))
+        self.streams.labels(label).set(stats.get("streams", 0))
+        self.hbm_used.labels(label).set(stats.get("hbm_used", 0))
+        self.hbm_total.labels(label).set(stats.get("hbm_total", 0))
+
+    def card_state(self, card: int, healthy: bool, epoch: int) -> None:
+        self.healthy.labels(str(card)).set(1 if healthy else 0)
+        self.epoch.labels(str(card)).set(epoch)
+
+    def fault(self, card: int, kind: str) -> None:
+        self.faults.labels(str(card), kind).inc()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5.0)
