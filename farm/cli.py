@@ -86,9 +86,11 @@ def _mib(value: int) -> str:
     return f"{value / (1 << 20):,.0f}"
 
 
-def render_status(farm: dict[str, Any]) -> None:
-    from rich.console import Console
+def status_view(farm: dict[str, Any]):
+    """The status of a farm as a rich renderable: the card table, the ledger, the faults."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(
         title=f"npufarm {farm['name']} at {farm['endpoint']} (pid {farm['pid']}, "
@@ -120,19 +122,27 @@ def render_status(farm: dict[str, Any]) -> None:
             f"{_mib(stats.get('hbm_used', 0))}/{_mib(card.get('hbm_bytes', 0))}",
             *(str(stats.get(k, 0)) for k in ("streams", "queued", "running", "done", "failed")),
         )
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    console.print(table)
+    parts = [table]
     ledger = farm.get("ledger")
     if ledger:
         failed = ", ".join(f"{code}×{n}" for code, n in ledger["failed"].items()) or "none"
-        console.print(
-            f"tasks: {ledger['submitted']} submitted, {ledger['completed']} completed, "
-            f"failed {failed}, {ledger['dropped']} dropped, {ledger['in_flight']} in flight"
+        parts.append(
+            Text(
+                f"tasks: {ledger['submitted']} submitted, {ledger['completed']} completed, "
+                f"failed {failed}, {ledger['dropped']} dropped, {ledger['in_flight']} in flight"
+            )
         )
     faults = farm.get("faults")
     if faults and (faults.get("counts") or faults.get("plan", {}).get("fault")):
         counts = ", ".join(f"{k}×{n}" for k, n in sorted(faults["counts"].items())) or "none yet"
-        console.print(f"faults injected: {counts} (log: {faults['log']})")
+        parts.append(Text(f"faults injected: {counts} (log: {faults['log']})"))
+    return Group(*parts)
+
+
+def render_status(farm: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 160).print(status_view(farm))
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -188,8 +198,21 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    render_status(query_status(_find_address(args)))
-    return 0
+    address = _find_address(args)
+    if not args.watch:
+        render_status(query_status(address))
+        return 0
+    if not sys.stdout.isatty():  # a log, not a screen: one table per interval
+        while True:  # until Ctrl-C (exit 130) or the farm goes away (exit 2)
+            render_status(query_status(address))
+            sys.stdout.flush()
+            time.sleep(args.interval_s)
+    from rich.live import Live
+
+    with Live(status_view(query_status(address)), refresh_per_second=4) as live:
+        while True:
+            time.sleep(args.interval_s)
+            live.update(status_view(query_status(address)))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -230,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="table of the cards of a running farm")
     _config_args(status)
+    status.add_argument("--watch", action="store_true", help="a live table (Ctrl-C ends it)")
+    status.add_argument("--interval-s", type=float, default=1.0, help="refresh period")
     status.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="stop a running farm")
     _config_args(down)

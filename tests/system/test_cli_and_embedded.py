@@ -153,3 +153,26 @@ def test_a_killed_client_has_its_memory_released(farm):
 
     poll_for(lambda: used() >= 64 << 20 or used() == 0, 5.0)
     poll_for(lambda: used() == 0, 20.0)
+
+
+def test_status_watch_refreshes_until_ctrl_c(farm):
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "farm", "status", "--watch", "--interval-s", "0.1",
+         "--runtime-dir", str(farm.runtime_dir), "--name", farm.name],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watch.stdout is not None
+        first = ""
+        for _ in range(200):  # read one whole table (it ends with the ledger line)
+            first += watch.stdout.readline()
+            if "tasks:" in first:
+                break
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 130, err
+    assert "ready" in first + out and "tasks:" in first + out
