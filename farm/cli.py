@@ -239,7 +239,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npufarm", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="npufarm",
+        description=__doc__,
+        epilog="also: npufarm bench ... (load generator), npufarm report RESULT.json",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a farm in the foreground (Ctrl-C stops it)")
     _config_args(up)
@@ -279,7 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DELEGATED = {  # subcommands with their own argument parsers
+    "bench": ("client.loadgen", "bench_main"),
+    "report": ("client.render", "report_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        import importlib
+
+        module, function = _DELEGATED[argv[0]]
+        logging.basicConfig(
+            level=os.environ.get("NPUFARM_LOG_LEVEL", "WARNING"),
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+        return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(
