@@ -292,6 +292,8 @@ class Broker:
         if events and self.fault_log is None:
             self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
         for event in events:
+            key = (event.get("rule", -1), event.get("card", -1))
+            self.supervisor.fired[key] = self.supervisor.fired.get(key, 0) + 1
             self.fault_log.write(json.dumps(event, sort_keys=True) + "\n")
             self.fault_counts[event["kind"]] = self.fault_counts.get(event["kind"], 0) + 1
         if events:

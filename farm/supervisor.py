@@ -8,6 +8,7 @@ sockets: a card that dies is seen at once, not at the next heartbeat.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -54,6 +55,7 @@ class Supervisor:
         self.processes: dict[int, BaseProcess] = {}
         self.sentinels: dict[int, int] = {}  # sentinel fd -> device id
         self.plan = FaultPlan(seed=config.seed)  # the farm's current fault plan (broker sets it)
+        self.fired: dict[tuple[int, int], int] = {}  # (rule id, card) -> times fired, any epoch
         self.farm_start_s = 0.0
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload(["device.card"])
@@ -81,8 +83,23 @@ class Supervisor:
             min_completion_delay_s=self.config.min_completion_delay_s,
             op_timeout_s=profile.op_timeout_s,
             farm_start_s=self.farm_start_s,
-            faults=self.plan.for_card(device_id).to_dict() if self.plan.rules else None,
+            faults=self.card_plan(device_id).to_dict() if self.plan.rules else None,
         )
+
+    def card_plan(self, device_id: int) -> FaultPlan:
+        """The card's rules for a new epoch: ``count`` is farm-wide, so a rule that already
+        fired its count on this card (in an earlier epoch) does not fire again after a restart."""
+        plan = self.plan.for_card(device_id)
+        rules, ids = [], []
+        for rule, rule_id in zip(plan.rules, plan.rule_ids):
+            fired = self.fired.get((rule_id, device_id), 0)
+            if rule.count is not None:
+                if fired >= rule.count:
+                    continue
+                rule = dataclasses.replace(rule, count=rule.count - fired)
+            rules.append(rule)
+            ids.append(rule_id)
+        return FaultPlan(plan.seed, tuple(rules), tuple(ids))
 
     def start(self, device_id: int, epoch: int) -> int:
         """Start a card process; return its pid."""

@@ -147,7 +147,8 @@ def test_flapping_card_ends_failed(tmp_path, acl_on):
         ("restart_max = 3", "restart_max = 1"),
         ("restart_window_s = 10.0", "restart_window_s = 60.0"),
     )
-    rule = {"kind": "crash", "card": 0, "api": "execute", "after_tasks": 0}  # every epoch
+    # count is farm-wide: this crash fires on the first task of each of three epochs
+    rule = {"kind": "crash", "card": 0, "api": "execute", "after_tasks": 0, "count": 3}
     with fault_farm(tmp_path, rule, config=config) as farm:
         with acl_on(farm) as acl:
             for epoch in (1, 2):
