@@ -207,7 +207,7 @@ class Broker:
 
     # -- clients ---------------------------------------------------------------------------
     def on_client(self, frames: list) -> None:
-        self.client_seen[frames[0]] = time.monotonic()
+        self.client_seen[proto.reply_identity(frames[0])] = time.monotonic()
         if len(frames) == 6 and frames[2] == proto.CLIENT_HEADER and frames[1] == b"":
             cmd = frames[3]
             if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
@@ -401,7 +401,6 @@ class Broker:
     def client_left(self, client: bytes) -> None:
         self.clients.discard(client)
         self.client_seen.pop(client, None)
-        self.client_seen.pop(client + proto.SENDER_SUFFIX, None)
         for device_id, clients in self.clients_of.items():
             if client in clients:
                 clients.discard(client)
@@ -562,15 +561,13 @@ class Broker:
         """Release the cards' resources of clients silent for the client expiry (a client
         killed without acl.finalize). Clients ping every heartbeat interval."""
         client_expiry_s = max(CLIENT_EXPIRY_FACTOR * self.config.heartbeat_expiry_s, 2.0)
-        for identity, seen in list(self.client_seen.items()):
+        for client, seen in list(self.client_seen.items()):
             if now - seen > client_expiry_s:
-                client = proto.reply_identity(identity)
                 if client in self.clients:
                     logger.warning(
                         "client %r silent for %.1fs: releasing its resources", client, now - seen
                     )
                 self.client_left(client)
-                self.client_seen.pop(identity, None)
 
     def heartbeat(self, now: float, expiry_s: float) -> None:
         for entry in self.registry.expired(now, expiry_s):

@@ -176,3 +176,30 @@ def test_status_watch_refreshes_until_ctrl_c(farm):
             watch.wait()
     assert watch.returncode == 130, err
     assert "ready" in first + out and "tasks:" in first + out
+
+
+def test_an_idle_live_client_keeps_its_resources(farm, acl_on):
+    """Past the client expiry (2 s here) a live, idle client keeps its memory and models: its
+    pings count, whichever of its two sockets they leave from."""
+    import time
+
+    import numpy as np
+
+    from tests.system.conftest import MODELS
+
+    with acl_on(farm) as acl:
+        assert acl.rt.set_device(0) == 0
+        model_id, _ = acl.mdl.load_from_file(str(MODELS / "identity.toml"))
+        n = 1024 * 4
+        a, b = acl.rt.malloc(n, 0)[0], acl.rt.malloc(n, 0)[0]
+        inputs, outputs = acl.mdl.create_dataset(), acl.mdl.create_dataset()
+        acl.mdl.add_dataset_buffer(inputs, acl.create_data_buffer(a, n))
+        acl.mdl.add_dataset_buffer(outputs, acl.create_data_buffer(b, n))
+        x = np.arange(1024, dtype=np.float32)
+        acl.rt.memcpy(a, n, acl.util.numpy_to_ptr(x), n, 1)
+        time.sleep(2.6)  # the scenario itself: the client does nothing past the expiry
+        assert acl.mdl.execute(model_id, inputs, outputs) == 0
+        y = np.empty_like(x)
+        acl.rt.memcpy(acl.util.numpy_to_ptr(y), n, b, n, 2)
+        np.testing.assert_array_equal(x, y)
+        assert acl.rt.reset_device(0) == 0

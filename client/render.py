@@ -1,0 +1,330 @@
+"""``npufarm report``: re-render a saved ``npufarm bench`` result in the terminal and as PNGs.
+
+:func:`render_terminal` prints rich tables of a result (``npufarm.bench/1``): one row per phase
+(throughput, goodput, latency percentiles, errors), one row per phase and card, and one row per
+fault window (p99 before / during / after the fault, time to detect and to recover).
+:func:`report_main` is the CLI entry: it loads ``RESULT.json`` (checking the schema version), prints
+that summary and re-renders the PNGs of :mod:`client.plots` next to the JSON (or into ``--out``),
+with the per-request plot when the result's ``requests.jsonl`` is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from client.report import SCHEMA
+
+__all__ = [
+    "SCHEMA",
+    "SchemaError",
+    "load_result",
+    "load_samples",
+    "render_terminal",
+    "report_main",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SAMPLES = "requests.jsonl"
+_NEVER = "[yellow]never[/]"  # a bad request was seen, no good one followed within the phase
+
+
+class SchemaError(ValueError):
+    """The file is not a result this version of ``npufarm report`` can read."""
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read a bench ``result.json``; :class:`SchemaError` if it is not ``npufarm.bench/1``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SchemaError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        found = "no 'schema' field" if schema is None else f"schema {schema!r}"
+        raise SchemaError(
+            f"{path}: not an npufarm bench result this version can read ({found}, expected "
+            f"{SCHEMA!r}); re-run `npufarm bench` to produce one"
+        )
+    phases = data.get("phases")
+    if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
+        raise SchemaError(f"{path}: 'phases' must be a list of objects")
+    return data
+
+
+def load_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield the rows of a ``requests.jsonl``; malformed lines are skipped (and counted in a
+    warning)."""
+    bad = 0
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict):
+                yield row
+            else:
+                bad += 1
+    if bad:
+        logger.warning("%s: skipped %d malformed line(s)", path, bad)
+
+
+# -- terminal -----------------------------------------------------------------------------------
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return "—"
+    v = float(value)
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    return "—" if value is None else f"{float(value):,.{digits}f}"
+
+
+def _secs(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.3f}"
+
+
+def _total(errors: Any) -> int:
+    """Error count of ``{"<code>": n}`` or of a plain number."""
+    if isinstance(errors, Mapping):
+        return sum(int(n) for n in errors.values())
+    return int(errors or 0)
+
+
+def _count(n: int) -> str:
+    return f"[red]{n}[/]" if n else "0"
+
+
+def _codes(errors: Mapping[str, Any]) -> str:
+    """``{"507015": 10, "507011": 2}`` → ``507015×10, 507011×2``."""
+    top = sorted(errors.items(), key=lambda kv: -int(kv[1]))
+    return ", ".join(f"{code}×{n}" for code, n in top[:4]) + (", …" if len(top) > 4 else "")
+
+
+def _p99(summary: Any) -> Any:
+    if not isinstance(summary, Mapping):
+        return None
+    lat = summary.get("latency_ms")
+    if isinstance(lat, Mapping):
+        return lat.get("p99")
+    return summary.get("p99_ms", summary.get("p99"))
+
+
+def _card_name(card: Any) -> str:
+    return "broker" if str(card) == "-1" else str(card)
+
+
+def _table(title: str, columns: Sequence[str], caption: str | None = None):
+    """A compact table: columns named ``"<name"`` are left-aligned and never wrapped."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", title_style="bold", caption=caption,
+                  caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold",
+                  pad_edge=False, collapse_padding=True)  # fmt: skip
+    for name in columns:
+        if name.startswith("<"):
+            table.add_column(name[1:], justify="left", no_wrap=True)
+        else:
+            table.add_column(name, justify="right", no_wrap=True)
+    return table
+
+
+def _title(result: Mapping[str, Any]) -> str:
+    farm = result.get("farm") or {}
+    cards = farm.get("cards")
+    n = len(cards) if isinstance(cards, list | tuple) else cards
+    title = f"npufarm bench — farm {farm.get('name') or '?'}"
+    title += f", {n} card{'s' * (n != 1)} driven" if isinstance(n, int) else ""
+    if farm.get("card_count") not in (None, n):
+        title += f" of {farm['card_count']}"
+    scale = farm.get("time_scale")
+    return title + (f", time scale {scale:g}" if scale not in (None, 1, 1.0) else "")
+
+
+def _phase_notes(result: Mapping[str, Any]) -> list[str]:
+    phases = result.get("phases", [])
+    slo = next((p["slo_ms"] for p in phases if p.get("slo_ms") is not None), None)
+    notes = ["latency in ms", f"good = completed within {slo:g} ms" if slo else "good = completed"]
+    notes += [f"{p.get('name', '?')} errors: {_codes(p['errors'])}" for p in phases
+              if isinstance(p.get("errors"), Mapping) and p["errors"]]  # fmt: skip
+    notes += [f"{p.get('name', '?')}: {p['missed']} scheduled requests never sent" for p in phases
+              if p.get("missed")]  # fmt: skip
+    if any(p.get("interrupted") for p in phases):
+        notes.append("[yellow]run interrupted: the last phase is partial[/]")
+    if (result.get("generator") or {}).get("saturated"):
+        notes.append("[yellow]load generator saturated: figures may understate the farm[/]")
+    return notes
+
+
+def _phase_table(result: Mapping[str, Any], wide: bool):
+    phases = result.get("phases", [])
+    title, caption = _title(result), "; ".join(_phase_notes(result))
+    extra = ["<mode", "dur s", "req", "done"] if wide else ["req"]
+    columns = ["<phase", *extra, "thr/s", "good/s", "p50", "p90", "p99", "p99.9", "max"]
+    table = _table(title, [*columns, "err"], caption)
+    for p in phases:
+        lat = p.get("latency_ms") or {}
+        req, done = str(p.get("requests", "—")), str(p.get("completed", "—"))
+        cells = [str(p.get("mode", "")), _num(p.get("duration_s")), req, done] if wide else [req]
+        table.add_row(
+            str(p.get("name", "?")),
+            *cells,
+            _num(p.get("throughput_rps")),
+            _num(p.get("goodput_rps")),
+            *(_ms(lat.get(k)) for k in ("p50", "p90", "p99", "p99.9", "max")),
+            _count(_total(p.get("errors"))),
+        )
+    return table
+
+
+def _card_table(result: Mapping[str, Any]):
+    columns = ["<phase", "<card", "req", "err", "thr/s", "p50", "p99", "max"]
+    table = _table("Per card", columns, caption="latency in ms")
+    for p in result.get("phases", []):
+        cards = p.get("per_card") or {}
+        for k, card in enumerate(sorted(cards, key=lambda c: (len(str(c)), str(c)))):
+            stats = cards[card] or {}
+            lat = stats.get("latency_ms") or {}
+            table.add_row(
+                str(p.get("name", "?")) if k == 0 else "",
+                _card_name(card),
+                str(stats.get("requests", "—")),
+                _count(_total(stats.get("errors"))),
+                _num(stats.get("throughput_rps")),
+                *(_ms(lat.get(key)) for key in ("p50", "p99", "max")),
+                end_section=k == len(cards) - 1,
+            )
+    return table
+
+
+def _fault_table(result: Mapping[str, Any], wide: bool):
+    rows = [(p, w) for p in result.get("phases", []) for w in p.get("fault_windows") or []]
+    if not rows:
+        return None
+    extra = ["<phase", "<fault", "<rule", "code", "events"] if wide else ["<phase", "<fault"]
+    columns = [*extra, "window", "p99\nbefore", "p99\nduring", "p99\nafter", "err\nduring"]
+    caption = ("p99 in ms over all cards; window: s since the bench started; detect / recover: s "
+               "from the window start to the card's first bad / next good request")  # fmt: skip
+    table = _table("Fault windows", [*columns, "detect", "recover"], caption)
+    for p, w in rows:
+        fault = w["fault"] if isinstance(w.get("fault"), Mapping) else w
+        where = f" @{_card_name(fault['card'])}" if fault.get("card") is not None else ""
+        start, end = w.get("start_s"), w.get("end_s")
+        window = "—" if start is None or end is None else f"{start:.2f}–{end:.2f}"
+        detect, recover = w.get("time_to_detect_s"), w.get("time_to_recover_s")
+        label = f"{fault.get('kind', '?')}{where}"
+        rule = fault.get("name") or ("" if fault.get("rule") is None else f"#{fault['rule']}")
+        cells = [rule, str(fault.get("code", "—")), str(w.get("events", "—"))]
+        table.add_row(
+            str(p.get("name", "?")),
+            label,
+            *(cells if wide else []),
+            window,
+            *(_ms(_p99(w.get(k))) for k in ("before", "during", "after")),
+            _count(_total((w.get("during") or {}).get("errors"))),
+            _secs(detect),
+            _secs(recover) if recover is not None else _NEVER if detect is not None else "—",
+        )
+    return table
+
+
+def render_terminal(result: Mapping[str, Any], console=None) -> None:
+    """Print the phase, per-card and fault-window tables of ``result`` on ``console`` (a
+    ``rich.console.Console``; default: a new one on stdout). Consoles narrower than 120 columns
+    get compact tables (no mode, duration, completed; no fault rule, code, event count)."""
+    from rich.console import Console
+
+    console = console or Console()
+    wide = console.width >= 120
+    console.print(_phase_table(result, wide))
+    if any(p.get("per_card") for p in result.get("phases", [])):
+        console.print(_card_table(result))
+    faults = _fault_table(result, wide)
+    if faults is not None:
+        console.print(faults)
+    elif result.get("faults"):
+        console.print(f"{len(result['faults'])} fault event(s), no fault windows in this result")
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npufarm report",
+        description="Print the summary of a saved `npufarm bench` result and re-render its plots.",
+    )
+    parser.add_argument("result", type=Path, help="result.json written by `npufarm bench`")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for the PNGs (default: next to the JSON)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="only print the summary")
+    return parser
+
+
+def _samples_path(result: Mapping[str, Any], result_path: Path) -> Path | None:
+    name = result.get("samples_file") or DEFAULT_SAMPLES
+    path = Path(name)
+    path = path if path.is_absolute() else result_path.parent / path
+    if path.is_file():
+        return path
+    if result.get("samples_file"):
+        logger.warning("samples file %s not found; skipping the latency-over-time plot", path)
+    return None
+
+
+def report_main(argv: Sequence[str] | None = None) -> int:
+    """``npufarm report RESULT.json [--out DIR] [--no-plots]``. Exit codes: 0 ok, 1 the plots
+    could not be rendered, 2 usage error or unreadable / wrong-schema result."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        result = load_result(args.result)
+    except SchemaError as exc:
+        print(f"npufarm report: error: {exc}", file=sys.stderr)
+        return 2
+    render_terminal(result)
+    if args.no_plots:
+        return 0
+    out_dir = args.out if args.out is not None else args.result.parent
+    samples_path = _samples_path(result, args.result)
+    try:
+        from client.plots import render_all
+
+        samples = load_samples(samples_path) if samples_path else None  # read in one pass
+        paths = render_all(result, out_dir, samples=samples)
+    except ImportError as exc:
+        print(f"npufarm report: cannot plot ({exc}); install the 'plot' extra "
+              "(pip install 'npufarm[plot]') or pass --no-plots", file=sys.stderr)  # fmt: skip
+        return 1
+    except (OSError, ValueError) as exc:  # unwritable --out, unreadable requests.jsonl
+        print(f"npufarm report: cannot render the plots into {out_dir}: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(report_main())
