@@ -31,7 +31,12 @@ _STOP_TIMEOUT_S = 10.0
 class EmbeddedFarm:
     """A farm process owned by this client process."""
 
-    def __init__(self, config_path: str | None = None, faults: str | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str | None = None,
+        faults: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.tmpdir = tempfile.mkdtemp(prefix="npufarm-")
         self.address = f"ipc://{self.tmpdir}/farm.sock"
         cmd = [
@@ -54,6 +59,7 @@ class EmbeddedFarm:
         faults = faults or os.environ.get("NPUFARM_FAULTS")
         if faults:
             cmd += ["--faults", faults]
+        cmd += extra or []
         self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         atexit.register(self.stop)
 

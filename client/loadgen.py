@@ -64,6 +64,8 @@ _START_LEAD_S = 0.1  # a phase starts this long after its broadcast
 _FLUSH_S = 0.1
 _DRAIN_GRACE_S = 2.0
 _ERROR_PAUSE_S = 0.001
+_RECOVER_RETRY_S = 0.05
+_LOST = 507010  # ACL_ERROR_RT_LOST_HEARTBEAT: the slot resets the device and reopens it
 _READY_TIMEOUT_S = 60.0
 
 
@@ -160,6 +162,7 @@ class _Slot(threading.Thread):
     def setup(self) -> None:
         acl, w = self.w.acl, self.w
         self._check(acl.rt.set_device(self.card), "set_device")
+        self.holds_device = True
         self.context, ret = acl.rt.create_context(self.card)
         self._check(ret, "create_context")
         self.stream, ret = acl.rt.create_stream()
@@ -205,8 +208,27 @@ class _Slot(threading.Thread):
             if args[0] is not None:
                 with contextlib.suppress(Exception):
                     call(*args)
-        with contextlib.suppress(Exception):
-            acl.rt.reset_device(self.card)
+        for name in ("config", "buffers", "datasets", "ins", "outs", "model_id", "desc",
+                     "stream", "context"):  # fmt: skip
+            self.__dict__.pop(name, None)  # released: a second teardown must not touch them
+        if self.__dict__.pop("holds_device", False):
+            with contextlib.suppress(Exception):
+                acl.rt.reset_device(self.card)
+
+    def recover(self, until: float) -> None:
+        """After 507010 (card lost), do what a resilient service does: release the device and
+        open it again; set_device restarts the card once every slot of this process on it has
+        let go. Retried every 50 ms until it works or ``until``."""
+        self.teardown()
+        while not self.w.stop.is_set() and time.monotonic() < until:
+            try:
+                self.setup()
+                logger.info("slot %d: card %d reopened", self.slot_id, self.card)
+                return
+            except Exception as exc:
+                logger.debug("slot %d: card %d not back yet: %s", self.slot_id, self.card, exc)
+                self.teardown()
+                self.w.stop.wait(_RECOVER_RETRY_S)
 
     def request(self) -> tuple[int, float, float]:
         """One request: (code, start, end)."""
@@ -257,7 +279,9 @@ class _Slot(threading.Thread):
                         budget.value -= 1
                 code, start, done = self.request()
                 record((index, self.slot_id, self.card, code, start, start, done))
-                if code:
+                if code == _LOST:
+                    self.recover(end)
+                elif code:
                     time.sleep(_ERROR_PAUSE_S)
             return
         for k, intended in enumerate((t0 + offsets).tolist()):
@@ -271,6 +295,8 @@ class _Slot(threading.Thread):
                 return
             code, start, done = self.request()
             record((index, self.slot_id, self.card, code, intended, start, done))
+            if code == _LOST:
+                self.recover(end)
 
 
 class _Worker:

@@ -235,7 +235,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from client.demo import run_demo
 
-    return run_demo(args.config, requests=args.requests)
+    return run_demo(args.config, out_dir=args.out, duration_s=args.duration_s, rate=args.rate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a farm, run a multi-card workload, summarise")
     demo.add_argument("--config", help="farm config TOML")
     demo.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    demo.add_argument("--requests", type=int, default=200, help="requests per card")
+    demo.add_argument("--out", help="report folder (default out/demo-<time>)")
+    demo.add_argument("--duration-s", type=float, default=8.0, help="length of the load")
+    demo.add_argument("--rate", type=float, default=400.0, help="requests/s over all cards")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,0 +1,37 @@
+"""`npufarm demo` runs the whole experiment and leaves a complete report behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.system.conftest import REPO
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
+
+
+def test_demo_experiment_writes_a_full_report(tmp_path):
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "demo", "--out", str(out), "--duration-s", "5",
+         "--rate", "200"],
+        cwd=REPO, capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"report: {out}" in done.stdout.replace("\n", "")
+    for name in ("result.json", "summary.csv", "requests.jsonl", "latency_over_time.png",
+                 "percentiles_vs_load.png", "per_card_throughput.png", "trace.json",
+                 "faults.jsonl"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    result = json.loads((out / "result.json").read_text())
+    windows = {w["kind"]: w for w in result["phases"][0]["fault_windows"]}
+    assert windows["disconnect"]["card"] == 3
+    assert windows["disconnect"]["time_to_recover_s"] is not None  # reset + restarted card
+    per_card = result["phases"][0]["per_card"]
+    assert per_card["1"]["latency_ms"]["p50"] > 1.5 * per_card["0"]["latency_ms"]["p50"]
+    trace = json.loads((out / "trace.json").read_text())["traceEvents"]
+    instants = {e["name"] for e in trace if e["ph"] == "i"}
+    assert {"card lost", "card ready", "fault: disconnect"} <= instants
