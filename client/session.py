@@ -98,6 +98,7 @@ class Session:
         self.broker_lost = False
         self.ledger = Ledger()
         self.on_settle: Callable[[int, int], None] | None = None  # (task id, code), under cond
+        self.sync_spans: deque[list] = deque()  # sync waits for the farm's trace (if tracing)
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
@@ -226,6 +227,8 @@ class Session:
         with self.cond:
             self.ledger.abandoned = len(self.tracks)
         self._flush_now()
+        if self.sync_spans:
+            self._send_spans()
         with self._send_lock:
             self._send(self._sender, Cmd.DISCONNECT, _BROKER_ROUTE, proto.pack({}))
         self._running = False
@@ -365,6 +368,8 @@ class Session:
             if self._hello is None or not self._running:
                 continue
             silent_s = now - self._last_heard
+            if self.sync_spans:
+                self._send_spans()
             if now - last_ping >= interval_s:
                 # Paranoid Pirate: ping every interval; the broker answers, so a silent broker
                 # shows, and the broker knows this client lives (it releases dead clients)
@@ -380,6 +385,15 @@ class Session:
                     self._receive(0.0)
                 if time.monotonic() - self._last_heard > self.heartbeat_expiry_s:
                     self._broker_gone(silent_s)
+
+    @property
+    def tracing(self) -> bool:
+        return bool(self._hello and self._hello.get("tracing"))
+
+    def _send_spans(self) -> None:
+        spans = [self.sync_spans.popleft() for _ in range(len(self.sync_spans))]
+        with self._send_lock:
+            self._send(self._sender, Cmd.TRACE, _BROKER_ROUTE, proto.pack(spans))
 
     @staticmethod
     def _send(socket: zmq.Socket, cmd: bytes, route: bytes, body: bytes) -> None:

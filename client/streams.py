@@ -4,6 +4,7 @@ queries, and ``stream_wait_event``. A mixin of the process-wide runtime (see ``c
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from client.handles import sync_timeout_error
@@ -90,6 +91,7 @@ class StreamApi:
         session = self.require()
         session.check_device(track.device_id)
         timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
+        started_s = time.monotonic()
         if not session.wait(track, task_id, timeout_s):
             code = timeout_code
         elif track.device_id in session.lost or session.broker_lost:
@@ -97,8 +99,18 @@ class StreamApi:
         else:
             code = session.take_error(track)
         self.sanitizer.stream_synced(track.device_id, track.stream_id, task_id, code)
+        self._trace_sync(session, track, started_s, code, "stream")
         session.check_device(track.device_id)
         return code
+
+    @staticmethod
+    def _trace_sync(session, track: StreamTrack, started_s: float, code: int, what: str) -> None:
+        """Record a sync that waited (more than 50 µs) for the farm's trace."""
+        if session.tracing:
+            ended_s = time.monotonic()
+            if ended_s - started_s > 50e-6:
+                span = [track.device_id, track.stream_id, started_s, ended_s, code, what]
+                session.sync_spans.append(span)
 
     @api()
     def synchronize_stream(self, stream: Any) -> int:
@@ -191,12 +203,14 @@ class StreamApi:
         session.check_device(track.device_id)
         timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
         code = ACL_SUCCESS
+        started_s = time.monotonic()
         if not session.wait(track, event.task_id, timeout_s):
             code = ACL_ERROR_RT_EVENT_SYNC_TIMEOUT
         elif track.device_id in session.lost or session.broker_lost:
             code = ACL_ERROR_RT_LOST_HEARTBEAT
         # an event sync reports no task error, so it observes none
         self.sanitizer.stream_synced(track.device_id, track.stream_id, event.task_id, code)
+        self._trace_sync(session, track, started_s, code, "event")
         session.check_device(track.device_id)
         return code
 

@@ -145,6 +145,7 @@ class Card:
             "streams": self.scheduler.stream_count(),
             "queued": self.scheduler.queued,
             "running": self.scheduler.running,
+            "stream_queues": self.scheduler.queue_depths(),
             **self.stats,
         }
 

@@ -84,6 +84,16 @@ class StreamScheduler:
     def stream_count(self) -> int:
         return len(self.streams)
 
+    def queue_depths(self, limit: int = 32) -> dict[int, int]:
+        """Queued + running tasks of the busiest streams (stream id -> depth), at most
+        ``limit`` of them (for metrics)."""
+        depths = [
+            (len(s.queue) + (s.running is not None), key[1])
+            for key, s in self.streams.items()
+            if s.queue or s.running is not None
+        ]
+        return {stream: depth for depth, stream in sorted(depths, reverse=True)[:limit]}
+
     # -- events ----------------------------------------------------------------------------
     def submit(self, task: Task) -> None:
         stream = self.streams.get(task.key)

@@ -122,6 +122,7 @@ class Broker:
             "skip_sync": self.config.skip_sync,
             "min_completion_delay_s": self.config.min_completion_delay_s,
             "sanitizer": self.config.sanitizer,
+            "tracing": self.trace is not None,
             "uptime_s": time.monotonic() - self.started_s,
             "metrics": f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None,
             "cards": [self._describe_card(c.device_id) for c in self.config.cards],
@@ -247,6 +248,10 @@ class Broker:
             self.reply(msg.identity, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
         elif msg.cmd == Cmd.DISCONNECT:
             self.client_left(msg.identity)
+        elif msg.cmd == Cmd.TRACE:
+            rows = proto.unpack(msg.body)
+            if self.trace is not None and isinstance(rows, list):
+                self.trace.syncs(msg.identity, rows)
         elif msg.cmd == Cmd.REQUEST:
             self.on_broker_request(msg.identity, proto.unpack(msg.body))
         else:

@@ -53,6 +53,13 @@ class FarmMetrics:
             labels,
             registry=self.registry,
         )
+        self.stream_queued = Gauge(
+            "npufarm_stream_queued_tasks",
+            "Tasks queued or running on a stream (the 32 busiest streams of each card)",
+            ("card", "stream"),
+            registry=self.registry,
+        )
+        self._stream_labels: dict[str, set[str]] = {}
         self.running = Gauge(
             "npufarm_card_running_tasks", "Tasks running on a card", labels, registry=self.registry
         )
@@ -103,6 +110,13 @@ class FarmMetrics:
         self.streams.labels(label).set(stats.get("streams", 0))
         self.hbm_used.labels(label).set(stats.get("hbm_used", 0))
         self.hbm_total.labels(label).set(stats.get("hbm_total", 0))
+        depths = stats.get("stream_queues") or {}
+        current = {f"{int(stream) & 0xFFFFFFFF:#x}": depth for stream, depth in depths.items()}
+        for stream in self._stream_labels.get(label, set()) - current.keys():
+            self.stream_queued.remove(label, stream)
+        for stream, depth in current.items():
+            self.stream_queued.labels(label, stream).set(depth)
+        self._stream_labels[label] = set(current)
 
     def card_state(self, card: int, healthy: bool, epoch: int) -> None:
         self.healthy.labels(str(card)).set(1 if healthy else 0)

@@ -82,9 +82,10 @@ class Cmd:
     CARD_EVENT = b"\x07"  # broker -> client: a card was lost or came (back) up
     DISCONNECT = b"\x08"
     STATUS = b"\x09"  # client -> broker: farm status table
+    TRACE = b"\x0a"  # client -> broker: the client's sync waits, for the farm's trace
 
     ALL = frozenset(
-        {HELLO, REQUEST, REPLY, SUBMIT, COMPLETE, HEARTBEAT, CARD_EVENT, DISCONNECT, STATUS}
+        {HELLO, REQUEST, REPLY, SUBMIT, COMPLETE, HEARTBEAT, CARD_EVENT, DISCONNECT, STATUS, TRACE}
     )
     READY = HELLO
 

@@ -67,6 +67,27 @@ class TraceRecorder:
             }
             self.events.append(event)
 
+    def syncs(self, client: bytes, rows: list) -> None:
+        """A client's sync waits: ``[device, stream, start_s, end_s, code, what]`` rows."""
+        for row in rows:
+            if not isinstance(row, list) or len(row) != 6:
+                continue
+            device, stream, start_s, end_s, code, what = row
+            if not all(isinstance(v, int | float) for v in (device, stream, start_s, end_s)):
+                continue
+            self.events.append(
+                {
+                    "ph": "X",
+                    "name": f"sync {what}" + (f" -> {code}" if code else ""),
+                    "cat": "client",
+                    "pid": device,
+                    "tid": self._tid(device, client, stream),
+                    "ts": self._us(start_s),
+                    "dur": max(0.0, round((end_s - start_s) * 1e6, 1)),
+                    "args": {"code": code},
+                }
+            )
+
     def instant(
         self,
         name: str,

@@ -68,16 +68,18 @@ def test_trace_has_tasks_faults_and_card_events(tmp_path, acl_on):
     trace = json.loads(final.read_text())
     events = trace["traceEvents"]
     spans = [e for e in events if e["ph"] == "X"]
-    assert {e["pid"] for e in spans} == {0, 1}
-    assert (
-        len([e for e in spans if e["pid"] == 0]) == 5
-        and len([e for e in spans if e["pid"] == 1]) == 3
-    )
-    assert all(e["dur"] >= 0 and e["ts"] >= 0 and "task" in e["args"] for e in spans)
-    failed = [e for e in spans if e["args"]["code"] != 0]
+    tasks = [e for e in spans if e.get("cat") == "task"]
+    assert {e["pid"] for e in tasks} == {0, 1}
+    assert len([e for e in tasks if e["pid"] == 0]) == 5
+    assert len([e for e in tasks if e["pid"] == 1]) == 3
+    assert all(e["dur"] >= 0 and e["ts"] >= 0 and "task" in e["args"] for e in tasks)
+    failed = [e for e in tasks if e["args"]["code"] != 0]
     assert [e["args"]["code"] for e in failed] == [507015]
     names = {e["name"] for e in events if e["ph"] == "i"}
     assert {"fault: error", "card ready"} <= names
+    waits = [e for e in spans if e.get("cat") == "client"]
+    assert waits and all(e["name"].startswith("sync stream") for e in waits)
+    assert {e["pid"] for e in waits} <= {0, 1}
     meta = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
     assert meta == {"card 0", "card 1"}
 
