@@ -96,7 +96,7 @@ def test_completion_row():
 
 
 def test_commands_are_single_distinct_bytes():
-    assert len(Cmd.ALL) == 9
+    assert len(Cmd.ALL) == 10
     assert all(isinstance(c, bytes) and len(c) == 1 for c in Cmd.ALL)
     assert Cmd.READY == Cmd.HELLO
 
