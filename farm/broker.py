@@ -16,7 +16,6 @@ submitted task ends completed or failed-with-code.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -27,9 +26,10 @@ import zmq
 
 from farm import protocol as proto
 from farm import statefile
+from farm.broker_faults import FaultControl
 from farm.config import FarmConfig
 from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
-from farm.faults import API_BY_TASK_KIND, BROKER, FaultInjector, FaultPlan, FaultRule
+from farm.faults import BROKER, FaultInjector, FaultPlan
 from farm.ledger import FarmLedger
 from farm.metrics import FarmMetrics
 from farm.protocol import BROKER_DEVICE, Cmd
@@ -46,7 +46,7 @@ _MAX_DRAIN = 512
 CLIENT_EXPIRY_FACTOR = 10  # clients: 10 × the heartbeat expiry (at least 2 s) before release
 
 
-class Broker:
+class Broker(FaultControl):
     def __init__(
         self,
         config: FarmConfig,
@@ -257,53 +257,6 @@ class Broker:
         else:
             logger.warning("unexpected client command %r dropped", msg.cmd)
 
-    def _drop_faults(self, device_id: int, client: bytes, route: bytes, body: bytes):
-        """broker.route faults: drop the tasks a ``drop`` rule fires on (they never complete,
-        as a lost message would leave them). Returns the body to forward, or None."""
-        tasks = proto.unpack(body)
-        if not isinstance(tasks, list):
-            return body
-        now_s = time.monotonic() - self.started_s
-        kept = []
-        for task in tasks:
-            stream = task.get("s") if isinstance(task, dict) else None
-            api = API_BY_TASK_KIND.get(task.get("k")) if isinstance(task, dict) else None
-            fired = self.route_faults.evaluate(
-                "broker.route", now_s, stream=stream, api=api, card=device_id
-            )
-            self.log_faults([f.event.to_dict() for f in fired])
-            if any(f.kind == "drop" for f in fired):
-                self.ledger.routed(device_id, 1)
-                self.ledger.dropped_tasks(device_id, 1)
-            else:
-                kept.append(task)
-        if not kept:
-            return None
-        return body if len(kept) == len(tasks) else proto.pack(kept)
-
-    def log_faults(self, events: list[dict]) -> None:
-        if self.trace is not None:
-            for event in events:
-                self.trace.instant(
-                    f"fault: {event['kind']}",
-                    event.get("card", -1),
-                    event.get("t_s", 0.0),
-                    event,
-                    since_start=True,
-                )
-        if self.metrics is not None:
-            for event in events:
-                self.metrics.fault(event.get("card", -1), event["kind"])
-        if events and self.fault_log is None:
-            self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
-        for event in events:
-            key = (event.get("rule", -1), event.get("card", -1))
-            self.supervisor.fired[key] = self.supervisor.fired.get(key, 0) + 1
-            self.fault_log.write(json.dumps(event, sort_keys=True) + "\n")
-            self.fault_counts[event["kind"]] = self.fault_counts.get(event["kind"], 0) + 1
-        if events:
-            self.fault_log.flush()
-
     def refuse(self, msg: proto.ClientFrame, device_id: int) -> None:
         """Answer work for a lost card (or an old epoch) with 507010, task by task."""
         body = proto.unpack(msg.body)
@@ -358,42 +311,6 @@ class Broker:
             self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.recover(body)})
             return
         self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": ACL_ERROR_INVALID_PARAM})
-
-    def inject(self, body: dict) -> dict:
-        """``npufarm inject``: add a rule to the running farm (and to cards started later)."""
-        try:
-            rule = FaultRule.from_dict(body.get("rule"), label="injected fault")
-        except NpuFarmError as exc:
-            return {"code": ACL_ERROR_INVALID_PARAM, "error": str(exc)}
-        self.plan = self.plan.with_rule(rule)
-        self.supervisor.plan = self.plan
-        rule_id = self.plan.rule_ids[-1]
-        if rule.hook == "broker.route":
-            if self.route_faults is None:
-                self.route_faults = FaultInjector(FaultPlan(seed=self.plan.seed), BROKER)
-            self.route_faults.add_rule(rule, rule_id)
-        else:
-            request = {"op": "inject", "rule": rule.to_dict(), "rule_id": rule_id}
-            self._tell_cards(rule.card, request)
-        logger.warning("fault injected at runtime: %s", rule.to_dict())
-        return {"code": 0, "rule": rule_id}
-
-    def recover(self, body: dict) -> dict:
-        """``npufarm recover``: clear injected faults (of ``kinds``, or all)."""
-        kinds = body.get("kinds") or None
-        self.plan = self.plan.without(kinds)
-        self.supervisor.plan = self.plan
-        if self.route_faults is not None:
-            self.route_faults.clear(kinds)
-        self._tell_cards(None, {"op": "recover", "kinds": kinds})
-        return {"code": 0}
-
-    def _tell_cards(self, device_id: int | None, request: dict) -> None:
-        for entry in self.registry.cards.values():
-            if entry.identity is None or entry.state is not CardState.READY:
-                continue
-            if device_id is None or entry.device_id == device_id:
-                self._send_card(entry.identity, Cmd.REQUEST, b"", proto.pack({"rid": 0, **request}))
 
     def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
         try:
