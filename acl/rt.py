@@ -39,6 +39,10 @@ __all__ = [
     "memset",
     "memset_async",
     "get_mem_info",
+    "subscribe_report",
+    "unsubscribe_report",
+    "launch_callback",
+    "process_report",
 ]
 
 get_device_count = runtime_call("get_device_count")
@@ -77,3 +81,7 @@ memcpy_async = runtime_call("memcpy_async")
 memset = runtime_call("memset")
 memset_async = runtime_call("memset_async")
 get_mem_info = runtime_call("get_mem_info")
+subscribe_report = runtime_call("subscribe_report")
+unsubscribe_report = runtime_call("unsubscribe_report")
+launch_callback = runtime_call("launch_callback")
+process_report = runtime_call("process_report")

@@ -3,6 +3,7 @@
 ``RUNTIME`` is the process-wide ACL runtime the ``acl`` facade forwards to.
 """
 
+from client.callbacks import CallbackApi
 from client.memops import MemoryApi
 from client.models import ModelApi
 from client.runtime import Runtime
@@ -11,8 +12,9 @@ from client.streams import StreamApi
 __all__ = ["RUNTIME", "AclRuntime"]
 
 
-class AclRuntime(ModelApi, MemoryApi, StreamApi, Runtime):
-    """Every ACL call of one process: the runtime core plus its stream, memory and model parts."""
+class AclRuntime(ModelApi, MemoryApi, CallbackApi, StreamApi, Runtime):
+    """Every ACL call of one process: the runtime core plus its stream, callback, memory and
+    model parts."""
 
 
 RUNTIME = AclRuntime()

@@ -165,6 +165,7 @@ class Runtime:
         self.retired_model_ids: set[int] = set()
         self.sync_tracks: dict[int, StreamTrack] = {}
         self.refs_cache: dict[tuple, tuple] = {}
+        self._callback_state()
         self.poison_outputs = False  # skip_sync == "poison" (set at init)
         self.sanitizer = Sanitizer("off")
         self.task_lock = threading.Lock()  # pending_reads; taken inside session.cond only
@@ -261,6 +262,8 @@ class Runtime:
 
     def _settled(self, task_id: int, code: int) -> None:
         self.sanitizer.task_finished(task_id, code)
+        if task_id in self.callback_tasks:
+            self._callback_settled(task_id, code)
         with self.task_lock:
             for start in self.reads_of.pop(task_id, ()):
                 left = self.pending_reads.get(start, 1) - 1

@@ -63,9 +63,14 @@ class StreamTrack:
     pending: deque[int] = field(default_factory=deque)
     error: int = ACL_SUCCESS  # first task error not yet returned by a sync
     last_task: int = 0
+    host_pending: set[int] = field(default_factory=set)  # host callbacks not yet returned
+    held: list | None = None  # (task, gate) held behind a blocking host callback, unsent
+    gate_next: bool = False  # the next task submitted is a blocking callback's marker
 
     def blocks(self, task_id: int) -> bool:
-        return bool(self.pending) and self.pending[0] <= task_id
+        if self.pending and self.pending[0] <= task_id:
+            return True
+        return bool(self.host_pending) and min(self.host_pending) <= task_id
 
 
 @dataclass
@@ -196,8 +201,31 @@ class Session:
             self.ledger.submitted += 1
             if registered is not None:
                 registered(task_id)
+            gate, track.gate_next = track.gate_next, False
+            if track.held is not None:  # behind a blocking callback: sent when it returns
+                track.held.append((task, gate))
+                return task_id
+            if gate:  # a blocking callback's marker: what follows waits for the callback
+                track.held = []
         self._post(Cmd.SUBMIT, self.route(track.device_id), task)
         return task_id
+
+    def host_done(self, track: StreamTrack, task_id: int, release: bool) -> None:
+        """A host callback of ``track`` returned: the stream may go on (``release`` sends the
+        tasks held behind a blocking callback, in order)."""
+        send = []
+        with self.cond:
+            track.host_pending.discard(task_id)
+            if release and track.held is not None:
+                held, track.held = track.held, None
+                for index, (task, gate) in enumerate(held):
+                    send.append(task)
+                    if gate:  # the next blocking callback closes the gate again
+                        track.held = held[index + 1 :]
+                        break
+            self.cond.notify_all()
+        for task in send:
+            self._post(Cmd.SUBMIT, self.route(track.device_id), task)
 
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:
         """Wait until no task <= ``task_id`` is pending on ``track``. False on timeout.
