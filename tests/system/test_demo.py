@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 def test_demo_experiment_writes_a_full_report(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "farm", "demo", "--out", str(out), "--duration-s", "5",
+        [sys.executable, "-m", "farm", "demo", "--out", str(out), "--duration-s", "7",
          "--rate", "200"],
         cwd=REPO, capture_output=True, text=True, timeout=110,
     )  # fmt: skip
@@ -29,7 +29,9 @@ def test_demo_experiment_writes_a_full_report(tmp_path):
     result = json.loads((out / "result.json").read_text())
     windows = {w["kind"]: w for w in result["phases"][0]["fault_windows"]}
     assert windows["disconnect"]["card"] == 3
-    assert windows["disconnect"]["time_to_recover_s"] is not None  # reset + restarted card
+    # the link drops at t = 4 s, is declared lost after the 1 s expiry, and the clients reset
+    # the card: there is a good request on the restarted card before the load ends
+    assert windows["disconnect"]["time_to_recover_s"] is not None, windows["disconnect"]
     per_card = result["phases"][0]["per_card"]
     assert per_card["1"]["latency_ms"]["p50"] > 1.5 * per_card["0"]["latency_ms"]["p50"]
     trace = json.loads((out / "trace.json").read_text())["traceEvents"]
