@@ -74,7 +74,7 @@ def _wait_lost(acl, timeout_s: float = 10.0) -> float:
 def measure(rounds: int = 5) -> dict[str, Any]:
     import acl
     from client import RUNTIME
-    from farm.cli import _broker_request
+    from farm.cli import broker_request
 
     runtime_dir = Path(tempfile.mkdtemp(prefix="nfb", dir="/tmp"))
     farm = _start_farm(runtime_dir)
@@ -92,9 +92,9 @@ def measure(rounds: int = 5) -> dict[str, Any]:
                 crash.append(_wait_lost(acl))
             else:
                 rule = {"kind": "heartbeat_loss", "card": 0}
-                _broker_request(address, {"op": "inject", "rule": rule})
+                broker_request(address, {"op": "inject", "rule": rule})
                 silent.append(_wait_lost(acl))
-                _broker_request(address, {"op": "recover", "kinds": ["heartbeat_loss"]})
+                broker_request(address, {"op": "recover", "kinds": ["heartbeat_loss"]})
             assert acl.rt.reset_device(0) == 0
             recovery.append(_first_task_s(acl))
         assert acl.rt.reset_device(0) == 0

@@ -1,8 +1,8 @@
 """``npufarm demo`` / ``make demo``: a fault experiment on a default 4-card farm, with a report.
 
 1. Starts a farm from the config (default ``configs/default.toml``: 4 Ascend 910B-class cards)
-   with the fault plan ``configs/faults/demo.toml`` (card 1 a 3× straggler; card 3 drops its link
-   at t = 4 s), tracing on.
+   with the fault plan ``configs/faults/demo.toml`` (card 1 a 3× straggler), tracing on; a link
+   drop of card 3 is injected at run time, timed to fall 3 s into the load.
 2. Checks real compute: one thread per card in the pyACL style runs the matmul model and compares
    every output with the model computed on the host.
 3. Runs an open-loop Poisson load on every card through ``npufarm bench`` (latency from the
@@ -84,6 +84,21 @@ def _check_compute(address: str, requests: int) -> dict[int, tuple[int, int]]:
     return results
 
 
+_BENCH_SETUP_S = 1.5  # worker start-up and warm-up before the measured load begins
+
+
+def _schedule_link_drop(address: str, after_s: float) -> float:
+    """Inject a disconnect of card 3 ``after_s`` from now (farm time); return that time."""
+    from farm.cli import broker_request, query_status
+
+    at_s = query_status(address)["uptime_s"] + after_s
+    rule = {"kind": "disconnect", "card": 3, "at_s": round(at_s, 3), "name": "card3-link-drop"}
+    reply = broker_request(address, {"op": "inject", "rule": rule})
+    if reply.get("code"):
+        raise RuntimeError(f"could not inject the link drop: {reply}")
+    return at_s
+
+
 def run_demo(
     config_path: str | None,
     out_dir: str | None = None,
@@ -111,9 +126,11 @@ def run_demo(
         checks = _check_compute(farm.address, check_requests)
         for device_id, (correct, total) in sorted(checks.items()):
             console.print(f"card {device_id}: {correct}/{total} matmul outputs equal the host's")
+        drop_at_s = _schedule_link_drop(farm.address, after_s=_BENCH_SETUP_S + 3.0)
         console.print(
             f"open-loop Poisson load, {rate:g} req/s for {duration_s:g} s; card 1 is a 3× "
-            "straggler, card 3 drops its link at t = 4 s and is reset by the clients"
+            f"straggler, card 3 drops its link at t = {drop_at_s:.1f} s (farm time) and is "
+            "reset by the clients"
         )
         config = BenchConfig(
             address=farm.address, model=str(_MODEL), mode="open", rates=(rate,),

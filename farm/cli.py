@@ -18,7 +18,7 @@ from farm.config import FarmConfig, load_config
 from farm.errors import NpuFarmError
 from farm.protocol import BROKER_DEVICE, Cmd
 
-__all__ = ["main", "query_status"]
+__all__ = ["main", "query_status", "broker_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
+def broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
     """A broker request (inject, recover, ...)."""
     return _ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
 
@@ -173,7 +173,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from farm.faults import FaultRule
 
     rule = FaultRule.from_args(args.rule, label="npufarm inject")
-    reply = _broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
+    reply = broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
     if reply.get("code"):
         print(f"npufarm inject: {reply.get('error', reply['code'])}", file=sys.stderr)
         return 1
@@ -183,7 +183,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.out)
-    reply = _broker_request(_find_address(args), {"op": "trace", "path": path})
+    reply = broker_request(_find_address(args), {"op": "trace", "path": path})
     if reply.get("code"):
         print(f"npufarm trace: {reply}", file=sys.stderr)
         return 1
@@ -192,7 +192,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    reply = _broker_request(_find_address(args), {"op": "recover", "kinds": args.kind or None})
+    reply = broker_request(_find_address(args), {"op": "recover", "kinds": args.kind or None})
     print("faults cleared" if not reply.get("code") else f"recover failed: {reply}")
     return 0 if not reply.get("code") else 1
 
