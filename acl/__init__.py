@@ -5,7 +5,7 @@ last, exactly as pyACL does. All logic lives in :mod:`client`; this package only
 """
 
 from acl import constants, mdl, rt, util
-from acl._facade import handle_call, runtime_call
+from acl._facade import handle_call, module_getattr, runtime_call
 
 __all__ = [
     "constants",
@@ -32,3 +32,5 @@ update_data_buffer = handle_call("update_data_buffer")
 get_data_buffer_addr = handle_call("get_data_buffer_addr")
 get_data_buffer_size = handle_call("get_data_buffer_size")
 get_data_buffer_size_v2 = handle_call("get_data_buffer_size_v2")
+
+__getattr__ = module_getattr("acl")

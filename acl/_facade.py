@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from client import RUNTIME
+from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED
 
-__all__ = ["runtime_call", "handle_call"]
+__all__ = ["runtime_call", "handle_call", "unsupported", "module_getattr"]
+
+logger = logging.getLogger(__name__)
 
 
 def runtime_call(name: str) -> Callable[..., Any]:
@@ -26,3 +30,37 @@ def handle_call(name: str) -> Callable[..., Any]:
     call.__name__ = call.__qualname__ = name
     call.__doc__ = getattr(type(RUNTIME.handles), name).__doc__
     return call
+
+
+_warned: set[str] = set()
+
+
+def unsupported(module: str, name: str) -> Callable[..., Any]:
+    """A call npufarm does not emulate: returns ACL_ERROR_FEATURE_UNSUPPORTED (logged once per
+    name) instead of raising AttributeError, so a program can test the code and go on."""
+    full = f"{module}.{name}"
+
+    def call(*args: Any, **kwargs: Any) -> int:
+        if full not in _warned:
+            _warned.add(full)
+            logger.warning(
+                "%s is not emulated by npufarm: returning %d (feature unsupported)",
+                full,
+                ACL_ERROR_FEATURE_UNSUPPORTED,
+            )
+        return ACL_ERROR_FEATURE_UNSUPPORTED
+
+    call.__name__ = call.__qualname__ = name
+    call.unsupported = True
+    return call
+
+
+def module_getattr(module: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` for the facade: unknown public names are unsupported calls."""
+
+    def __getattr__(name: str) -> Any:  # noqa: N807
+        if name.startswith("_"):
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        return unsupported(module, name)
+
+    return __getattr__

@@ -1,6 +1,6 @@
 """``acl.mdl``: model loading, descriptions, datasets, execution (aclmdl* calls)."""
 
-from acl._facade import handle_call, runtime_call
+from acl._facade import handle_call, module_getattr, runtime_call
 
 __all__ = [
     "load_from_file",
@@ -71,3 +71,5 @@ destroy_dataset = handle_call("destroy_dataset")
 create_exec_config_handle = handle_call("create_exec_config_handle")
 set_exec_config_opt = handle_call("set_exec_config_opt")
 destroy_exec_config_handle = handle_call("destroy_exec_config_handle")
+
+__getattr__ = module_getattr("acl.mdl")

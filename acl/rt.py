@@ -1,6 +1,6 @@
 """``acl.rt``: devices, contexts, streams, events and memory (aclrt* calls)."""
 
-from acl._facade import runtime_call
+from acl._facade import module_getattr, runtime_call
 
 __all__ = [
     "get_device_count",
@@ -85,3 +85,5 @@ subscribe_report = runtime_call("subscribe_report")
 unsubscribe_report = runtime_call("unsubscribe_report")
 launch_callback = runtime_call("launch_callback")
 process_report = runtime_call("process_report")
+
+__getattr__ = module_getattr("acl.rt")

@@ -1,0 +1,30 @@
+"""Calls npufarm does not emulate return 'feature unsupported' (logged once), never raise."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import acl
+from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED
+
+
+def test_unknown_calls_return_feature_unsupported_and_log_once(caplog):
+    caplog.set_level(logging.WARNING, logger="acl._facade")
+    assert acl.rt.set_op_wait_timeout_for_test(5) == ACL_ERROR_FEATURE_UNSUPPORTED
+    assert acl.rt.set_op_wait_timeout_for_test(6) == ACL_ERROR_FEATURE_UNSUPPORTED
+    assert acl.mdl.set_dynamic_batch_size_for_test(1, 2, 3, 4) == ACL_ERROR_FEATURE_UNSUPPORTED
+    assert acl.some_top_level_call_for_test() == ACL_ERROR_FEATURE_UNSUPPORTED
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("acl.rt.set_op_wait_timeout_for_test" in w for w in warnings) == 1
+    assert any("acl.mdl.set_dynamic_batch_size_for_test" in w for w in warnings)
+
+
+def test_private_names_and_known_calls_are_untouched():
+    with pytest.raises(AttributeError):
+        acl.rt._not_public  # noqa: B018
+    assert not getattr(acl.rt.malloc, "unsupported", False)
+    assert acl.rt.malloc.__name__ == "malloc"
+    assert "bytes_to_ptr" in dir(acl.util)  # samples feature-detect like this
+    assert not hasattr(acl.util, "no_such_helper")
