@@ -131,6 +131,24 @@ def _ratio(measured: float | None, baseline: float | None) -> float | None:
     return round(measured / baseline, 3)
 
 
+def _p50_vs_rtt(
+    times_s: np.ndarray, raw_rtt: dict[str, Any] | None, target: float, note: str, samples: int
+) -> dict[str, Any]:
+    """A latency entry: p50 in µs against the raw 3-hop RTT p50, met if ratio <= target."""
+    stats = _pct(times_s * 1e6)
+    baseline = raw_rtt["p50_us"] if raw_rtt else None
+    ratio = _ratio(stats["p50_us"], baseline)
+    return _entry(
+        stats["p50_us"],
+        unit="us",
+        baseline=baseline,
+        target=f"p50 ratio <= {target}{note}",
+        met=None if ratio is None else ratio <= target,
+        samples=samples,
+        **stats,
+    )
+
+
 def _entry(
     measured: float | None,
     *,
@@ -625,18 +643,7 @@ def measure_latency(slot: Slot, samples: int, raw_rtt: dict[str, Any] | None) ->
             _ok(ret or ret2, "execute_async/synchronize_stream")
         if i >= 0:
             times[i] = dt
-    stats = _pct(times * 1e6)
-    baseline = raw_rtt["p50_us"] if raw_rtt else None
-    ratio = _ratio(stats["p50_us"], baseline)
-    return _entry(
-        stats["p50_us"],
-        unit="us",
-        baseline=baseline,
-        target=f"p50 ratio <= {LATENCY_RATIO_TARGET}",
-        met=None if ratio is None else ratio <= LATENCY_RATIO_TARGET,
-        samples=samples,
-        **stats,
-    )
+    return _p50_vs_rtt(times, raw_rtt, LATENCY_RATIO_TARGET, "", samples)
 
 
 def measure_sync_finished(
@@ -656,18 +663,7 @@ def measure_sync_finished(
         times[i] = clock() - t
         if ret:
             _ok(ret, "synchronize_stream")
-    stats = _pct(times * 1e6)
-    baseline = raw_rtt["p50_us"] if raw_rtt else None
-    ratio = _ratio(stats["p50_us"], baseline)
-    return _entry(
-        stats["p50_us"],
-        unit="us",
-        baseline=baseline,
-        target=f"p50 ratio <= {SYNC_DONE_RATIO_TARGET} (no round trip)",
-        met=None if ratio is None else ratio <= SYNC_DONE_RATIO_TARGET,
-        samples=samples,
-        **stats,
-    )
+    return _p50_vs_rtt(times, raw_rtt, SYNC_DONE_RATIO_TARGET, " (no round trip)", samples)
 
 
 def _gbps(nbytes: int, seconds: float) -> float:
