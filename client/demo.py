@@ -2,7 +2,8 @@
 
 1. Starts a farm from the config (default ``configs/default.toml``: 4 Ascend 910B-class cards)
    with the fault plan ``configs/faults/demo.toml`` (card 1 a 3× straggler), tracing on; a link
-   drop of card 3 is injected at run time, timed to fall 3 s into the load.
+   drop of card 3 is injected at run time, timed to fall 3 s into the load (however long the
+   load generator took to start).
 2. Checks real compute: one thread per card in the pyACL style runs the matmul model and compares
    every output with the model computed on the host.
 3. Runs an open-loop Poisson load on every card through ``npufarm bench`` (latency from the
@@ -84,14 +85,15 @@ def _check_compute(address: str, requests: int) -> dict[int, tuple[int, int]]:
     return results
 
 
-_BENCH_SETUP_S = 1.5  # worker start-up and warm-up before the measured load begins
+_DROP_INTO_LOAD_S = 3.0  # the link drop falls this long after the load (warm-up included) starts
 
 
-def _schedule_link_drop(address: str, after_s: float) -> float:
-    """Inject a disconnect of card 3 ``after_s`` from now (farm time); return that time."""
+def _link_drop(address: str, at_monotonic_s: float) -> float:
+    """Inject a disconnect of card 3 at ``at_monotonic_s`` (this host's monotonic clock), as a
+    farm-time rule; return that farm time."""
     from farm.cli import broker_request, query_status
 
-    at_s = query_status(address)["uptime_s"] + after_s
+    at_s = query_status(address)["uptime_s"] + max(0.0, at_monotonic_s - time.monotonic())
     rule = {"kind": "disconnect", "card": 3, "at_s": round(at_s, 3), "name": "card3-link-drop"}
     reply = broker_request(address, {"op": "inject", "rule": rule})
     if reply.get("code"):
@@ -126,19 +128,23 @@ def run_demo(
         checks = _check_compute(farm.address, check_requests)
         for device_id, (correct, total) in sorted(checks.items()):
             console.print(f"card {device_id}: {correct}/{total} matmul outputs equal the host's")
-        drop_at_s = _schedule_link_drop(farm.address, after_s=_BENCH_SETUP_S + 3.0)
         console.print(
             f"open-loop Poisson load, {rate:g} req/s for {duration_s:g} s; card 1 is a 3× "
-            f"straggler, card 3 drops its link at t = {drop_at_s:.1f} s (farm time) and is "
+            f"straggler, card 3 drops its link {_DROP_INTO_LOAD_S:g} s into the load and is "
             "reset by the clients"
         )
+
+        def on_phase_start(name: str, t0: float) -> None:
+            at_s = _link_drop(farm.address, t0 + _DROP_INTO_LOAD_S)
+            logger.info("phase %s: card 3 link drop at farm time %.1f s", name, at_s)
+
         config = BenchConfig(
             address=farm.address, model=str(_MODEL), mode="open", rates=(rate,),
             arrival="poisson", duration_s=duration_s, warmup_s=0.5, slo_ms=50.0,
             per_request=True, out_dir=str(out), workers=2, seed=2026, sync_timeout_ms=2000,
             live=None,
         )  # fmt: skip
-        result = run_bench(config)
+        result = run_bench(config, on_phase_start=on_phase_start)
     finally:
         os.environ.pop("NPUFARM_ADDRESS", None)
         farm.stop()  # the farm writes trace.json as it stops

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -490,10 +491,14 @@ def _farm_start_s(address: str) -> tuple[dict[str, Any], float]:
     return status, (before + time.monotonic()) / 2 - status["uptime_s"]
 
 
-def run_bench(config: BenchConfig) -> dict[str, Any]:
+def run_bench(
+    config: BenchConfig, on_phase_start: Callable[[str, float], None] | None = None
+) -> dict[str, Any]:
     """Run every phase of ``config`` against a running farm; return the result (and write the
     files to ``config.out_dir`` if set). Ctrl-C (in the main thread) ends the run early, with a
-    result of what was measured."""
+    result of what was measured. ``on_phase_start(name, t0)`` is called as each phase is handed
+    to the workers, ``t0`` its start on the ``time.monotonic()`` clock (warm-up included): an
+    experiment can time a fault to the load."""
     import multiprocessing
 
     from farm.statefile import resolve_address
@@ -580,6 +585,8 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             for i, command in enumerate(commands):
                 mine = {sid: v for sid, v in phase["slots"].items() if sid % n_workers == i}
                 command.put({**phase, "slots": mine})
+            if on_phase_start is not None:
+                on_phase_start(phase["name"], t0)
             while len(state["done"].get(phase["index"], {})) < n_workers and not state["errors"]:
                 pump()
             phase["ran"] = True

@@ -18,8 +18,11 @@ in the measured window, *before* it are those that ended before it started, *dur
 in flight at its start or sent until its end (a request sent just before a stall is caught by
 it), *after* it those sent after its end; rates are over the three spans.
 ``time_to_detect_s`` = first bad sample of that card known at/after the window start − start;
-``time_to_recover_s`` = end of the first good sample of that card completing after the last of
-those bad samples − start (both None without a bad sample; recover None if none followed).
+``time_to_recover_s`` = end of the first good sample of that card, after the first bad one, that
+starts a run of :data:`RECOVERY_RUN` good samples in a row (in order of completion; a shorter run
+counts when it reaches the last sample of the card before the horizon) − start. A stray late SLO
+miss on a recovered card thus does not erase the recovery. Both None without a bad sample;
+recover None if no such run followed.
 
 Result schema ``"npufarm.bench/1"`` (JSON; every time in seconds since the bench started unless
 named otherwise; card keys are strings)::
@@ -212,6 +215,9 @@ def group_fault_events(fault_events: Iterable[Any], farm_start_s: float) -> list
     return sorted(groups.values(), key=lambda g: (g["start_s"], g["card"], g["rule"]))
 
 
+RECOVERY_RUN = 5  # good samples in a row that count as recovered (see the module docstring)
+
+
 def _detect_recover(
     card_samples: np.ndarray, start_s: float, horizon_s: float, slo_ms: float | None
 ) -> tuple[float | None, float | None]:
@@ -224,10 +230,18 @@ def _detect_recover(
     if not bad.any():
         return None, None
     detected = float(known[bad].min())
-    last_bad_end = float(s["end_s"][bad].max())
-    good = ~error & ~slow & (s["end_s"] > last_bad_end)
-    recovered = float(s["end_s"][good].min()) if good.any() else None
-    return detected, recovered
+    first_bad_end = float(s["end_s"][bad].min())
+    after = (s["end_s"] > first_bad_end) & (s["end_s"] < horizon_s)
+    order = np.argsort(s["end_s"][after], kind="stable")
+    good = (~error & ~slow)[after][order]
+    ends = s["end_s"][after][order]
+    # run[i] = length of the run of good samples starting at i (0 when sample i is bad)
+    run = np.zeros(good.size + 1, np.int64)
+    for i in range(good.size - 1, -1, -1):
+        run[i] = run[i + 1] + 1 if good[i] else 0
+    sustained = (run[:-1] >= RECOVERY_RUN) | (good & (run[:-1] == good.size - np.arange(good.size)))
+    hits = np.flatnonzero(sustained)
+    return detected, (float(ends[hits[0]]) if hits.size else None)
 
 
 def fault_windows(

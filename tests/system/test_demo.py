@@ -29,7 +29,7 @@ def test_demo_experiment_writes_a_full_report(tmp_path):
     result = json.loads((out / "result.json").read_text())
     windows = {w["kind"]: w for w in result["phases"][0]["fault_windows"]}
     assert windows["disconnect"]["card"] == 3
-    # the link drops at t = 4 s, is declared lost after the 1 s expiry, and the clients reset
+    # the link drops 3 s into the load, is declared lost after the 1 s expiry, and the clients reset
     # the card: there is a good request on the restarted card before the load ends
     assert windows["disconnect"]["time_to_recover_s"] is not None, windows["disconnect"]
     per_card = result["phases"][0]["per_card"]

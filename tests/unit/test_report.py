@@ -215,3 +215,22 @@ def test_json_csv_jsonl_round_trip(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(lines) == 300 and lines[0]["intended_s"] == 0.0
     assert lines[0]["latency_ms"] == pytest.approx(2.0) and lines[-1]["code"] == LOST
+
+
+def test_recovery_needs_a_run_of_good_samples_and_survives_a_stray_late_miss():
+    events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.link", "call": 0,
+               "kind": "disconnect", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
+    errors = make([1.0] * 5, card=0, t0=101.0, code=LOST)
+    flapping = make([2.0, 1.0, 2.0, 1.0] * 2, card=0, t0=101.1)  # good ones in between...
+    flapping["code"][1::2] = LOST  # ...and errors: not recovered yet
+    steady = make([2.0] * 30, card=0, t0=101.3)
+    stray = make([900.0], card=0, t0=102.5)  # one SLO miss long after the recovery
+    tail = make([2.0] * 3, card=0, t0=103.5)
+    ok_before = make([2.0] * 50, card=0, t0=100.0)
+    samples = np.concatenate([ok_before, errors, flapping, steady, stray, tail])
+    (w,) = fault_windows(samples, events, 100.0, slo_ms=50.0)
+    first_steady_end = float(steady["end_s"][0])
+    assert w["time_to_recover_s"] == pytest.approx(first_steady_end - 100.955)
+    # a short good run that reaches the last sample counts too
+    (w,) = fault_windows(np.concatenate([ok_before, errors, tail]), events, 100.0, slo_ms=50.0)
+    assert w["time_to_recover_s"] == pytest.approx(float(tail["end_s"][0]) - 100.955)
