@@ -35,6 +35,7 @@ from device.streams import StreamScheduler, Task
 from farm import protocol as proto
 from farm.errors import (
     ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_INTERNAL_ERROR,
     ACL_ERROR_RT_MEMORY_ALLOCATION,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
@@ -249,6 +250,9 @@ class Card:
                 reply = {"code": exc.code, "error": str(exc)}
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
+            except Exception as exc:  # a request must never take the card down
+                logger.exception("card %d: request %r failed", self.spec.device_id, body.get("op"))
+                reply = {"code": ACL_ERROR_RT_INTERNAL_ERROR, "error": repr(exc)}
         reply["rid"] = body["rid"]
         reply.setdefault("code", ACL_SUCCESS)
         self.send(Cmd.REPLY, client, reply)

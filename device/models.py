@@ -44,6 +44,7 @@ __all__ = [
     "LatencyProfile",
     "ModelSpec",
     "parse_model",
+    "spec_from_document",
     "load_model_file",
     "Kernel",
     "build_kernel",
@@ -54,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("identity", "add", "matmul", "softmax_classifier", "relu", "scale")
+KINDS = ("identity", "add", "matmul", "softmax_classifier", "relu", "scale", "onnx")
 
 # dtype name -> ACL enum value (aclDataType)
 DTYPES: dict[str, int] = {
@@ -90,8 +91,9 @@ _KIND_RULES: dict[str, tuple[int, int, bool, dict[str, type]]] = {
     "scale": (1, 1, True, {"scale": float}),
     "matmul": (1, 1, True, {"units": int, "bias": bool}),
     "softmax_classifier": (1, 1, True, {"classes": int}),
+    "onnx": (0, 0, False, {}),  # any counts and dtypes: the ONNX graph decides (device/om.py)
 }
-_TOP_KEYS = frozenset({"model", "inputs", "outputs", "latency"})
+_TOP_KEYS = frozenset({"model", "inputs", "outputs", "latency", "blob"})
 _MODEL_KEYS = frozenset({"name", "kind", "seed", "params", "description"})
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape", "format"})
 
@@ -175,6 +177,7 @@ class ModelSpec:
     outputs: tuple[TensorSpec, ...]
     latency: LatencyProfile = field(default_factory=LatencyProfile)
     params: tuple[tuple[str, object], ...] = ()
+    blob: bytes = field(default=b"", repr=False)  # kind "onnx": the ONNX model (device/om.py)
 
     def param(self, key: str, default: object = None) -> object:
         for name, value in self.params:
@@ -208,6 +211,7 @@ class ModelSpec:
             "inputs": [tensor.to_dict() for tensor in self.inputs],
             "outputs": [tensor.to_dict() for tensor in self.outputs],
             "latency": self.latency.to_dict(),
+            **({"blob": self.blob} if self.blob else {}),
         }
 
     @classmethod
@@ -320,6 +324,9 @@ def _check_kind(spec: ModelSpec, source: str) -> None:
     """Reject tensor counts, dtypes and shapes the kind cannot compute."""
     kind = spec.kind
     _expect(kind in _KIND_RULES, source, f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "onnx":
+        _expect(bool(spec.blob), source, "an onnx model comes in an .om container: npufarm atc")
+        return
     n_in, n_out, float_only, _ = _KIND_RULES[kind]
     _expect(len(spec.inputs) == n_in, source, f"kind {kind!r} takes {n_in} input(s)")
     _expect(len(spec.outputs) == n_out, source, f"kind {kind!r} gives {n_out} output(s)")
@@ -366,13 +373,34 @@ def _spec_from_document(doc: Mapping[str, Any], source: str) -> ModelSpec:
         outputs=_tensors(doc.get("outputs"), "outputs", source),
         latency=_latency(doc.get("latency", {}), source),
         params=_params(model.get("params", {}), kind, source),
+        blob=_blob(doc.get("blob", b""), kind, source),
     )
     _check_kind(spec, source)
     return spec
 
 
+spec_from_document = _spec_from_document
+
+
+def _blob(value: object, kind: str, source: str) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise _invalid(source, "blob must be bytes")
+    _expect(not value or kind == "onnx", source, f"kind {kind!r} takes no blob")
+    return bytes(value)
+
+
 def parse_model(data: bytes, source: str = "<memory>") -> ModelSpec:
-    """Parse and validate a TOML model; raises ModelFormatError (145006) if it is not one."""
+    """Parse and validate a model: an npufarm ``.om`` container (:mod:`device.om`) or a
+    synthetic TOML model; raises ModelFormatError (145006) if it is neither (a real Ascend .om
+    and a raw ONNX file get a message that says to convert with ``npufarm atc``)."""
+    from device import om
+
+    if om.is_npufarm_om(data) or om.is_ascend_om(data):
+        return om.spec_from_om(data, source)
+    if len(data) > MAX_MODEL_FILE_BYTES:
+        raise _invalid(source, f"larger than {MAX_MODEL_FILE_BYTES} bytes")
+    if om.looks_like_onnx(data):
+        raise _invalid(source, f"an ONNX model is not an offline model; {om.CONVERT_HINT}")
     try:
         text = bytes(data).decode("utf-8")
     except (UnicodeDecodeError, TypeError) as exc:
@@ -386,16 +414,19 @@ def parse_model(data: bytes, source: str = "<memory>") -> ModelSpec:
 
 def load_model_file(path: str | os.PathLike[str]) -> ModelSpec:
     """Read and parse a model file; unreadable path → 145002, not a model → 145006."""
+    from device import om
+
     try:
         where = os.fsdecode(path)
         with open(path, "rb") as handle:
-            data = handle.read(MAX_MODEL_FILE_BYTES + 1)
+            data = handle.read(8)
+            # an .om container is read whole; anything else up to the TOML limit (+1 to see it)
+            whole = om.is_npufarm_om(data) or om.is_ascend_om(data)
+            data += handle.read() if whole else handle.read(MAX_MODEL_FILE_BYTES + 1 - len(data))
     except (OSError, TypeError, ValueError) as exc:
         raise ModelFormatError(
             f"cannot read model file {path!r}: {exc}", ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID
         ) from exc
-    if len(data) > MAX_MODEL_FILE_BYTES:
-        raise _invalid(where, f"larger than {MAX_MODEL_FILE_BYTES} bytes")
     return parse_model(data, source=where)
 
 
@@ -480,6 +511,12 @@ def _make_softmax_classifier(spec: ModelSpec) -> Compute:
     return softmax_classifier
 
 
+def _make_onnx(spec: ModelSpec) -> Compute:
+    from device.onnx_kernel import make_onnx_compute  # onnxruntime only where ONNX runs
+
+    return make_onnx_compute(spec)
+
+
 _FACTORIES: dict[str, Callable[[ModelSpec], Compute]] = {
     "identity": lambda spec: _identity,
     "add": lambda spec: _add,
@@ -487,6 +524,7 @@ _FACTORIES: dict[str, Callable[[ModelSpec], Compute]] = {
     "scale": _make_scale,
     "matmul": _make_matmul,
     "softmax_classifier": _make_softmax_classifier,
+    "onnx": _make_onnx,
 }
 
 

@@ -1,0 +1,63 @@
+"""ONNX models on a card: an onnxruntime session computing on the card's shared-memory views.
+
+The card builds one :class:`onnxruntime.InferenceSession` per loaded model (``acl.mdl.load_*``)
+from the ONNX bytes of the npufarm ``.om`` container (:mod:`device.om`), on the CPU execution
+provider with one intra-op and one inter-op thread: a card is one compute unit, and N cards on a
+small host must not oversubscribe it. Inputs are fed as typed views of device memory (no copy);
+outputs are copied into the output views (or the card's deferred-publish buffers).
+
+onnxruntime is the ``onnx`` extra (``pip install 'npufarm[onnx]'``); without it loading an ONNX
+model fails with ACL_ERROR_FEATURE_UNSUPPORTED and says what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from device.models import Compute, ModelFormatError, ModelSpec
+from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
+
+__all__ = ["make_session", "make_onnx_compute"]
+
+logger = logging.getLogger(__name__)
+
+
+def make_session(model: bytes, threads: int = 1):
+    """An onnxruntime CPU session for ``model`` with ``threads`` intra-op threads."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise AclError(
+            "ONNX models need onnxruntime: pip install 'npufarm[onnx]'",
+            ACL_ERROR_FEATURE_UNSUPPORTED,
+        ) from exc
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the card's log is not onnxruntime's
+    try:
+        return onnxruntime.InferenceSession(
+            model, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's own exception types: a bad graph, not a bad card
+        raise ModelFormatError(f"onnxruntime cannot load the model: {exc}") from exc
+
+
+def make_onnx_compute(spec: ModelSpec) -> Compute:
+    """The kernel body of an ``onnx`` model spec: typed inputs in, typed outputs written."""
+    session = make_session(spec.blob)
+    input_names = [t.name for t in spec.inputs]
+    output_names = [t.name for t in spec.outputs]
+    graph_inputs = {i.name for i in session.get_inputs()}
+    missing = sorted(set(input_names) - graph_inputs)
+    if missing:
+        raise ModelFormatError(f"model {spec.name}: inputs {missing} are not in its graph")
+
+    def compute(xs: list[np.ndarray], ys: list[np.ndarray]) -> None:
+        results = session.run(output_names, dict(zip(input_names, xs)))
+        for y, result in zip(ys, results):
+            np.copyto(y, np.asarray(result).reshape(y.shape), casting="no")
+
+    return compute

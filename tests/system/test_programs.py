@@ -1,0 +1,132 @@
+"""Unmodified pyACL programs (tests/programs/) on the farm with a real ONNX model.
+
+The model is a small CNN built with the ``onnx`` helper API, converted by the real CLI
+(``npufarm atc``), loaded by the programs from the ``.om`` file (or from memory), executed by
+onnxruntime inside the card processes on shared-memory tensors, and compared with onnxruntime run
+directly on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.programs.cnn import CLASSES, IMAGE, build_cnn
+from tests.system.conftest import CI_CONFIG, REPO
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
+
+PROGRAMS = REPO / "tests" / "programs"
+BATCH, STEPS = 4, 6
+TOLERANCE = 1e-6  # the card runs onnxruntime with one thread, the host with its default
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    """(om path, images path, host reference [STEPS, BATCH, CLASSES], workdir)."""
+    import onnxruntime
+
+    work = tmp_path_factory.mktemp("cnn")
+    onnx_path = build_cnn(work / "tiny_cnn.onnx")
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "atc", f"--model={onnx_path}", "--framework=5",
+         f"--output={work / 'out' / 'tiny_cnn'}", "--soc_version=Ascend310",
+         f"--input_shape=x:{BATCH},{','.join(map(str, IMAGE))}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ATC run success" in done.stdout
+    images = np.random.default_rng(11).standard_normal((STEPS, BATCH, *IMAGE)).astype(np.float32)
+    np.save(work / "images.npy", images)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    reference = np.stack([session.run(None, {"x": batch})[0] for batch in images])
+    assert reference.shape == (STEPS, BATCH, CLASSES)
+    return work / "out" / "tiny_cnn.om", work / "images.npy", reference, work
+
+
+def run_program(name, *args, address=None, env_extra=None, cwd=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
+    if address is not None:
+        env["NPUFARM_ADDRESS"] = address
+    env.update(env_extra or {})
+    done = subprocess.run(
+        [sys.executable, str(PROGRAMS / name), *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=80,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def assert_matches(out_path, reference):
+    result = np.load(out_path)
+    assert result.shape == reference.shape and result.dtype == np.float32
+    assert np.abs(result - reference).max() <= TOLERANCE
+    assert (result.argmax(-1) == reference.argmax(-1)).all()
+    assert not np.allclose(result, result[0])  # different images, different answers
+
+
+def test_sync_program_matches_onnxruntime_on_the_host(farm, cnn):
+    om, images, reference, work = cnn
+    stdout = run_program("classify_sync.py", om, images, work / "sync.npy", 1,
+                         address=farm.address, cwd=work)  # fmt: skip
+    assert_matches(work / "sync.npy", reference)
+    described = stdout.splitlines()[0]
+    # the model description reports the tensors exactly as the converted model defines them
+    facts = (
+        "'input_name': 'x'", f"'input_dims': [{BATCH}, 3, 16, 16]", "'input_dtype': 0",
+        "'input_format': 0", "'output_name': 'prob'", f"'output_dims': [{BATCH}, 10]",
+    )  # fmt: skip
+    for fact in facts:
+        assert fact in described, described
+
+
+def test_sync_program_loading_from_memory(farm, cnn):
+    om, images, reference, work = cnn
+    run_program("classify_sync.py", om, images, work / "mem.npy", 0, "--from-mem",
+                address=farm.address, cwd=work)  # fmt: skip
+    assert_matches(work / "mem.npy", reference)
+
+
+def test_async_program_with_callbacks_events_and_three_streams(farm, cnn):
+    om, images, reference, work = cnn
+    stdout = run_program("classify_async.py", om, images, work / "async.npy", 3,
+                         address=farm.address, cwd=work)  # fmt: skip
+    assert_matches(work / "async.npy", reference)
+    assert f"{STEPS} requests on 3 streams; end event status 1" in stdout
+
+
+def test_multicard_program_one_thread_per_device(farm, cnn):
+    om, images, reference, work = cnn
+    stdout = run_program("classify_multicard.py", om, images, work / "multi.npy",
+                         address=farm.address, cwd=work)  # fmt: skip
+    assert_matches(work / "multi.npy", reference)
+    assert "on devices [0, 1]" in stdout
+
+
+def test_plain_python_prog_starts_an_embedded_farm(cnn):
+    """``python prog.py`` with nothing set: acl.init() starts a farm, finalize stops it."""
+    om, images, reference, work = cnn
+    run_program("classify_sync.py", om, images, work / "embedded.npy",
+                env_extra={"NPUFARM_CONFIG": str(CI_CONFIG)}, cwd=work)  # fmt: skip
+    assert_matches(work / "embedded.npy", reference)
+
+
+def test_atc_mode_1_dumps_the_metadata(cnn):
+    om, _, _, work = cnn
+    done = subprocess.run(
+        [sys.executable, "-m", "farm", "atc", "--mode=1", f"--om={om}",
+         f"--json={work / 'meta.json'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((work / "meta.json").read_text())
+    assert meta["soc_version"] == "Ascend310" and meta["framework"] == 5
+    assert meta["inputs"] == [{"name": "x", "dtype": "float32", "shape": [BATCH, 3, 16, 16],
+                               "format": 0}]  # fmt: skip
+    assert meta["outputs"] == [{"name": "prob", "dtype": "float32", "shape": [BATCH, 10],
+                                "format": 2}]  # fmt: skip
