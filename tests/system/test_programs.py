@@ -130,3 +130,28 @@ def test_atc_mode_1_dumps_the_metadata(cnn):
                                "format": 0}]  # fmt: skip
     assert meta["outputs"] == [{"name": "prob", "dtype": "float32", "shape": [BATCH, 10],
                                 "format": 2}]  # fmt: skip
+
+
+def test_bad_models_get_145006_and_the_card_lives_on(farm, cnn, acl_on, tmp_path):
+    """A container whose model onnxruntime rejects fails on the card with 145006 (the card stays
+    up); a real Ascend .om and a raw ONNX file fail in the client, naming ``npufarm atc``."""
+    from device.om import pack_om
+
+    om, _, _, work = cnn
+    broken = tmp_path / "broken.om"
+    meta = {"name": "broken", "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
+            "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}]}  # fmt: skip
+    broken.write_bytes(pack_om(meta, b"\x08\x07 not a graph"))
+    real = tmp_path / "real.om"
+    real.write_bytes(b"IMOD" + bytes(512))
+    with acl_on(farm) as acl:
+        assert acl.rt.set_device(0) == 0
+        assert acl.mdl.load_from_file(str(broken)) == (0, 145006)
+        assert "onnxruntime cannot load the model" in acl.get_recent_err_msg()
+        assert acl.mdl.load_from_file(str(real)) == (0, 145006)
+        assert "npufarm atc" in acl.get_recent_err_msg()
+        assert acl.mdl.load_from_file(str(work / "tiny_cnn.onnx")) == (0, 145006)
+        assert "npufarm atc" in acl.get_recent_err_msg()
+        model_id, ret = acl.mdl.load_from_file(str(om))  # the same card still loads models
+        assert ret == 0 and acl.mdl.unload(model_id) == 0
+        assert acl.rt.reset_device(0) == 0
