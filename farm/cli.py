@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 _DELEGATED = {  # subcommands with their own argument parsers
     "bench": ("client.loadgen", "bench_main"),
     "report": ("client.render", "report_main"),
+    "run": ("farm.run", "run_main"),
+    "atc": ("device.atc", "atc_main"),
 }
 
 
