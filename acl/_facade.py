@@ -14,10 +14,13 @@ __all__ = ["runtime_call", "handle_call", "unsupported", "module_getattr"]
 logger = logging.getLogger(__name__)
 
 
-def runtime_call(name: str) -> Callable[..., Any]:
-    """``acl.<module>.<name>`` forwarding to ``RUNTIME.<name>``."""
+def runtime_call(name: str, summary: str | None = None) -> Callable[..., Any]:
+    """``acl.<module>.<name>`` forwarding to ``RUNTIME.<name>``. ``summary`` becomes the
+    method's docstring if it has none (the list of supported calls is built from them)."""
     method = getattr(RUNTIME, name)
     method.__func__.__acl_name__ = name
+    if summary and not method.__func__.__doc__:
+        method.__func__.__doc__ = summary
     return method
 
 

@@ -36,16 +36,32 @@ __all__ = [
     "create_exec_config_handle",
     "set_exec_config_opt",
     "destroy_exec_config_handle",
+    "get_dynamic_batch",
+    "get_dynamic_hw",
+    "get_input_dynamic_gear_count",
+    "get_input_dynamic_dims",
+    "set_dynamic_batch_size",
+    "set_dynamic_hw_size",
+    "set_input_dynamic_dims",
 ]
 
-load_from_file = runtime_call("load_from_file")
-load_from_mem = runtime_call("load_from_mem")
-unload = runtime_call("unload")
-get_desc = runtime_call("get_desc")
-execute = runtime_call("execute")
-execute_async = runtime_call("execute_async")
-execute_v2 = runtime_call("execute_v2")
-execute_async_v2 = runtime_call("execute_async_v2")
+# summaries used when the runtime method has no docstring of its own
+load_from_file = runtime_call(
+    "load_from_file", "Load a model onto the current device: ``(model_id, ret)``; 145002 bad path."
+)
+load_from_mem = runtime_call(
+    "load_from_mem", "Load a model from host memory: ``(model_id, ret)``; NULL/size 0 → 100000."
+)
+unload = runtime_call("unload", "Unload a model; unknown id → 145003.")
+get_desc = runtime_call("get_desc", "Fill a model description from a loaded model; 145003.")
+execute = runtime_call("execute", "Synchronous execute on the current context; the task's code.")
+execute_async = runtime_call("execute_async", "Queue one execution on the stream (only enqueues).")
+execute_v2 = runtime_call(
+    "execute_v2", "Synchronous execute on a stream with an exec-config handle's timeout."
+)
+execute_async_v2 = runtime_call(
+    "execute_async_v2", "Queue one execution with an exec-config handle (sync timeouts)."
+)
 create_desc = handle_call("create_desc")
 destroy_desc = handle_call("destroy_desc")
 get_num_inputs = handle_call("get_num_inputs")
@@ -71,5 +87,12 @@ destroy_dataset = handle_call("destroy_dataset")
 create_exec_config_handle = handle_call("create_exec_config_handle")
 set_exec_config_opt = handle_call("set_exec_config_opt")
 destroy_exec_config_handle = handle_call("destroy_exec_config_handle")
+get_dynamic_batch = runtime_call("get_dynamic_batch")
+get_dynamic_hw = runtime_call("get_dynamic_hw")
+get_input_dynamic_gear_count = runtime_call("get_input_dynamic_gear_count")
+get_input_dynamic_dims = runtime_call("get_input_dynamic_dims")
+set_dynamic_batch_size = runtime_call("set_dynamic_batch_size")
+set_dynamic_hw_size = runtime_call("set_dynamic_hw_size")
+set_input_dynamic_dims = runtime_call("set_input_dynamic_dims")
 
 __getattr__ = module_getattr("acl.mdl")

@@ -30,6 +30,7 @@ __all__ = [
     "synchronize_event_with_timeout",
     "query_event_status",
     "stream_wait_event",
+    "event_elapsed_time",
     "malloc",
     "free",
     "malloc_host",
@@ -43,6 +44,12 @@ __all__ = [
     "unsubscribe_report",
     "launch_callback",
     "process_report",
+    "set_exception_info_callback",
+    "get_task_id_from_exception_info",
+    "get_stream_id_from_exception_info",
+    "get_thread_id_from_exception_info",
+    "get_device_id_from_exception_info",
+    "get_error_code_from_exception_info",
 ]
 
 get_device_count = runtime_call("get_device_count")
@@ -72,6 +79,7 @@ synchronize_event = runtime_call("synchronize_event")
 synchronize_event_with_timeout = runtime_call("synchronize_event_with_timeout")
 query_event_status = runtime_call("query_event_status")
 stream_wait_event = runtime_call("stream_wait_event")
+event_elapsed_time = runtime_call("event_elapsed_time")
 malloc = runtime_call("malloc")
 free = runtime_call("free")
 malloc_host = runtime_call("malloc_host")
@@ -85,5 +93,11 @@ subscribe_report = runtime_call("subscribe_report")
 unsubscribe_report = runtime_call("unsubscribe_report")
 launch_callback = runtime_call("launch_callback")
 process_report = runtime_call("process_report")
+set_exception_info_callback = runtime_call("set_exception_info_callback")
+get_task_id_from_exception_info = runtime_call("get_task_id_from_exception_info")
+get_stream_id_from_exception_info = runtime_call("get_stream_id_from_exception_info")
+get_thread_id_from_exception_info = runtime_call("get_thread_id_from_exception_info")
+get_device_id_from_exception_info = runtime_call("get_device_id_from_exception_info")
+get_error_code_from_exception_info = runtime_call("get_error_code_from_exception_info")
 
 __getattr__ = module_getattr("acl.rt")

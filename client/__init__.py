@@ -4,6 +4,8 @@
 """
 
 from client.callbacks import CallbackApi
+from client.dynamic import DynamicShapeApi
+from client.exceptions import ExceptionApi
 from client.memops import MemoryApi
 from client.models import ModelApi
 from client.runtime import Runtime
@@ -12,9 +14,11 @@ from client.streams import StreamApi
 __all__ = ["RUNTIME", "AclRuntime"]
 
 
-class AclRuntime(ModelApi, MemoryApi, CallbackApi, StreamApi, Runtime):
-    """Every ACL call of one process: the runtime core plus its stream, callback, memory and
-    model parts."""
+class AclRuntime(
+    DynamicShapeApi, ModelApi, MemoryApi, CallbackApi, ExceptionApi, StreamApi, Runtime
+):
+    """Every ACL call of one process: the runtime core plus its stream, exception-info,
+    callback, memory, model and dynamic-shape parts."""
 
 
 RUNTIME = AclRuntime()

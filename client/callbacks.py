@@ -50,6 +50,7 @@ class CallbackApi:
 
     @api()
     def subscribe_report(self, thread_id: Any, stream: Any) -> None:
+        """Let the thread ``thread_id`` run the stream's host callbacks; 100033 if taken."""
         thread_id = _int(thread_id, "thread id")
         found = self.stream(stream)
         with self.report_cond:
@@ -60,6 +61,7 @@ class CallbackApi:
 
     @api()
     def unsubscribe_report(self, thread_id: Any, stream: Any) -> None:
+        """Undo subscribe_report; 100000 if the thread did not subscribe to the stream."""
         thread_id = _int(thread_id, "thread id")
         found = self.stream(stream)
         with self.report_cond:
@@ -69,6 +71,7 @@ class CallbackApi:
 
     @api()
     def launch_callback(self, fn: Any, user_data: Any, block: Any, stream: Any) -> None:
+        """Queue ``fn(user_data)`` on the stream (block 1 holds later tasks); 107015: no thread."""
         block = _int(block, "block")
         if not callable(fn) or block not in (0, 1):
             raise AclError(

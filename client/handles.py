@@ -404,7 +404,7 @@ class HandleTables:
         return ACL_SUCCESS
 
     def destroy_desc(self, desc: Any) -> int:
-        """``acl.mdl.destroy_desc``: ret."""
+        """``acl.mdl.destroy_desc``: ret; unknown or destroyed handle → 100000."""
         return self._descs.remove(desc)
 
     def get_model_id(self, desc: Any) -> int:
@@ -413,6 +413,10 @@ class HandleTables:
         if entry is None or entry.model_id is None:
             return -1
         return entry.model_id
+
+    def has_desc(self, desc: Any) -> bool:
+        """Internal: whether ``desc`` is a live model description (filled or not)."""
+        return self._descs.get(desc) is not None
 
     def _inputs(self, desc: Any) -> tuple[_TensorInfo, ...]:
         entry = self._descs.get(desc)
@@ -551,7 +555,7 @@ class HandleTables:
         return ACL_SUCCESS
 
     def destroy_exec_config_handle(self, handle: Any) -> int:
-        """``acl.mdl.destroy_exec_config_handle``: ret."""
+        """``acl.mdl.destroy_exec_config_handle``: ret; unknown handle → 100000."""
         return self._exec_configs.remove(handle)
 
     def exec_config_snapshot(self, handle: Any) -> ExecConfig | None:

@@ -30,6 +30,7 @@ class MemoryApi:
     # -- memory ----------------------------------------------------------------------------
     @api(1)
     def malloc(self, size: Any, policy: Any) -> int:
+        """Device memory on the current card (64-byte aligned); 207001 when the card is full."""
         size, policy = _int(size, "size"), _int(policy, "policy")
         if size <= 0 or policy < 0:
             raise AclError(f"malloc size {size} / policy {policy} invalid", ACL_ERROR_INVALID_PARAM)
@@ -43,6 +44,7 @@ class MemoryApi:
 
     @api()
     def free(self, ptr: Any) -> None:
+        """Free device memory at once (does not wait for tasks using it); unknown → 107000."""
         ptr = _int(ptr, "ptr")
         if ptr == 0:
             raise AclError("free of NULL", ACL_ERROR_INVALID_PARAM)
@@ -57,6 +59,7 @@ class MemoryApi:
 
     @api(1)
     def malloc_host(self, size: Any) -> int:
+        """Page-locked host memory (async copies with it are real queued tasks)."""
         size = _int(size, "size")
         if size <= 0:
             raise AclError(f"malloc_host size {size} invalid", ACL_ERROR_INVALID_PARAM)
@@ -65,12 +68,14 @@ class MemoryApi:
 
     @api()
     def free_host(self, ptr: Any) -> None:
+        """Free malloc_host memory; anything else → 100000."""
         self.require()
         if not self.host.free(_int(ptr, "ptr")):
             raise AclError(f"{ptr} is not pinned host memory", ACL_ERROR_INVALID_PARAM)
 
     @api(2)
     def get_mem_info(self, attr: Any) -> tuple[int, int]:
+        """``(free, total, ret)``: bytes of the current card's HBM."""
         _int(attr, "attr")
         device_id = self.current_context().device_id
         reply = self.require().request(device_id, "mem_info")
@@ -132,6 +137,7 @@ class MemoryApi:
 
     @api()
     def memcpy(self, dst: Any, dst_max: Any, src: Any, count: Any, kind: Any) -> None:
+        """Synchronous copy (kinds 0-4); waits for no stream, as on hardware."""
         dst, src, count, dst_dev, src_dev = self._copy_args(dst, dst_max, src, count, kind)
         self.require()
         if count == 0:
@@ -156,6 +162,7 @@ class MemoryApi:
     def memcpy_async(
         self, dst: Any, dst_max: Any, src: Any, count: Any, kind: Any, stream: Any
     ) -> None:
+        """Queue a copy on the stream; with pageable host memory it is done on return."""
         dst, src, count, dst_dev, src_dev = self._copy_args(dst, dst_max, src, count, kind)
         target = self.stream(stream)
         if count == 0:
@@ -182,6 +189,7 @@ class MemoryApi:
 
     @api()
     def memset(self, ptr: Any, max_count: Any, value: Any, count: Any) -> None:
+        """Synchronous fill of ``count`` bytes with ``value``."""
         ptr, value, count = self._memset_args(ptr, max_count, value, count)
         self.require()
         if count:
@@ -192,6 +200,7 @@ class MemoryApi:
 
     @api()
     def memset_async(self, ptr: Any, max_count: Any, value: Any, count: Any, stream: Any) -> None:
+        """Queue a fill of ``count`` bytes with ``value`` on the stream."""
         ptr, value, count = self._memset_args(ptr, max_count, value, count)
         target = self.stream(stream)
         ref = self._shm_ref(ptr, count, is_device_ptr(ptr))

@@ -151,6 +151,7 @@ class Runtime:
         self.last_ledger: dict | None = None  # the client ledger of the last finalized session
         self.last_findings: list = []  # the sanitizer findings of the last finalized session
         self._tls = threading.local()
+        self._exception_state()  # process-wide: the exception callback outlives a session
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -164,6 +165,7 @@ class Runtime:
         self.models: dict[int, Any] = {}
         self.retired_model_ids: set[int] = set()
         self.sync_tracks: dict[int, StreamTrack] = {}
+        self.record_times: dict[int, float | None] = {}  # record task id -> card end time
         self.refs_cache: dict[tuple, tuple] = {}
         self._callback_state()
         self.poison_outputs = False  # skip_sync == "poison" (set at init)
@@ -182,6 +184,7 @@ class Runtime:
         logger.debug("%s failed: %s", call, exc)
 
     def get_recent_err_msg(self) -> str:
+        """The text of this thread's last failed call, cleared by the read ("" if none)."""
         message = getattr(self._tls, "recent_error", "")
         self._tls.recent_error = ""
         return message
@@ -189,6 +192,7 @@ class Runtime:
     # -- init ------------------------------------------------------------------------------
     @api()
     def init(self, config_path: str | None = None) -> None:
+        """Connect to a farm (NPUFARM_ADDRESS, the state file, else an embedded one)."""
         with self.lock:
             if self.session is not None:
                 raise AclError("acl.init called twice", ACL_ERROR_REPEAT_INITIALIZE)
@@ -207,9 +211,11 @@ class Runtime:
             mode = os.environ.get("NPUFARM_SANITIZER") or self.session.farm.get("sanitizer")
             self.sanitizer = Sanitizer(mode or "off")
             self.session.on_settle = self._settled
+            self.session.on_lost = self._device_lost
 
     @api()
     def finalize(self) -> None:
+        """Release everything of this session; 100037 after an earlier finalize."""
         with self.lock:
             if self.session is None:
                 code = (
@@ -260,10 +266,14 @@ class Runtime:
 
         return self.require().submit(track, task, registered)
 
-    def _settled(self, task_id: int, code: int) -> None:
+    def _settled(self, task_id: int, code: int, track: StreamTrack, end_s: float | None) -> None:
         self.sanitizer.task_finished(task_id, code)
         if task_id in self.callback_tasks:
             self._callback_settled(task_id, code)
+        if task_id in self.record_times:
+            self.record_times[task_id] = end_s if code == ACL_SUCCESS else None
+        if code != ACL_SUCCESS:
+            self._task_failed(task_id, code, track)
         with self.task_lock:
             for start in self.reads_of.pop(task_id, ()):
                 left = self.pending_reads.get(start, 1) - 1
@@ -296,6 +306,7 @@ class Runtime:
     # -- devices ---------------------------------------------------------------------------
     @api(1)
     def get_device_count(self) -> int:
+        """Number of cards in the farm."""
         return len(self.require().farm["cards"])
 
     def _device_id(self, device_id: Any) -> int:
@@ -321,6 +332,7 @@ class Runtime:
 
     @api()
     def set_device(self, device_id: Any) -> None:
+        """Bind this thread to a card (its default context); restarts a lost card after a reset."""
         with self.lock:
             device_id = self._device_id(device_id)
             state = self._open_device(device_id)
@@ -331,6 +343,7 @@ class Runtime:
 
     @api()
     def reset_device(self, device_id: Any) -> None:
+        """Drop one reference; at zero wait for the default stream, release the card."""
         with self.lock:
             device_id = self._device_id(device_id)
             state = self.devices.get(device_id)
@@ -364,20 +377,24 @@ class Runtime:
 
     @api(1)
     def get_device(self) -> int:
+        """The current device of this thread."""
         return self.current_context().device_id
 
     @api(1)
     def query_device_status(self, device_id: Any) -> int:
+        """0 normal, 1 abnormal (lost card or lost farm)."""
         device_id = self._device_id(device_id)
         session = self.require()
         return 1 if (device_id in session.lost or session.broker_lost) else 0
 
     @api(1)
     def get_run_mode(self) -> int:
+        """1 (ACL_HOST): the emulator runs on the host."""
         return _RUN_MODE_HOST
 
     @api("direct", default="")
     def get_soc_name(self) -> str:
+        """The SoC name of the current (else the first) card's profile, e.g. "Ascend910B"."""
         session = self.require()
         context = getattr(self._tls, "context", None)
         device_id = context.device_id if context is not None else min(session.farm["cards"])
@@ -385,10 +402,12 @@ class Runtime:
 
     @api()
     def synchronize_device(self) -> int:
+        """Wait for every stream of the current device; the first task error."""
         return self._sync_device(-1)
 
     @api()
     def synchronize_device_with_timeout(self, timeout_ms: Any) -> int:
+        """As synchronize_device, 507046 after ``timeout_ms`` (-1 forever)."""
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
         return self._sync_device(int(timeout_ms))
@@ -435,6 +454,7 @@ class Runtime:
 
     @api(1)
     def create_context(self, device_id: Any) -> int:
+        """A new context on the device (with its own default stream), made current."""
         with self.lock:
             device_id = self._device_id(device_id)
             self._open_device(device_id)
@@ -444,6 +464,7 @@ class Runtime:
 
     @api()
     def destroy_context(self, context: Any) -> None:
+        """Destroy a context and its streams; unknown handle → 100000."""
         with self.lock:
             found = self.contexts.get(_int(context, "context"))
             if found is None:
@@ -452,6 +473,7 @@ class Runtime:
 
     @api()
     def set_context(self, context: Any) -> None:
+        """Make a context current for this thread (switches its device)."""
         with self.lock:
             found = self.contexts.get(_int(context, "context"))
             if found is None:
@@ -461,4 +483,5 @@ class Runtime:
 
     @api(1)
     def get_context(self) -> int:
+        """The current context; 107002 when there is none."""
         return self.current_context().handle

@@ -66,6 +66,7 @@ class StreamTrack:
     host_pending: set[int] = field(default_factory=set)  # host callbacks not yet returned
     held: list | None = None  # (task, gate) held behind a blocking host callback, unsent
     gate_next: bool = False  # the next task submitted is a blocking callback's marker
+    thread_id: int = 0  # native id of the thread that submitted the latest task (exception info)
 
     def blocks(self, task_id: int) -> bool:
         if self.pending and self.pending[0] <= task_id:
@@ -102,7 +103,9 @@ class Session:
         self.epochs: dict[int, int] = {}
         self.broker_lost = False
         self.ledger = Ledger()
-        self.on_settle: Callable[[int, int], None] | None = None  # (task id, code), under cond
+        # (task id, code, track, end_s on the card's clock or None), called under cond
+        self.on_settle: Callable[[int, int, StreamTrack, float | None], None] | None = None
+        self.on_lost: Callable[[int], None] | None = None  # (device id) lost; outside cond
         self.sync_spans: deque[list] = deque()  # sync waits for the farm's trace (if tracing)
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
@@ -197,6 +200,7 @@ class Session:
             task["s"] = track.stream_id
             track.pending.append(task_id)
             track.last_task = task_id
+            track.thread_id = threading.get_native_id()
             self.tracks[task_id] = track
             self.ledger.submitted += 1
             if registered is not None:
@@ -493,16 +497,18 @@ class Session:
                 if not (isinstance(row, list) and len(row) >= 4 and isinstance(row[0], int)):
                     logger.warning("malformed completion row dropped: %r", row)
                     continue
-                self._settle(row[0], row[1])
+                end_s = row[3] if isinstance(row[3], float) else None
+                self._settle(row[0], row[1], end_s)
             self.cond.notify_all()
 
-    def _settle(self, task_id: int, code: int) -> None:
-        """Record one task's end (caller holds the condition). Duplicates are ignored."""
+    def _settle(self, task_id: int, code: int, end_s: float | None = None) -> None:
+        """Record one task's end (caller holds the condition). Duplicates are ignored.
+        ``end_s`` is the card's completion time (``time.monotonic()`` of the card), if known."""
         track = self.tracks.pop(task_id, None)
         if track is None:
             return
         if self.on_settle is not None:
-            self.on_settle(task_id, code)
+            self.on_settle(task_id, code, track, end_s)
         if track.pending and track.pending[0] == task_id:
             track.pending.popleft()
         else:
@@ -521,11 +527,14 @@ class Session:
         with self.cond:
             if self.epochs.get(device_id) != epoch:
                 return
+            first = self.lost.get(device_id) != epoch
             self.lost[device_id] = epoch
             for task_id in [t for t, tr in self.tracks.items() if tr.device_id == device_id]:
                 self._settle(task_id, ACL_ERROR_RT_LOST_HEARTBEAT)
             self.cond.notify_all()
         logger.warning("device %d (epoch %d) lost", device_id, epoch)
+        if first and self.on_lost is not None:
+            self.on_lost(device_id)
 
     def _broker_gone(self, silent_s: float) -> None:
         with self.cond:
@@ -536,3 +545,6 @@ class Session:
                 self._settle(task_id, ACL_ERROR_RT_LOST_HEARTBEAT)
             self.cond.notify_all()
         logger.error("broker at %s silent for %.2fs: farm lost", self.address, silent_s)
+        if self.on_lost is not None:
+            for device_id in list(self.epochs):
+                self.on_lost(device_id)

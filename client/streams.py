@@ -7,11 +7,16 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from client.handles import sync_timeout_error
 from client.runtime import Context, Event, Stream, _int, api
 from client.session import StreamTrack
 from farm.errors import (
+    ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
+    ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID,
+    ACL_ERROR_RT_INTERNAL_ERROR,
     ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_NO_EVENT_RESOURCE,
     ACL_ERROR_RT_NO_STREAM_RESOURCE,
@@ -52,6 +57,7 @@ class StreamApi:
 
     @api(1)
     def create_stream(self) -> int:
+        """A new stream on the current context; 207008 past the card's stream limit."""
         with self.lock:
             context = self.current_context()
             state = self.devices[context.device_id]
@@ -63,10 +69,12 @@ class StreamApi:
 
     @api()
     def destroy_stream(self, stream: Any) -> None:
+        """Wait for the stream's queued tasks, then destroy it."""
         self._destroy_stream(stream, wait=True)
 
     @api()
     def destroy_stream_force(self, stream: Any) -> None:
+        """Destroy a stream without waiting for its queued tasks."""
         self._destroy_stream(stream, wait=False)
 
     def _destroy_stream(self, handle: Any, wait: bool) -> None:
@@ -114,6 +122,7 @@ class StreamApi:
 
     @api()
     def synchronize_stream(self, stream: Any) -> int:
+        """Wait for the stream's tasks; their first error, reported once."""
         found = self.stream(stream)
         timeout_ms, found.sync_timeout_ms = found.sync_timeout_ms, -1  # consumed by this sync
         if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
@@ -127,6 +136,7 @@ class StreamApi:
 
     @api()
     def synchronize_stream_with_timeout(self, stream: Any, timeout_ms: Any) -> int:
+        """As synchronize_stream, 507046 after ``timeout_ms`` (-1 forever; 0, < -1 → 107000)."""
         found = self.stream(stream)
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
@@ -136,6 +146,7 @@ class StreamApi:
 
     @api(1)
     def stream_query(self, stream: Any) -> int:
+        """0 if every task of the stream completed, else 1."""
         found = self.stream(stream)
         self.require().check_device(found.track.device_id)
         return 1 if found.track.pending else 0
@@ -150,6 +161,7 @@ class StreamApi:
 
     @api(1)
     def create_event(self) -> int:
+        """A new event on the current device; 207007 past the card's event limit."""
         with self.lock:
             context = self.current_context()
             state = self.devices[context.device_id]
@@ -162,27 +174,76 @@ class StreamApi:
 
     @api(1)
     def create_event_with_flag(self, flag: Any) -> int:
+        """As create_event (the flag is accepted; every event keeps timestamps)."""
         _int(flag, "flag")
         return self.create_event.__wrapped__(self)
 
     @api()
     def destroy_event(self, event: Any) -> None:
+        """Destroy an event (allowed before its record completed)."""
         with self.lock:
             found = self.event(event)
             del self.events[found.handle]
+            self._forget_record(found)
             state = self.devices.get(found.device_id)
             if state is not None and state.events > 0:
                 state.events -= 1
 
     @api()
     def record_event(self, event: Any, stream: Any) -> None:
+        """Queue a marker on the stream: the event completes after the stream's earlier tasks."""
         found, target = self.event(event), self.stream(stream)
+        self._forget_record(found)
         found.track = target.track
         found.timeout_ms = target.event_timeout_ms
-        found.task_id = self.require().submit(target.track, {"k": TaskKind.RECORD})
+
+        def registered(task_id: int) -> None:  # under session.cond, before it can complete
+            self.record_times[task_id] = None
+
+        found.task_id = self.require().submit(target.track, {"k": TaskKind.RECORD}, registered)
+
+    def _forget_record(self, event: Event) -> None:
+        """Drop the completion time kept for the event's previous record."""
+        if event.track is not None and self.session is not None:
+            with self.session.cond:
+                self.record_times.pop(event.task_id, None)
+
+    @api(1, default=0.0)
+    def event_elapsed_time(self, start: Any, end: Any) -> float:
+        """Milliseconds between two completed records on the card's clock; 507000 if one was
+        never recorded, 107006 if one has not completed yet.
+
+        Each record's time is the card's completion time of its marker task (the completion
+        row's ``end_s``), so the figure is what the card measured, including its modelled
+        latency under the farm's ``time_scale``. The codes are CANN's: a never-recorded event
+        is the runtime's RT_ERROR_EVENT_RECORDER_NULL (mapped to ACL_ERROR_RT_INTERNAL_ERROR),
+        a record still pending has no timestamp (ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID); a NULL
+        event is 100000, an unknown or destroyed one 107000 as for the other event calls, a
+        lost card 507010. The value is rounded to a C float, as pyACL returns it; ``end``
+        before ``start`` gives a negative value (CANN does not check the order)."""
+        if _int(start, "start event") == 0 or _int(end, "end event") == 0:
+            raise AclError("event_elapsed_time of a NULL event", ACL_ERROR_INVALID_PARAM)
+        first, last = self.event(start), self.event(end)
+        session = self.require()
+        if first.track is None or last.track is None:
+            # CANN: RT_ERROR_EVENT_RECORDER_NULL, reported as ACL_ERROR_RT_INTERNAL_ERROR
+            raise AclError("event_elapsed_time of a never recorded event",
+                           ACL_ERROR_RT_INTERNAL_ERROR)  # fmt: skip
+        session.check_device(first.track.device_id)
+        session.check_device(last.track.device_id)
+        with session.cond:
+            started = self.record_times.get(first.task_id)
+            ended = self.record_times.get(last.task_id)
+        if started is None or ended is None:
+            raise AclError(
+                "event_elapsed_time before both records completed",
+                ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID,
+            )
+        return float(np.float32((ended - started) * 1000.0))  # a C float, as pyACL returns
 
     @api()
     def synchronize_event(self, event: Any) -> int:
+        """Wait until the event's record completed (a never-recorded event returns at once)."""
         found = self.event(event)
         if found.timeout_ms != -1 and sync_timeout_error(found.timeout_ms) != ACL_SUCCESS:
             raise AclError("exec-config event sync timeout is invalid", ACL_ERROR_RT_PARAM_INVALID)
@@ -190,6 +251,7 @@ class StreamApi:
 
     @api()
     def synchronize_event_with_timeout(self, event: Any, timeout_ms: Any) -> int:
+        """As synchronize_event, 507047 after ``timeout_ms`` (-1 forever)."""
         found = self.event(event)
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
@@ -216,6 +278,7 @@ class StreamApi:
 
     @api(1)
     def query_event_status(self, event: Any) -> int:
+        """1 if the event's record completed (or it was never recorded), else 0."""
         found = self.event(event)
         if found.track is None:
             return 1
@@ -224,6 +287,7 @@ class StreamApi:
 
     @api()
     def stream_wait_event(self, stream: Any, event: Any) -> None:
+        """Later tasks of the stream wait for the event (107003 across devices)."""
         target, found = self.stream(stream), self.event(event)
         if found.track is None:
             return  # waiting on a never-recorded event does not block
