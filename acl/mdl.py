@@ -47,10 +47,14 @@ __all__ = [
 
 # summaries used when the runtime method has no docstring of its own
 load_from_file = runtime_call(
-    "load_from_file", "Load a model onto the current device: ``(model_id, ret)``; 145002 bad path."
+    "load_from_file",
+    "Load an npufarm .om (``npufarm atc``) or TOML model onto the current device: "
+    "``(model_id, ret)``; 145002 bad path, 145006 not a model (a real Ascend .om).",
 )
 load_from_mem = runtime_call(
-    "load_from_mem", "Load a model from host memory: ``(model_id, ret)``; NULL/size 0 → 100000."
+    "load_from_mem",
+    "Load an .om or TOML model from host memory: ``(model_id, ret)``; NULL/size 0 → 100000, "
+    "145006 not a model.",
 )
 unload = runtime_call("unload", "Unload a model; unknown id → 145003.")
 get_desc = runtime_call("get_desc", "Fill a model description from a loaded model; 145003.")
