@@ -507,8 +507,6 @@ class Session:
         track = self.tracks.pop(task_id, None)
         if track is None:
             return
-        if self.on_settle is not None:
-            self.on_settle(task_id, code, track, end_s)
         if track.pending and track.pending[0] == task_id:
             track.pending.popleft()
         else:
@@ -522,6 +520,11 @@ class Session:
             self.ledger.failed[code] = self.ledger.failed.get(code, 0) + 1
             if track.error == ACL_SUCCESS:
                 track.error = code
+        if self.on_settle is not None:
+            try:  # the task has ended whatever a hook does: a hook bug must not strand a sync
+                self.on_settle(task_id, code, track, end_s)
+            except Exception:
+                logger.exception("settle hook failed for task %d", task_id)
 
     def _card_lost(self, device_id: int, epoch: int) -> None:
         with self.cond:

@@ -221,3 +221,25 @@ def test_garbage_frames_do_not_hurt_the_farm(farm, acl_on):
         assert acl.rt.memcpy(acl.util.numpy_to_ptr(y), size, ptrs[2], size, D2H) == 0
         np.testing.assert_array_equal(y, 2 * x)
         assert acl.rt.reset_device(0) == 0
+
+
+def test_a_failing_settle_hook_never_strands_a_sync(farm, acl_on, monkeypatch):
+    """Every submitted task ends: even if client-side bookkeeping of its completion fails, the
+    task settles and the sync returns."""
+    from client import RUNTIME
+
+    with acl_on(farm) as acl:
+        assert acl.rt.set_device(0) == 0
+        stream, _ = acl.rt.create_stream()
+        ptr, _ = acl.rt.malloc(64, 0)
+
+        def broken(*args):
+            raise RuntimeError("bookkeeping bug")
+
+        monkeypatch.setattr(RUNTIME, "_settled", broken)
+        RUNTIME.session.on_settle = broken
+        assert acl.rt.memset_async(ptr, 64, 1, 64, stream) == 0
+        assert acl.rt.synchronize_stream_with_timeout(stream, 5000) == 0
+        assert acl.rt.free(ptr) == 0
+        assert acl.rt.destroy_stream(stream) == 0
+        assert acl.rt.reset_device(0) == 0
