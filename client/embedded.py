@@ -60,7 +60,9 @@ class EmbeddedFarm:
         if faults:
             cmd += ["--faults", faults]
         cmd += extra or []
-        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        # a session of its own: Ctrl-C at a terminal reaches the owner, which stops the farm
+        # when it is done with it (finalize/exit); --watch-parent covers an owner that dies
+        self.process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)
         atexit.register(self.stop)
 
     def stop(self) -> None:

@@ -127,6 +127,49 @@ def test_embedded_farm_starts_at_init_and_stops(ending, runtime_dir):
     poll_for(lambda: npufarm_segments() <= before, 5.0)
 
 
+_CTRL_C = r"""
+import json, time
+import acl
+assert acl.init() == 0
+from client import RUNTIME
+assert acl.rt.set_device(0) == 0
+try:
+    print("ready", flush=True)
+    time.sleep(30)
+except KeyboardInterrupt:  # the program's own Ctrl-C handling still talks to the farm
+    ptr, ret = acl.rt.malloc(64, 0)
+    status, _ = acl.rt.query_device_status(0)
+    print(json.dumps({"farm_pid": RUNTIME.session.farm["pid"], "malloc": ret,
+                      "status": status, "free": acl.rt.free(ptr)}), flush=True)
+    assert acl.finalize() == 0
+"""
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_program_not_its_embedded_farm(runtime_dir):
+    """The terminal sends SIGINT to its whole foreground process group; the embedded farm runs
+    in a session of its own, so the program can still clean up through it."""
+    env = {k: v for k, v in os.environ.items() if k != "NPUFARM_ADDRESS"}
+    env.update(NPUFARM_CONFIG=str(CI_CONFIG), NPUFARM_RUNTIME_DIR=str(runtime_dir))
+    before = npufarm_segments()
+    program = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert program.stdout.readline().strip() == "ready"
+        os.killpg(program.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
+        out, err = program.communicate(timeout=30)
+    finally:
+        if program.poll() is None:
+            os.killpg(program.pid, signal.SIGKILL)
+            program.wait()
+    assert program.returncode == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert (result["malloc"], result["status"], result["free"]) == (0, 0, 0)
+    poll_for(lambda: not _alive(result["farm_pid"]), 10.0)
+    poll_for(lambda: npufarm_segments() <= before, 5.0)
+
+
 _KILLED_CLIENT = r"""
 import os, signal
 import acl
