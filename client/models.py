@@ -160,7 +160,13 @@ class ModelApi:
         return refs
 
     def _submit_execute(
-        self, model_id: Any, inputs: Any, outputs: Any, track: StreamTrack, stream: Stream | None
+        self,
+        model_id: Any,
+        inputs: Any,
+        outputs: Any,
+        track: StreamTrack,
+        stream: Stream | None,
+        call: str,
     ) -> int:
         found = self.model(model_id)
         if found.device_id != track.device_id:
@@ -181,7 +187,7 @@ class ModelApi:
         if self.poison_outputs:
             self.poison_unread(writes, reads, found.spec.outputs)
         task = {"k": TaskKind.EXECUTE, "m": found.card_handle, "i": reads, "o": writes}
-        return self.submit_task(track, task, reads, writes, "acl.mdl.execute")
+        return self.submit_task(track, task, reads, writes, call)
 
     def _exec_config(self, handle: Any) -> ExecConfig:
         if _int(handle, "exec config handle") == 0:
@@ -205,13 +211,15 @@ class ModelApi:
     @api()
     def execute(self, model_id: Any, inputs: Any, outputs: Any) -> int:
         track = self._sync_track()
-        task_id = self._submit_execute(model_id, inputs, outputs, track, None)
+        task_id = self._submit_execute(model_id, inputs, outputs, track, None, "acl.mdl.execute")
         return self._wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
 
     @api()
     def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
         target = self.stream(stream)
-        self._submit_execute(model_id, inputs, outputs, target.track, target)
+        self._submit_execute(
+            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async"
+        )
 
     @api()
     def execute_v2(self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any) -> int:
@@ -225,7 +233,9 @@ class ModelApi:
                 "exec-config stream sync timeout 0 is invalid for a sync",
                 ACL_ERROR_RT_PARAM_INVALID,
             )
-        task_id = self._submit_execute(model_id, inputs, outputs, target.track, target)
+        task_id = self._submit_execute(
+            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_v2"
+        )
         return self._wait_track(target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
 
     @api()
@@ -234,6 +244,8 @@ class ModelApi:
     ) -> None:
         config = self._exec_config(handle)
         target = self.stream(stream)
-        self._submit_execute(model_id, inputs, outputs, target.track, target)
+        self._submit_execute(
+            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async_v2"
+        )
         target.sync_timeout_ms = config.stream_sync_timeout_ms
         target.event_timeout_ms = config.event_sync_timeout_ms

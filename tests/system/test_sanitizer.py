@@ -73,6 +73,7 @@ def test_warn_mode_names_every_kind(farm, acl_on, monkeypatch, tmp_path):
     read = by_kind["read_before_sync"]
     assert (read.call, read.device) == ("acl.rt.memcpy", 0)
     assert read.where == _line_of("# MARK-READ") and read.task > 0 and read.stream != 0
+    assert "(acl.mdl.execute_async)" in read.message  # the task's own call, by its name
     assert by_kind["write_while_read"].where == _line_of("# MARK-WRITE")
     assert by_kind["destroy_stream_pending"].where == _line_of("# MARK-DESTROY")
     assert by_kind["free_while_pending"].where == _line_of("# MARK-FREE")
