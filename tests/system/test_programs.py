@@ -1,4 +1,4 @@
-"""Unmodified pyACL programs (tests/programs/) on the farm with a real ONNX model.
+"""Unmodified pyACL programs (examples/pyacl/) on the farm with a real ONNX model.
 
 The model is a small CNN built with the ``onnx`` helper API, converted by the real CLI
 (``npufarm atc``), loaded by the programs from the ``.om`` file (or from memory), executed by
@@ -16,12 +16,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.programs.cnn import CLASSES, IMAGE, build_cnn
+from examples.pyacl.tiny_cnn import CLASSES, IMAGE, build_cnn
 from tests.system.conftest import CI_CONFIG, REPO
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]
 
-PROGRAMS = REPO / "tests" / "programs"
+PROGRAMS = REPO / "examples" / "pyacl"
 BATCH, STEPS = 4, 6
 TOLERANCE = 1e-6  # the card runs onnxruntime with one thread, the host with its default
 

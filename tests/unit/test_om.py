@@ -11,7 +11,7 @@ import pytest
 from device import om
 from device.atc import AtcError, atc_main, convert, parse_input_shape
 from device.models import ModelFormatError, ModelSpec, load_model_file, parse_model, reference
-from tests.programs.cnn import build_cnn
+from examples.pyacl.tiny_cnn import build_cnn
 
 META = {
     "name": "m",

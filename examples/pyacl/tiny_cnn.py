@@ -1,9 +1,11 @@
-"""A small ONNX CNN for the drop-in tests, built with the ``onnx`` helper API.
+"""A small ONNX CNN to try the pyACL examples with, built with the ``onnx`` helper API.
 
 conv 3x3 (8 channels) + batch norm + relu + max-pool 2x2 + conv 3x3 (16) + relu + global average
-pool + flatten + gemm (10 classes) + softmax, on ``x: [N, 3, 16, 16]`` float32 with a symbolic
-batch ``N`` (ATC needs ``--input_shape`` for it, as it would for a real exported model).
-Weights come from a seeded generator, so every process builds the same model.
+pool + flatten + gemm (10 classes) + softmax, on ``x: [N, 3, H, W]`` float32 (default 16x16) with
+a symbolic batch ``N`` (ATC needs ``--input_shape`` for it, as it would for a real exported
+model). Weights come from a seeded generator, so every process builds the same model.
+
+usage: python -m examples.pyacl.tiny_cnn OUT.onnx [--image 3,16,16]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ CLASSES = 10
 IMAGE = (3, 16, 16)
 
 
-def build_cnn(path: str | Path, seed: int = 7) -> Path:
+def build_cnn(path: str | Path, seed: int = 7, image: tuple[int, int, int] = IMAGE) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -29,7 +31,7 @@ def build_cnn(path: str | Path, seed: int = 7) -> Path:
                                        name)  # fmt: skip
 
     initializers = [
-        weight("w1", 8, 3, 3, 3), weight("b1", 8),
+        weight("w1", 8, image[0], 3, 3), weight("b1", 8),
         weight("gamma", 8, scale=0.1), weight("beta", 8, scale=0.1),
         numpy_helper.from_array(np.zeros(8, np.float32), "mean"),
         numpy_helper.from_array(np.ones(8, np.float32), "var"),
@@ -50,7 +52,7 @@ def build_cnn(path: str | Path, seed: int = 7) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "tiny_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *IMAGE])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *image])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", CLASSES])],
         initializers,
     )  # fmt: skip
@@ -59,5 +61,17 @@ def build_cnn(path: str | Path, seed: int = 7) -> Path:
     model.ir_version = 8
     onnx.checker.check_model(model)
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="where to write the .onnx model")
+    parser.add_argument("--image", default=",".join(map(str, IMAGE)), help="C,H,W")
+    args = parser.parse_args()
+    channels, height, width = (int(v) for v in args.image.split(","))
+    print(build_cnn(args.out, image=(channels, height, width)))
