@@ -422,6 +422,11 @@ class Broker(FaultControl):
         if device_id is None:
             return
         process = self.supervisor.processes[device_id]
+        if process.is_alive():
+            # a stale event: the card was restarted earlier in this poll round and its new
+            # sentinel reuses the old fd number (the loop watches that fd again next round)
+            logger.debug("card %d: sentinel %d fired for a live process; ignored", device_id, fd)
+            return
         self.lose(device_id, f"process exited (exit code {process.exitcode})")
         self.supervisor.forget(device_id)
 

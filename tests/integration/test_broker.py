@@ -482,3 +482,28 @@ def test_restart_request_with_unhashable_device_id_is_dropped(harness):
     client.send(Cmd.STATUS, BROKER_ROUTE, {})
     h.pump_for(lambda: not h.alive() or client.find(Cmd.STATUS) or client.find(Cmd.REPLY))
     assert h.alive(), h.errors
+
+
+def test_a_stale_sentinel_event_never_loses_the_restarted_card():
+    """One poll round can report a dead card's sentinel *and* the client request that restarts
+    it; handled in that order, the new process's sentinel reuses the old fd number, and the stale
+    event must not take the new card down. A dead process is still lost."""
+    import types
+
+    lost: list[tuple[int, str]] = []
+    forgotten: list[int] = []
+
+    def broker_with(process) -> types.SimpleNamespace:
+        supervisor = types.SimpleNamespace(
+            sentinels={7: 0}, processes={0: process}, forget=forgotten.append
+        )
+        return types.SimpleNamespace(
+            supervisor=supervisor, lose=lambda device_id, reason: lost.append((device_id, reason))
+        )
+
+    alive = types.SimpleNamespace(is_alive=lambda: True, exitcode=None)
+    Broker.on_sentinel(broker_with(alive), 7)
+    assert lost == [] and forgotten == []
+    dead = types.SimpleNamespace(is_alive=lambda: False, exitcode=-9)
+    Broker.on_sentinel(broker_with(dead), 7)
+    assert lost == [(0, "process exited (exit code -9)")] and forgotten == [0]
