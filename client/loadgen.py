@@ -28,23 +28,20 @@ host (and the farm's, which gives fault-log times via the farm's uptime).
 The generator measures itself (``generator`` in the result): achieved vs requested rate, the lag
 of actual behind intended send times, the pause a closed-loop slot takes between two requests,
 and the workers' CPU (a worker near 100 % of a core is GIL-bound: add ``--workers``).
-The result schema is in :mod:`client.report`.
+The worker-process side is :mod:`client.bench_worker`; the result schema is in :mod:`client.report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import math
-import os
 import queue
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,20 +50,14 @@ from typing import Any
 import numpy as np
 
 from client import report
+from client.bench_worker import _FLUSH_S, _worker_main
 
 __all__ = ["BenchConfig", "parse_sweep", "arrival_offsets", "run_bench", "bench_main"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "configs" / "models" / "matmul.toml")
-_H2D, _D2H = 1, 2
-_STREAM_SYNC_TIMEOUT = 0  # exec-config attribute ACL_MDL_STREAM_SYNC_TIMEOUT
 _START_LEAD_S = 0.1  # a phase starts this long after its broadcast
-_FLUSH_S = 0.1
-_DRAIN_GRACE_S = 2.0
-_ERROR_PAUSE_S = 0.001
-_RECOVER_RETRY_S = 0.05
-_LOST = 507010  # ACL_ERROR_RT_LOST_HEARTBEAT: the slot resets the device and reopens it
 _READY_TIMEOUT_S = 60.0
 
 
@@ -139,261 +130,6 @@ def arrival_offsets(rate: float, arrival: str, *, warmup_s: float, duration_s: f
     if requests is not None:
         times = times[: int((times < warmup_s).sum()) + requests]
     return times
-
-
-# --------------------------------------------------------------------------------------------
-# worker processes
-
-
-class _Slot(threading.Thread):
-    """One (card, stream) of a worker: its ACL objects and its request loop."""
-
-    def __init__(self, worker: _Worker, slot_id: int, card: int) -> None:
-        super().__init__(name=f"slot{slot_id}", daemon=True)
-        self.w, self.slot_id, self.card = worker, slot_id, card
-        self.inbox: queue.Queue = queue.Queue()
-        self.ready = threading.Event()
-        self.setup_error: str | None = None
-        self.missed = 0
-
-    def _check(self, ret: int, what: str) -> None:
-        if ret != 0:
-            raise RuntimeError(f"card {self.card}: {what} returned {ret}")
-
-    def setup(self) -> None:
-        acl, w = self.w.acl, self.w
-        self._check(acl.rt.set_device(self.card), "set_device")
-        self.holds_device = True
-        self.context, ret = acl.rt.create_context(self.card)
-        self._check(ret, "create_context")
-        self.stream, ret = acl.rt.create_stream()
-        self._check(ret, "create_stream")
-        self.model_id, ret = acl.mdl.load_from_file(w.model)
-        self._check(ret, f"load_from_file({w.model})")
-        self.desc = acl.mdl.create_desc()
-        self._check(acl.mdl.get_desc(self.desc, self.model_id), "get_desc")
-        rng = np.random.default_rng(self.slot_id)
-        self.ins, self.outs, self.buffers = [], [], []
-        self.datasets = (acl.mdl.create_dataset(), acl.mdl.create_dataset())
-        for dataset, count, size_of, host_list in (
-            (self.datasets[0], acl.mdl.get_num_inputs, acl.mdl.get_input_size_by_index, self.ins),
-            (self.datasets[1], acl.mdl.get_num_outputs, acl.mdl.get_output_size_by_index,
-             self.outs),
-        ):  # fmt: skip
-            for index in range(count(self.desc)):
-                size = size_of(self.desc, index)
-                ptr, ret = acl.rt.malloc(size, 0)
-                self._check(ret, "malloc")
-                host = rng.standard_normal(size // 4).astype(np.float32).view(np.uint8)
-                host = np.concatenate([host, np.zeros(size - host.size, np.uint8)])
-                host_list.append((ptr, size, host, acl.util.numpy_to_ptr(host)))
-                buffer = acl.create_data_buffer(ptr, size)
-                self.buffers.append(buffer)
-                self._check(acl.mdl.add_dataset_buffer(dataset, buffer)[1], "add_dataset_buffer")
-        self.config = acl.mdl.create_exec_config_handle()
-        ret = acl.mdl.set_exec_config_opt(self.config, _STREAM_SYNC_TIMEOUT, w.sync_timeout_ms)
-        self._check(ret, "set_exec_config_opt")
-
-    def teardown(self) -> None:
-        acl = self.w.acl
-        for call, *args in (
-            (acl.mdl.destroy_exec_config_handle, getattr(self, "config", None)),
-            *((acl.destroy_data_buffer, b) for b in getattr(self, "buffers", ())),
-            *((acl.mdl.destroy_dataset, d) for d in getattr(self, "datasets", ())),
-            *((acl.rt.free, h[0]) for h in (*getattr(self, "ins", ()), *getattr(self, "outs", ()))),
-            (acl.mdl.unload, getattr(self, "model_id", None)),
-            (acl.mdl.destroy_desc, getattr(self, "desc", None)),
-            (acl.rt.destroy_stream, getattr(self, "stream", None)),
-            (acl.rt.destroy_context, getattr(self, "context", None)),
-        ):  # fmt: skip
-            if args[0] is not None:
-                with contextlib.suppress(Exception):
-                    call(*args)
-        for name in ("config", "buffers", "datasets", "ins", "outs", "model_id", "desc",
-                     "stream", "context"):  # fmt: skip
-            self.__dict__.pop(name, None)  # released: a second teardown must not touch them
-        if self.__dict__.pop("holds_device", False):
-            with contextlib.suppress(Exception):
-                acl.rt.reset_device(self.card)
-
-    def recover(self, until: float) -> None:
-        """After 507010 (card lost), do what a resilient service does: release the device and
-        open it again; set_device restarts the card once every slot of this process on it has
-        let go. Retried every 50 ms until it works or ``until``."""
-        self.teardown()
-        while not self.w.stop.is_set() and time.monotonic() < until:
-            try:
-                self.setup()
-                logger.info("slot %d: card %d reopened", self.slot_id, self.card)
-                return
-            except Exception as exc:
-                logger.debug("slot %d: card %d not back yet: %s", self.slot_id, self.card, exc)
-                self.teardown()
-                self.w.stop.wait(_RECOVER_RETRY_S)
-
-    def request(self) -> tuple[int, float, float]:
-        """One request: (code, start, end)."""
-        acl = self.w.acl
-        start = time.monotonic()
-        ret = 0
-        for ptr, size, _, host_ptr in self.ins:
-            ret = ret or acl.rt.memcpy(ptr, size, host_ptr, size, _H2D)
-        ret = ret or acl.mdl.execute_async_v2(
-            self.model_id, self.datasets[0], self.datasets[1], self.stream, self.config
-        )
-        ret = ret or acl.rt.synchronize_stream(self.stream)
-        for ptr, size, _, host_ptr in self.outs:
-            ret = ret or acl.rt.memcpy(host_ptr, size, ptr, size, _D2H)
-        return ret, start, time.monotonic()
-
-    def run(self) -> None:
-        try:
-            self.setup()
-        except Exception as exc:
-            self.setup_error = str(exc)
-        self.ready.set()
-        try:
-            while self.setup_error is None and (phase := self.inbox.get()) is not None:
-                try:
-                    self.run_phase(phase)
-                except Exception as exc:
-                    logger.exception("slot %d failed", self.slot_id)
-                    self.w.failure = f"slot {self.slot_id}: {exc!r}"
-                finally:
-                    self.w.done.put(self.slot_id)
-        finally:
-            self.teardown()
-
-    def run_phase(self, phase: dict[str, Any]) -> None:
-        stop, record, index = self.w.stop, self.w.samples.append, phase["index"]
-        t0, warm_end, end = phase["t0"], phase["warm_end"], phase["end"]
-        if (delay := t0 - time.monotonic()) > 0:
-            stop.wait(delay)
-        offsets = phase["slots"][self.slot_id]
-        if offsets is None:  # closed loop
-            budget = self.w.budget if phase["budget"] else None
-            while not stop.is_set() and time.monotonic() < end:
-                if budget is not None and time.monotonic() >= warm_end:
-                    with budget.get_lock():
-                        if budget.value <= 0:
-                            break
-                        budget.value -= 1
-                code, start, done = self.request()
-                record((index, self.slot_id, self.card, code, start, start, done))
-                if code == _LOST:
-                    self.recover(end)
-                elif code:
-                    time.sleep(_ERROR_PAUSE_S)
-            return
-        for k, intended in enumerate((t0 + offsets).tolist()):
-            now = time.monotonic()
-            if intended > now and stop.wait(intended - now):
-                return
-            if stop.is_set():
-                return
-            if now > end + _DRAIN_GRACE_S:
-                self.missed += int((offsets[k:] + t0 >= warm_end).sum())
-                return
-            code, start, done = self.request()
-            record((index, self.slot_id, self.card, code, intended, start, done))
-            if code == _LOST:
-                self.recover(end)
-
-
-class _Worker:
-    def __init__(self, index: int, slots: list[tuple[int, int]], model: str,
-                 sync_timeout_ms: int, results, stop_all, budget) -> None:  # fmt: skip
-        import acl
-
-        self.acl, self.index, self.model, self.sync_timeout_ms = acl, index, model, sync_timeout_ms
-        self.results, self.stop_all, self.budget = results, stop_all, budget
-        self.stop = threading.Event()
-        self.failure: str | None = None
-        self.samples: deque = deque()
-        self.done: queue.Queue = queue.Queue()
-        self.slots = {sid: _Slot(self, sid, card) for sid, card in slots}
-
-    def flush(self) -> None:
-        rows = [self.samples.popleft() for _ in range(len(self.samples))]
-        if rows:
-            self.results.put(("samples", self.index, np.array(rows, report.SAMPLE_DTYPE)))
-
-    def run(self, commands) -> None:
-        started = time.monotonic()
-        for slot in self.slots.values():
-            slot.start()
-        try:
-            for slot in self.slots.values():
-                slot.ready.wait()
-            errors = [s.setup_error for s in self.slots.values() if s.setup_error]
-            if errors:
-                raise RuntimeError(f"worker {self.index} setup: {errors[0]}")
-            self.results.put(("ready", self.index, time.monotonic() - started))
-            while (phase := self._next(commands)) is not None:
-                self.run_phase(phase)
-                if self.failure:
-                    raise RuntimeError(self.failure)
-        finally:
-            self.stop.set()
-            for slot in self.slots.values():
-                slot.inbox.put(None)
-            for slot in self.slots.values():
-                slot.join()
-
-    @staticmethod
-    def _next(commands) -> dict[str, Any] | None:
-        """The next phase; None to stop (also when the parent has gone)."""
-        import multiprocessing
-
-        while True:
-            with contextlib.suppress(queue.Empty):
-                return commands.get(timeout=1.0)
-            parent = multiprocessing.parent_process()
-            if parent is not None and not parent.is_alive():
-                return None
-
-    def run_phase(self, phase: dict[str, Any]) -> None:
-        cpu0, wall0 = time.process_time(), time.monotonic()
-        active = [s for sid, s in self.slots.items() if sid in phase["slots"]]
-        for slot in active:
-            slot.missed = 0
-            slot.inbox.put(phase)
-        pending = len(active)
-        while pending:
-            with contextlib.suppress(queue.Empty):
-                self.done.get(timeout=_FLUSH_S)
-                pending -= 1
-            if self.stop_all.is_set():
-                self.stop.set()
-            self.flush()
-        wall_s = time.monotonic() - max(wall0, phase["t0"])
-        stats = {"cpu_s": time.process_time() - cpu0, "wall_s": wall_s,
-                 "missed": sum(s.missed for s in active), "active": len(active)}  # fmt: skip
-        self.results.put(("phase_done", self.index, phase["index"], stats))
-
-
-def _worker_main(index, address, slots, model, sync_timeout_ms, log_level, commands, results,
-                 stop_all, budget) -> None:  # fmt: skip
-    """Entry of a worker process (spawned): Ctrl-C is the parent's to handle."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    os.environ["NPUFARM_ADDRESS"] = address
-    import acl
-
-    try:
-        ret = acl.init()
-        if ret != 0:
-            raise RuntimeError(f"worker {index}: acl.init returned {ret}: "
-                               f"{acl.get_recent_err_msg()}")  # fmt: skip
-        try:
-            _Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget).run(commands)
-        finally:
-            acl.finalize()
-    except Exception as exc:
-        logger.exception("bench worker %d failed", index)
-        results.put(("error", index, str(exc)))
-    finally:
-        results.put(("bye", index, None))
 
 
 # --------------------------------------------------------------------------------------------

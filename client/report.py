@@ -52,24 +52,24 @@ named otherwise; card keys are strings)::
                "throughput_rps", "goodput_rps", "slo_ms",
                "latency_ms": {"p50", "p90", "p95", "p99", "p99.9", "max", "mean"}}
 
-Files: ``result.json`` (:func:`write_json`), ``summary.csv`` (:func:`write_csv`: one row per
-phase with ``card = "all"``, then one per card of it), ``requests.jsonl`` (:func:`write_jsonl`:
-one request a line, ``{"phase", "slot", "card", "code", "intended_s", "start_s", "end_s",
-"latency_ms"}``, times since the bench started, ``phase`` the index into ``phases``; warm-up
-requests are included: those intended before their phase's ``start_s``).
+Files (written by :mod:`client.report_files`, re-exported here): ``result.json``
+(:func:`write_json`), ``summary.csv`` (:func:`write_csv`: one row per phase with ``card =
+"all"``, then one per card of it), ``requests.jsonl`` (:func:`write_jsonl`: one request a line,
+``{"phase", "slot", "card", "code", "intended_s", "start_s", "end_s", "latency_ms"}``, times
+since the bench started, ``phase`` the index into ``phases``; warm-up requests are included:
+those intended before their phase's ``start_s``).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from client.report_files import csv_columns, read_json, write_csv, write_json, write_jsonl
 
 __all__ = [
     "SCHEMA",
@@ -92,8 +92,6 @@ __all__ = [
     "csv_columns",
     "write_jsonl",
 ]
-
-logger = logging.getLogger(__name__)
 
 SCHEMA = "npufarm.bench/1"
 SAMPLE_DTYPE = np.dtype(
@@ -463,73 +461,3 @@ def summary_table(result: Mapping[str, Any]):
                  max(gen["worker_cpu_util"], default=None))  # fmt: skip
         table.add_row(p["name"], *("-" if c is None else f"{c:,.4g}" for c in cells))
     return table
-
-
-# --------------------------------------------------------------------------------------------
-# files
-
-
-def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
-    """``result`` as indented JSON (strict: no NaN)."""
-    path = Path(path)
-    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    logger.debug("wrote %s", path)
-    return path
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A result written by :func:`write_json`; ValueError if its schema is not :data:`SCHEMA`."""
-    result = json.loads(Path(path).read_text())
-    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-        raise ValueError(f"{path}: not a {SCHEMA} result")
-    return result
-
-
-def csv_columns(percentiles: Sequence[float]) -> list[str]:
-    """The columns of :func:`write_csv`."""
-    lat = [f"latency_ms_{percentile_key(q)}" for q in percentiles]
-    return ["phase", "mode", "concurrency", "rate", "card", "requests", "completed", "errors",
-            "error_rate", "throughput_rps", "goodput_rps", *lat, "latency_ms_max",
-            "latency_ms_mean"]  # fmt: skip
-
-
-def _csv_row(phase: Mapping[str, Any], card: str, figures: Mapping[str, Any]) -> dict[str, Any]:
-    row = {k: phase.get(k) for k in ("mode", "concurrency", "rate")}
-    row.update(phase=phase["name"], card=card, errors=sum(figures["errors"].values()))
-    row.update({k: figures[k] for k in ("requests", "completed", "error_rate")})
-    row.update({k: figures[k] for k in ("throughput_rps", "goodput_rps")})
-    row.update({f"latency_ms_{k}": v for k, v in figures["latency_ms"].items()})
-    return row
-
-
-def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
-    """One row per phase (``card = "all"``), each followed by one row per card."""
-    percentiles = (result.get("config") or {}).get("percentiles") or DEFAULT_PERCENTILES
-    path = Path(path)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, csv_columns(percentiles), extrasaction="ignore")
-        writer.writeheader()
-        for phase in result["phases"]:
-            writer.writerow(_csv_row(phase, "all", phase))
-            for card, figures in phase["per_card"].items():
-                writer.writerow(_csv_row(phase, card, figures))
-    logger.debug("wrote %s", path)
-    return path
-
-
-def write_jsonl(samples: np.ndarray, path: str | Path, origin_s: float = 0.0) -> Path:
-    """One request a line; times relative to ``origin_s``."""
-    samples = as_samples(samples)
-    lat = latency_ms(samples)
-    path = Path(path)
-    with path.open("w") as handle:
-        for row, ms in zip(samples.tolist(), lat.tolist()):
-            phase, slot, card, code, intended, start, end = row
-            record = {
-                "phase": phase, "slot": slot, "card": card, "code": code,
-                "intended_s": round(intended - origin_s, 6), "start_s": round(start - origin_s, 6),
-                "end_s": round(end - origin_s, 6), "latency_ms": round(ms, 4),
-            }  # fmt: skip
-            handle.write(json.dumps(record) + "\n")
-    logger.debug("wrote %d samples to %s", samples.size, path)
-    return path

@@ -7,26 +7,13 @@ tick), ``card.malloc`` (every malloc) and ``broker.route`` (every task the broke
 caller asks it at every hook call which rules fire. Nothing here opens sockets or reads a clock:
 every time is ``now_s``, seconds since the farm started.
 
-Triggers: ``at_s`` (armed from then on), ``after_tasks`` (armed from that 0-based call index of
-the rule's hook on — every call counts, whatever its target) and ``probability`` (per armed,
-matching call). ``duration_s`` makes a rule transient: it is in effect for that long from
-``at_s`` (or from its first fire) and never fires again afterwards; without it a rule is sticky.
-``count`` caps the number of fires (crash and disconnect default to 1).
+Rules and plans (kinds, triggers, validation, the plan file) are :mod:`farm.fault_plan`,
+re-exported here.
 
 Determinism: every hook has a private RNG seeded from ``[seed, card + 1, epoch, hook index]``,
 and a draw is taken only for an armed, matching rule with probability < 1, so the draws (and the
 call indexes) depend only on the workload. The fault log is JSONL, one :class:`FaultEvent` a line;
 two runs with the same plan, seed and workload have equal :meth:`FaultEvent.replay_key` s.
-
-Plan file shape (``configs/faults/*.toml``)::
-
-    seed = 7
-    [[fault]]
-    kind = "error"          # hang slow error crash disconnect heartbeat_loss drop corrupt ecc oom
-    card = 2                # targets (optional): card, stream, model, api
-    api = "execute"
-    probability = 0.01      # triggers (optional): at_s, after_tasks, probability
-    code = 507015           # kind parameters: code, factor (slow), pattern (corrupt)
 """
 
 from __future__ import annotations
@@ -35,31 +22,27 @@ import dataclasses
 import json
 import logging
 import math
-import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from farm.config import (
-    MAX_CARDS,
-    _check_keys,
-    _check_table,
-    _hint,
-    _to_float,
-    _to_int,
-    _to_str,
-    _type_error,
-)
-from farm.errors import (
-    ACL_ERROR_RT_AICORE_EXCEPTION,
-    ACL_ERROR_RT_AICORE_TIMEOUT,
-    ACL_ERROR_RT_HBM_MULTI_BIT_ECC_ERROR,
-    ACL_ERROR_RT_LOST_HEARTBEAT,
-    ACL_ERROR_RT_MEMORY_ALLOCATION,
-    ConfigError,
+from farm.config_model import MAX_CARDS
+from farm.errors import ConfigError
+from farm.fault_plan import (
+    API_BY_TASK_KIND,
+    APIS,
+    DEFAULT_CODES,
+    HOOK_INDEX,
+    HOOK_NAMES,
+    HOOKS,
+    KINDS,
+    PATTERNS,
+    FaultPlan,
+    FaultRule,
+    check_kinds,
 )
 
 __all__ = [
@@ -84,326 +67,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HOOK_NAMES = ("card.execute", "card.heartbeat", "card.malloc", "broker.route")
-HOOK_INDEX: dict[str, int] = {hook: index for index, hook in enumerate(HOOK_NAMES)}
-#: kind → the hook point where it is evaluated.
-HOOKS: dict[str, str] = {
-    "hang": "card.execute",
-    "slow": "card.execute",
-    "error": "card.execute",
-    "crash": "card.execute",
-    "disconnect": "card.heartbeat",
-    "heartbeat_loss": "card.heartbeat",
-    "drop": "broker.route",
-    "corrupt": "card.execute",
-    "ecc": "card.execute",
-    "oom": "card.malloc",
-}
-KINDS = tuple(HOOKS)  # hang slow error crash disconnect heartbeat_loss drop corrupt ecc oom
-#: kind → the ACL code an event reports when the rule sets none (0: no code of its own).
-DEFAULT_CODES: dict[str, int] = {
-    "hang": ACL_ERROR_RT_AICORE_TIMEOUT,  # when the card's watchdog ends the hung task
-    "slow": 0,
-    "error": ACL_ERROR_RT_AICORE_EXCEPTION,
-    "crash": ACL_ERROR_RT_LOST_HEARTBEAT,
-    "disconnect": ACL_ERROR_RT_LOST_HEARTBEAT,
-    "heartbeat_loss": ACL_ERROR_RT_LOST_HEARTBEAT,
-    "drop": 0,  # the task just never completes
-    "corrupt": 0,
-    "ecc": ACL_ERROR_RT_HBM_MULTI_BIT_ECC_ERROR,
-    "oom": ACL_ERROR_RT_MEMORY_ALLOCATION,
-}
-APIS = ("execute", "memcpy_async", "memset_async", "record_event", "stream_wait_event", "malloc")
-#: ``farm.protocol.TaskKind`` value → the ``api`` name a rule targets.
-API_BY_TASK_KIND: dict[str, str] = {
-    "exec": "execute",
-    "copy": "memcpy_async",
-    "memset": "memset_async",
-    "record": "record_event",
-    "wait": "stream_wait_event",
-}
-PATTERNS = ("bitflip", "nan", "zero", "stale")
 BROKER = -1  # the ``card`` of the broker's injector
-_CODED_KINDS = ("error", "ecc", "oom", "hang")
-_ONCE_KINDS = ("crash", "disconnect")
-_NO_TARGET_HOOKS = ("card.heartbeat", "card.malloc")  # no stream / model at these hooks
-_MAX_CODE = 2**31 - 1
-_MAX_SEED = 2**64 - 1
 _CORRUPT_RNG_KEY = len(HOOK_NAMES)  # SeedSequence key of the corruption RNG
-
-
-# --------------------------------------------------------------------------------------------
-# validation (farm.config's helpers, so messages read the same)
-
-
-_RULE_TYPES = {
-    **dict.fromkeys(("kind", "model", "api", "pattern", "name"), _to_str),
-    **dict.fromkeys(("card", "stream", "after_tasks", "count", "code"), _to_int),
-    **dict.fromkeys(("at_s", "probability", "duration_s", "factor"), _to_float),
-}
-
-
-def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -> dict[str, Any]:
-    """Type-convert and cross-check rule fields; raises :class:`ConfigError` naming the field."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        out[key] = None if value is None else _RULE_TYPES[key](f"{label}.{key}", value, text)
-
-    def fail(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{label}.{key}: {problem}")
-
-    kind = out.get("kind")
-    if kind not in KINDS:
-        options = ", ".join(KINDS)
-        raise fail("kind", f"must be one of {options}, got {kind!r}{_hint(kind, KINDS)}")
-    hook = HOOKS[kind]
-    get = out.get
-    if get("card") is not None and not 0 <= out["card"] < MAX_CARDS:
-        raise fail("card", f"must be in 0..{MAX_CARDS - 1}, got {out['card']}")
-    for key in ("stream", "model"):
-        if get(key) is not None and hook in _NO_TARGET_HOOKS:
-            raise fail(key, f"kind {kind!r} (hook {hook}) cannot target a {key}")
-    if get("stream") is not None and out["stream"] < 0:
-        raise fail("stream", f"must be >= 0, got {out['stream']}")
-    if get("model") is not None and not out["model"]:
-        raise fail("model", "must not be empty")
-    api = get("api")
-    if api is not None:
-        if api not in APIS:
-            raise fail("api", f"must be one of {', '.join(APIS)}, got {api!r}{_hint(api, APIS)}")
-        if hook == "card.heartbeat":
-            raise fail("api", f"kind {kind!r} (hook {hook}) cannot target an api")
-        if (hook == "card.malloc") != (api == "malloc"):
-            allowed = "'malloc'" if hook == "card.malloc" else "a task api, not 'malloc'"
-            raise fail("api", f"kind {kind!r} (hook {hook}) needs {allowed}, got {api!r}")
-    if get("at_s") is not None and out["at_s"] < 0:
-        raise fail("at_s", f"must be >= 0, got {out['at_s']}")
-    if get("after_tasks") is not None and out["after_tasks"] < 0:
-        raise fail("after_tasks", f"must be >= 0, got {out['after_tasks']}")
-    probability = get("probability", 1.0)
-    if not 0.0 <= probability <= 1.0:
-        raise fail("probability", f"must be in [0, 1], got {probability}")
-    if get("duration_s") is not None and out["duration_s"] <= 0:
-        raise fail(
-            "duration_s", f"must be > 0 (omit it for a sticky fault), got {out['duration_s']}"
-        )
-    if get("count") is not None and out["count"] < 1:
-        raise fail("count", f"must be >= 1, got {out['count']}")
-    if get("count") is None and kind in _ONCE_KINDS:
-        out["count"] = 1
-    code = get("code")
-    if code is not None:
-        if kind not in _CODED_KINDS:
-            raise fail("code", f"only kinds {', '.join(_CODED_KINDS)} take a code, not {kind!r}")
-        if not 0 < code <= _MAX_CODE:
-            raise fail("code", f"must be an ACL error code in 1..{_MAX_CODE}, got {code}")
-    factor = get("factor", 1.0)
-    if kind == "slow" and not factor > 1.0:
-        raise fail("factor", f"kind 'slow' needs a duration multiplier > 1, got {factor}")
-    if kind != "slow" and factor != 1.0:
-        raise fail("factor", f"only kind 'slow' takes a factor, not {kind!r}")
-    pattern = get("pattern", "bitflip")
-    if pattern not in PATTERNS:
-        options = ", ".join(PATTERNS)
-        raise fail(
-            "pattern", f"must be one of {options}, got {pattern!r}{_hint(pattern, PATTERNS)}"
-        )
-    if kind != "corrupt" and pattern != "bitflip":
-        raise fail("pattern", f"only kind 'corrupt' takes a pattern, not {kind!r}")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# rules and plans
-
-
-@dataclass(frozen=True)
-class FaultRule:
-    """One fault: kind, targets (None = any), triggers, transient/sticky and kind parameters."""
-
-    kind: str
-    card: int | None = None  # device id
-    stream: int | None = None  # stream id as the client sees it
-    model: str | None = None  # ModelSpec.name
-    api: str | None = None  # one of APIS
-    at_s: float | None = None  # armed from this time on (since farm start)
-    after_tasks: int | None = None  # armed from this call index of the hook on
-    probability: float = 1.0
-    duration_s: float | None = None  # transient; None = sticky
-    count: int | None = None  # max fires (crash / disconnect: 1)
-    code: int | None = None  # error / ecc / oom / hang; None = DEFAULT_CODES
-    factor: float = 1.0  # slow: duration multiplier (> 1)
-    pattern: str = "bitflip"  # corrupt: bitflip | nan | zero | stale
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key, value in _normalize_rule(values, "FaultRule").items():
-            object.__setattr__(self, key, value)
-
-    @property
-    def hook(self) -> str:
-        return HOOKS[self.kind]
-
-    @property
-    def sticky(self) -> bool:
-        return self.duration_s is None
-
-    @property
-    def effective_code(self) -> int:
-        return DEFAULT_CODES[self.kind] if self.code is None else self.code
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain form without the fields left at their defaults (``kind`` always present)."""
-        defaults = FaultRule.__dataclass_fields__
-        data = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name != "kind" and value != defaults[f.name].default:
-                data[f.name] = value
-        return data
-
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], *, label: str = "FaultRule", text: bool = False
-    ) -> FaultRule:
-        """Inverse of :meth:`to_dict`; ``text`` accepts numbers as strings (CLI input)."""
-        table = _check_table(data, label)
-        _check_keys(table, tuple(_RULE_TYPES), label)
-        if "kind" not in table:
-            raise ConfigError(f"{label}: missing 'kind' (one of {', '.join(KINDS)})")
-        return cls(**_normalize_rule(table, label, text))
-
-    @classmethod
-    def from_args(cls, items: Sequence[str], *, label: str = "fault") -> FaultRule:
-        """A rule from ``key=value`` words, e.g. ``["kind=slow", "card=1", "factor=4"]``."""
-        table: dict[str, str] = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"{label}: expected key=value, got {item!r}")
-            table[key.strip()] = value
-        return cls.from_dict(table, label=label, text=True)
-
-
-@dataclass(frozen=True)
-class FaultPlan:
-    """A seed plus rules. ``rule_ids`` (default ``0..n-1``) keep farm-wide rule numbers in the
-    fault log when a plan is filtered (:meth:`for_card`) or edited (:meth:`without`)."""
-
-    seed: int = 0
-    rules: tuple[FaultRule, ...] = ()
-    rule_ids: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        seed = _check_seed("FaultPlan.seed", self.seed)
-        if not isinstance(self.rules, list | tuple):
-            raise _type_error("FaultPlan.rules", "a tuple of FaultRule", self.rules)
-        for index, rule in enumerate(self.rules):
-            if not isinstance(rule, FaultRule):
-                raise _type_error(f"FaultPlan.rules[{index}]", "a FaultRule", rule)
-        ids = tuple(
-            _to_int(f"FaultPlan.rule_ids[{i}]", v, False) for i, v in enumerate(self.rule_ids)
-        ) or tuple(range(len(self.rules)))
-        if len(ids) != len(self.rules) or len(set(ids)) != len(ids) or min(ids, default=0) < 0:
-            raise ConfigError(
-                f"FaultPlan.rule_ids: need {len(self.rules)} distinct ids >= 0, got {list(ids)}"
-            )
-        object.__setattr__(self, "seed", seed)
-        object.__setattr__(self, "rules", tuple(self.rules))
-        object.__setattr__(self, "rule_ids", ids)
-
-    @classmethod
-    def from_toml(cls, path: str | Path) -> FaultPlan:
-        """Load ``seed = N`` and ``[[fault]]`` tables; every problem is a :class:`ConfigError`."""
-        source = str(path)
-        try:
-            with Path(path).expanduser().open("rb") as handle:
-                raw = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: fault plan not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read fault plan: {exc}") from None
-        plan = cls.from_dict(raw, source=f"{source}: ")
-        logger.debug("loaded fault plan %s: seed %d, %d rules", source, plan.seed, len(plan.rules))
-        return plan
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "FaultPlan.") -> FaultPlan:
-        """Inverse of :meth:`to_dict`; ``source`` prefixes every error label."""
-        table = _check_table(data, source.rstrip(":. ") or "FaultPlan")
-        _check_keys(table, ("seed", "fault", "rule_ids"), source.rstrip(":. ") or "FaultPlan")
-        seed = _check_seed(f"{source}seed", table.get("seed", 0))
-        entries = table.get("fault", [])
-        if not isinstance(entries, list | tuple):
-            raise _type_error(f"{source}fault", "an array of tables [[fault]]", entries)
-        rules = tuple(
-            FaultRule.from_dict(entry, label=f"{source}fault[{index}]")
-            for index, entry in enumerate(entries)
-        )
-        ids = table.get("rule_ids", ())
-        if not isinstance(ids, list | tuple):
-            raise _type_error(f"{source}rule_ids", "a list of integers", ids)
-        return cls(seed, rules, tuple(ids))
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"seed", "fault": [rule dicts]}`` (+ ``rule_ids`` when not ``0..n-1``)."""
-        data: dict[str, Any] = {"seed": self.seed, "fault": [r.to_dict() for r in self.rules]}
-        if self.rule_ids != tuple(range(len(self.rules))):
-            data["rule_ids"] = list(self.rule_ids)
-        return data
-
-    def _select(self, keep: Iterable[bool]) -> FaultPlan:
-        pairs = [(i, r) for i, r, k in zip(self.rule_ids, self.rules, keep) if k]
-        return FaultPlan(self.seed, tuple(r for _, r in pairs), tuple(i for i, _ in pairs))
-
-    def for_card(self, device_id: int) -> FaultPlan:
-        """The rules card ``device_id`` evaluates (its own and untargeted card-hook rules)."""
-        return self._select(
-            r.hook.startswith("card.") and r.card in (None, device_id) for r in self.rules
-        )
-
-    def for_broker(self) -> FaultPlan:
-        """The rules the broker evaluates (``broker.*`` hooks, any target card)."""
-        return self._select(r.hook.startswith("broker.") for r in self.rules)
-
-    def with_rule(self, rule: FaultRule) -> FaultPlan:
-        """This plan plus ``rule`` (runtime injection); its id is ``rule_ids[-1]``."""
-        next_id = max(self.rule_ids, default=-1) + 1
-        return FaultPlan(self.seed, (*self.rules, rule), (*self.rule_ids, next_id))
-
-    def without(self, kinds: Iterable[str] | None = None) -> FaultPlan:
-        """This plan minus the rules of ``kinds`` (None: all of them); ids are kept."""
-        wanted = _check_kinds(kinds)
-        return self._select(wanted is not None and r.kind not in wanted for r in self.rules)
-
-    def check_card_count(self, count: int) -> None:
-        """:class:`ConfigError` if a rule targets a card a ``count``-card farm does not have."""
-        for rule_id, rule in zip(self.rule_ids, self.rules):
-            if rule.card is not None and rule.card >= count:
-                raise ConfigError(
-                    f"fault[{rule_id}].card: card {rule.card} is out of range for a "
-                    f"{count}-card farm (0..{count - 1})"
-                )
-
-
-def _check_seed(label: str, value: object) -> int:
-    seed = _to_int(label, value, False)
-    if not 0 <= seed <= _MAX_SEED:
-        raise ConfigError(f"{label}: must be in 0..{_MAX_SEED}, got {seed}")
-    return seed
-
-
-def _check_kinds(kinds: Iterable[str] | None) -> set[str] | None:
-    if kinds is None:
-        return None
-    wanted = set(kinds)
-    for kind in sorted(wanted):
-        if kind not in KINDS:
-            raise ConfigError(f"kind: unknown fault kind {kind!r}{_hint(kind, KINDS)}")
-    return wanted
 
 
 # --------------------------------------------------------------------------------------------
@@ -605,7 +270,7 @@ class FaultInjector:
 
     def clear(self, kinds: Iterable[str] | None = None) -> int:
         """Remove the rules of ``kinds`` (None: all); their effect ends. Returns how many."""
-        wanted = _check_kinds(kinds)
+        wanted = check_kinds(kinds)
         keep = [s for s in self._states if wanted is not None and s.rule.kind not in wanted]
         removed = len(self._states) - len(keep)
         self._states = keep

@@ -1,0 +1,67 @@
+"""The look and plumbing shared by the figures of :mod:`client.plots` (which re-exports
+:data:`FIGSIZE` and :data:`DPI`): size and resolution, card and fault colours, card labels, the
+log latency axis, and a matplotlib figure (imported lazily, Agg backend, no pyplot state) and
+its saving.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DPI", "FIGSIZE"]
+
+logger = logging.getLogger(__name__)
+
+FIGSIZE = (12.0, 7.0)
+DPI = 100
+#: Card colours: tab10/tab20 without the reds, which are kept for errors.
+_CARD_COLOURS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+]  # fmt: skip
+_FAULT_COLOURS = {
+    "crash": "#404040", "hang": "#6a3d9a", "slow": "#ff7f00", "error": "#d62728",
+    "disconnect": "#1f3b73", "heartbeat_loss": "#00827f", "drop": "#8c510a",
+    "corrupt": "#c51b7d", "ecc": "#556b2f", "oom": "#7f0000",
+}  # fmt: skip
+
+
+def _figure(title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    fig.suptitle(title, fontsize=14, fontweight="bold")
+    return fig
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    logger.debug("wrote %s", path)
+    return path
+
+
+def _card_key(card: Any) -> tuple:
+    text = str(card)
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
+def _card_label(card: str) -> str:
+    return "broker" if card == "-1" else (f"card {card}" if card.lstrip("-").isdigit() else card)
+
+
+def _log_y(ax, label: str) -> None:
+    """Log y axis with plain-number ticks at 1-2-5 steps (10, 20, 50 ms, not 10^1)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(f"{label}, log scale")
