@@ -153,7 +153,10 @@ class StreamApi:
 
     # -- events ----------------------------------------------------------------------------
     def event(self, handle: Any) -> Event:
+        """Resolve an event handle: NULL → 100000 (ACL's not-null check), unknown → 107000."""
         self.require()
+        if _int(handle, "event") == 0:
+            raise AclError("event is NULL", ACL_ERROR_INVALID_PARAM)
         found = self.events.get(_int(handle, "event"))
         if found is None:
             raise AclError(f"unknown or destroyed event {handle}", ACL_ERROR_RT_PARAM_INVALID)

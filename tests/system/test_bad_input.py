@@ -75,6 +75,11 @@ def test_stream_and_event_misuse(farm, acl_on):
         assert acl.rt.destroy_event(event) == 107000
         assert acl.rt.record_event(event, 0) == 107000
         assert acl.rt.query_event_status(event) == (0, 107000)
+        # a NULL event fails ACL's not-null check: 100000, like every NULL handle argument
+        assert acl.rt.record_event(0, 0) == 100000
+        assert acl.rt.synchronize_event(0) == 100000
+        assert acl.rt.query_event_status(0) == (0, 100000)
+        assert acl.rt.destroy_event(0) == 100000
         assert acl.rt.reset_device(0) == 0
 
 
