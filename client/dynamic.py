@@ -25,9 +25,9 @@ A mixin of the process-wide runtime (see ``client``).
 from __future__ import annotations
 
 import logging
-import operator
 from typing import Any
 
+from client.handles import as_int
 from client.runtime import _int, api
 from farm.errors import (
     ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
@@ -43,15 +43,6 @@ logger = logging.getLogger(__name__)
 
 _UNUSED_INDEX = (-1, 2**64 - 1)  # "must be -1" (pyACL passes it as an unsigned long)
 _MAX_GEAR_COUNT = 4096  # pyACL's limit on get_input_dynamic_dims' gear_count
-
-
-def _index(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 class DynamicShapeApi:
@@ -79,7 +70,7 @@ class DynamicShapeApi:
     def get_input_dynamic_gear_count(self, desc: Any, index: Any) -> tuple[int, int]:
         """``(0, 0)``: no dynamic-dims gears; ``index`` must be -1 (else 100000)."""
         code = self._desc_error("get_input_dynamic_gear_count", desc)
-        if not code and _index(index) not in _UNUSED_INDEX:
+        if not code and as_int(index) not in _UNUSED_INDEX:
             self.note_error(
                 "get_input_dynamic_gear_count",
                 AclError("index must be -1", ACL_ERROR_INVALID_PARAM),
@@ -91,11 +82,11 @@ class DynamicShapeApi:
         self, desc: Any, index: Any, gear_count: Any
     ) -> tuple[list[dict[str, Any]] | None, int]:
         """``gear_count`` empty dims dicts and 0 (no gears); ``index`` must be -1."""
-        count = _index(gear_count)
+        count = as_int(gear_count)
         if count is None or not 0 <= count <= _MAX_GEAR_COUNT:
             return None, ACL_ERROR_INVALID_PARAM
         code = self._desc_error("get_input_dynamic_dims", desc)
-        if not code and _index(index) not in _UNUSED_INDEX:
+        if not code and as_int(index) not in _UNUSED_INDEX:
             self.note_error(
                 "get_input_dynamic_dims", AclError("index must be -1", ACL_ERROR_INVALID_PARAM)
             )

@@ -36,6 +36,7 @@ __all__ = [
     "EXEC_CONFIG_EXTENSION_ATTRS",
     "ExecConfig",
     "HandleTables",
+    "as_int",
     "sync_timeout_error",
 ]
 
@@ -78,7 +79,7 @@ def _new_handle() -> int:
         return next(_handle_counter)
 
 
-def _as_int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     """``value`` as an int if it is an integer (``bool`` excluded), else ``None``."""
     if isinstance(value, bool):
         return None
@@ -94,7 +95,7 @@ def sync_timeout_error(ms: Any) -> int:
     ``-1`` waits forever and ``> 0`` waits that many milliseconds (both 0); ``0``, anything below
     ``-1`` and non-integers are rejected with ``ACL_ERROR_RT_PARAM_INVALID`` (107000).
     """
-    value = _as_int(ms)
+    value = as_int(ms)
     if value is None or value == 0 or value < -1:
         return ACL_ERROR_RT_PARAM_INVALID
     return ACL_SUCCESS
@@ -170,7 +171,7 @@ class _Table(Generic[_T]):
         return handle
 
     def get(self, handle: Any) -> _T | None:
-        key = _as_int(handle)
+        key = as_int(handle)
         if key is None:
             return None
         with self.lock:
@@ -178,7 +179,7 @@ class _Table(Generic[_T]):
 
     def remove(self, handle: Any) -> int:
         """Destroy ``handle``; 0 or 100000 (unknown or already destroyed)."""
-        key = _as_int(handle)
+        key = as_int(handle)
         with self.lock:
             if key is not None and key in self.live:
                 del self.live[key]
@@ -194,7 +195,7 @@ class _Table(Generic[_T]):
         return ACL_ERROR_INVALID_PARAM
 
     def was_destroyed(self, handle: Any) -> bool:
-        key = _as_int(handle)
+        key = as_int(handle)
         with self.lock:
             return key is not None and key in self._destroyed
 
@@ -209,14 +210,14 @@ class _Table(Generic[_T]):
 
 
 def _valid_u64(value: Any) -> int | None:
-    number = _as_int(value)
+    number = as_int(value)
     if number is None or number < 0 or number > _UINT64_MAX:
         return None
     return number
 
 
 def _at(items: tuple[_TensorInfo, ...], index: Any) -> _TensorInfo | None:
-    i = _as_int(index)
+    i = as_int(index)
     if i is None or i < 0 or i >= len(items):
         return None
     return items[i]
@@ -291,7 +292,7 @@ class HandleTables:
 
     def update_data_buffer(self, buf: Any, ptr: Any, size: Any) -> int:
         """``acl.update_data_buffer``: ret; unknown handle or bad ptr/size → 100000."""
-        key = _as_int(buf)
+        key = as_int(buf)
         address, nbytes = _valid_u64(ptr), _valid_u64(size)
         if key is None or address is None or nbytes is None:
             return ACL_ERROR_INVALID_PARAM
@@ -326,11 +327,11 @@ class HandleTables:
 
     def add_dataset_buffer(self, ds: Any, buf: Any) -> tuple[Any, int]:
         """``acl.mdl.add_dataset_buffer``: ``(ds, ret)``; unknown ds or buffer → 100000."""
-        buf_key = _as_int(buf)
+        buf_key = as_int(buf)
         if buf_key is None or self._buffers.get(buf_key) is None:
             logger.debug("add_dataset_buffer: unknown data buffer %r", buf)
             return ds, ACL_ERROR_INVALID_PARAM
-        key = _as_int(ds)
+        key = as_int(ds)
         if key is None:
             return ds, ACL_ERROR_INVALID_PARAM
         with self._datasets.lock:
@@ -344,7 +345,7 @@ class HandleTables:
 
     def get_dataset_num_buffers(self, ds: Any) -> int:
         """``acl.mdl.get_dataset_num_buffers``: count, 0 if unknown."""
-        key = _as_int(ds)
+        key = as_int(ds)
         if key is None:
             return 0
         with self._datasets.lock:
@@ -353,7 +354,7 @@ class HandleTables:
 
     def get_dataset_buffer(self, ds: Any, index: Any) -> int:
         """``acl.mdl.get_dataset_buffer``: the buffer handle, 0 if out of range or unknown."""
-        key, i = _as_int(ds), _as_int(index)
+        key, i = as_int(ds), as_int(index)
         if key is None or i is None or i < 0:
             return 0
         with self._datasets.lock:
@@ -370,7 +371,7 @@ class HandleTables:
 
     def dataset_buffers(self, ds: Any) -> list[int] | None:
         """Internal: a copy of the dataset's buffer handles, ``None`` if unknown."""
-        key = _as_int(ds)
+        key = as_int(ds)
         if key is None:
             return None
         with self._datasets.lock:
@@ -385,7 +386,7 @@ class HandleTables:
 
     def fill_desc(self, desc: Any, model_id: int, spec: Any) -> int:
         """Fill ``desc`` from a ``ModelSpec``-like object (called by ``get_desc``); ret."""
-        key = _as_int(desc)
+        key = as_int(desc)
         if key is None:
             return ACL_ERROR_INVALID_PARAM
         try:
@@ -516,7 +517,7 @@ class HandleTables:
 
     def _exec_config_value(self, attr: int, value: Any) -> tuple[str, int] | None:
         """The field and checked value ``attr`` sets, ``None`` if attr or value is rejected."""
-        number = _as_int(value)
+        number = as_int(value)
         if number is None:
             return None
         if attr in (_ATTR_STREAM_SYNC_TIMEOUT, _ATTR_EVENT_SYNC_TIMEOUT):
@@ -538,7 +539,7 @@ class HandleTables:
 
     def set_exec_config_opt(self, handle: Any, attr: Any, value: Any) -> int:
         """``acl.mdl.set_exec_config_opt``: ret; bad handle, attr or value → 100000."""
-        key, attr_id = _as_int(handle), _as_int(attr)
+        key, attr_id = as_int(handle), as_int(attr)
         if key is None or attr_id is None:
             return ACL_ERROR_INVALID_PARAM
         checked = self._exec_config_value(attr_id, value)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from farm.validate import (
     ge,
     hint,
     parse_size,
+    read_toml,
     to_int,
     to_str,
     type_error,
@@ -112,15 +112,7 @@ def default_config_path() -> Path:
 
 
 def _read_toml(path: Path, label: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: config file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read: {exc}") from None
+    return read_toml(path, label, "config file")
 
 
 class _Profiles:

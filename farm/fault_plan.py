@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,16 @@ from farm.errors import (
     ACL_ERROR_RT_MEMORY_ALLOCATION,
     ConfigError,
 )
-from farm.validate import check_keys, check_table, hint, to_float, to_int, to_str, type_error
+from farm.validate import (
+    check_keys,
+    check_table,
+    hint,
+    read_toml,
+    to_float,
+    to_int,
+    to_str,
+    type_error,
+)
 
 __all__ = [
     "KINDS",
@@ -287,15 +295,7 @@ class FaultPlan:
     def from_toml(cls, path: str | Path) -> FaultPlan:
         """Load ``seed = N`` and ``[[fault]]`` tables; every problem is a :class:`ConfigError`."""
         source = str(path)
-        try:
-            with Path(path).expanduser().open("rb") as handle:
-                raw = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: fault plan not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: invalid TOML: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"{source}: cannot read fault plan: {exc}") from None
+        raw = read_toml(path, source, "fault plan")
         plan = cls.from_dict(raw, source=f"{source}: ")
         logger.debug("loaded fault plan %s: seed %d, %d rules", source, plan.seed, len(plan.rules))
         return plan

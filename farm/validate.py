@@ -15,13 +15,16 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from farm.errors import ConfigError
 
 __all__ = [
+    "read_toml",
     "NAME_RE",
     "Converter",
     "Check",
@@ -213,3 +216,17 @@ def check_table(value: object, label: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise type_error(label, "a table", value)
     return value
+
+
+def read_toml(path: str | Path, label: str, what: str) -> dict[str, Any]:
+    """The TOML document at ``path``; every problem is a :class:`ConfigError` starting with
+    ``label`` and naming ``what`` the file is (e.g. "config file", "fault plan")."""
+    try:
+        with Path(path).expanduser().open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: {what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {what}: {exc}") from None
