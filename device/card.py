@@ -29,8 +29,9 @@ import zmq
 
 from device import executor
 from device.injection import CardFaults, TaskFault
+from device.kernels import build_kernel
 from device.memory import Allocator, HbmSegment, prefault_preserves_contents, segment_name
-from device.models import ModelSpec, build_kernel
+from device.models import ModelSpec
 from device.streams import StreamScheduler, Task
 from farm import protocol as proto
 from farm.errors import (

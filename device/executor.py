@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from device.kernels import typed_view
 from device.memory import HbmSegment, decode_ptr
-from device.models import modelled_duration_s, typed_view
+from device.models import modelled_duration_s
 from farm.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_RT_DEVICE_MEM_ERROR,

@@ -16,7 +16,8 @@ import logging
 
 import numpy as np
 
-from device.models import Compute, ModelFormatError, ModelSpec
+from device.kernels import Compute
+from device.models import ModelFormatError, ModelSpec
 from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
 
 __all__ = ["make_session", "make_onnx_compute"]
