@@ -335,12 +335,15 @@ class Broker(FaultControl):
         if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
             entry = self.registry.by_identity.get(frames[0])
             if entry is not None:
+                body = frames[5]
                 if frames[3] == Cmd.COMPLETE:
-                    self._count_completions(entry, frames[4], frames[5])
+                    body = self._count_completions(entry, frames[4], body)
+                    if body is None:
+                        return
                 try:
                     proto.send_frames(
                         self.frontend,
-                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, frames[5]],
+                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, body],
                     )
                 except zmq.ZMQError:
                     logger.debug("client gone; completion dropped")
@@ -368,18 +371,27 @@ class Broker(FaultControl):
         else:
             logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
 
-    def _count_completions(self, entry, client: bytes, body: bytes) -> None:
+    def _count_completions(self, entry, client: bytes, body: bytes) -> bytes | None:
+        """Count a card's COMPLETE (ledger, trace, metrics); return the body to forward to the
+        client (None: every row dropped by a ``drop`` fault on completions)."""
         try:
             rows = proto.unpack(body)
             codes = [row[1] for row in rows if isinstance(row, list) and len(row) >= 4]
         except (NpuFarmError, TypeError):
             logger.warning("card %d sent a malformed COMPLETE; not counted", entry.device_id)
-            return
-        self.ledger.ended(entry.device_id, codes)
+            return body
         if self.trace is not None:
             self.trace.tasks(entry.device_id, entry.epoch, client, rows)
         if self.metrics is not None:
             self.metrics.tasks_ended(entry.device_id, rows)
+        if self.route_faults is not None and self.route_faults.has_hook("broker.complete"):
+            kept = self._drop_completions(entry.device_id, rows)
+            if len(kept) != len(rows):
+                ended = [row[1] for row in kept if isinstance(row, list) and len(row) >= 4]
+                self.ledger.ended(entry.device_id, ended)
+                return proto.pack(kept) if kept else None
+        self.ledger.ended(entry.device_id, codes)
+        return body
 
     def on_ready(self, identity: bytes, body: Any, now: float) -> None:
         if not isinstance(body, dict):

@@ -1,4 +1,5 @@
-"""The broker's part in fault experiments: ``broker.route`` drops, the fault log, and the
+"""The broker's part in fault experiments: ``broker.route`` and ``broker.complete`` drops, the
+fault log, and the
 ``inject`` / ``recover`` requests of a running farm. A mixin of :class:`farm.broker.Broker`.
 
 Cards report the faults they inject (CARD_EVENT); the broker appends every event to the fault
@@ -49,6 +50,23 @@ class FaultControl:
         if not kept:
             return None
         return body if len(kept) == len(tasks) else proto.pack(kept)
+
+    def _drop_completions(self, device_id: int, rows: list) -> list:
+        """broker.complete faults: the completion rows to forward. A dropped row's task ran on
+        the card (its outputs are written) but its client never hears of it: a timed sync gets
+        507046, as when a completion is lost on the way."""
+        now_s = time.monotonic() - self.started_s
+        kept = []
+        for row in rows:
+            stream = row[4] if isinstance(row, list) and len(row) > 4 else None
+            fired = self.route_faults.evaluate("broker.complete", now_s, stream=stream,
+                                               card=device_id)  # fmt: skip
+            self.log_faults([f.event.to_dict() for f in fired])
+            if any(f.kind == "drop" for f in fired):
+                self.ledger.dropped_tasks(device_id, 1)
+            else:
+                kept.append(row)
+        return kept
 
     def log_faults(self, events: list[dict]) -> None:
         if self.trace is not None:

@@ -18,7 +18,8 @@ Plan file shape (``configs/faults/*.toml``)::
     card = 2                # targets (optional): card, stream, model, api
     api = "execute"
     probability = 0.01      # triggers (optional): at_s, after_tasks, probability
-    code = 507015           # kind parameters: code, factor (slow), pattern (corrupt)
+    code = 507015           # kind parameters: code, factor (slow), pattern (corrupt),
+                            # message (drop: "task" | "completion")
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ __all__ = [
     "APIS",
     "API_BY_TASK_KIND",
     "PATTERNS",
+    "MESSAGES",
+    "rule_hook",
     "FaultRule",
     "FaultPlan",
     "check_kinds",
@@ -66,7 +69,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HOOK_NAMES = ("card.execute", "card.heartbeat", "card.malloc", "broker.route")
+HOOK_NAMES = ("card.execute", "card.heartbeat", "card.malloc", "broker.route", "broker.complete")
 HOOK_INDEX: dict[str, int] = {hook: index for index, hook in enumerate(HOOK_NAMES)}
 #: kind → the hook point where it is evaluated.
 HOOKS: dict[str, str] = {
@@ -105,6 +108,7 @@ API_BY_TASK_KIND: dict[str, str] = {
     "wait": "stream_wait_event",
 }
 PATTERNS = ("bitflip", "nan", "zero", "stale")
+MESSAGES = ("task", "completion")  # what a ``drop`` rule drops
 _CODED_KINDS = ("error", "ecc", "oom", "hang")
 _ONCE_KINDS = ("crash", "disconnect")
 _NO_TARGET_HOOKS = ("card.heartbeat", "card.malloc")  # no stream / model at these hooks
@@ -112,12 +116,17 @@ _MAX_CODE = 2**31 - 1
 _MAX_SEED = 2**64 - 1
 
 
+def rule_hook(kind: str, message: str = "task") -> str:
+    """Where a rule is evaluated: :data:`HOOKS`, except a ``drop`` of completions."""
+    return "broker.complete" if kind == "drop" and message == "completion" else HOOKS[kind]
+
+
 # --------------------------------------------------------------------------------------------
 # validation (farm.validate's helpers, so messages read the same as the config's)
 
 
 _RULE_TYPES = {
-    **dict.fromkeys(("kind", "model", "api", "pattern", "name"), to_str),
+    **dict.fromkeys(("kind", "model", "api", "pattern", "message", "name"), to_str),
     **dict.fromkeys(("card", "stream", "after_tasks", "count", "code"), to_int),
     **dict.fromkeys(("at_s", "probability", "duration_s", "factor"), to_float),
 }
@@ -136,10 +145,19 @@ def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -
     if kind not in KINDS:
         options = ", ".join(KINDS)
         raise fail("kind", f"must be one of {options}, got {kind!r}{hint(kind, KINDS)}")
-    hook = HOOKS[kind]
     get = out.get
+    message = get("message", "task")
+    if message not in MESSAGES:
+        raise fail("message", f"must be one of {', '.join(MESSAGES)}, got {message!r}")
+    if kind != "drop" and message != "task":
+        raise fail("message", f"only kind 'drop' takes a message, not {kind!r}")
+    hook = rule_hook(kind, message)
     if get("card") is not None and not 0 <= out["card"] < MAX_CARDS:
         raise fail("card", f"must be in 0..{MAX_CARDS - 1}, got {out['card']}")
+    if hook == "broker.complete":  # a completion row names its task and stream, nothing else
+        for key in ("model", "api"):
+            if get(key) is not None:
+                raise fail(key, f"a dropped completion cannot target a {key} (card, stream only)")
     for key in ("stream", "model"):
         if get(key) is not None and hook in _NO_TARGET_HOOKS:
             raise fail(key, f"kind {kind!r} (hook {hook}) cannot target a {key}")
@@ -212,6 +230,7 @@ class FaultRule:
     code: int | None = None  # error / ecc / oom / hang; None = DEFAULT_CODES
     factor: float = 1.0  # slow: duration multiplier (> 1)
     pattern: str = "bitflip"  # corrupt: bitflip | nan | zero | stale
+    message: str = "task"  # drop: the "task" (never delivered) or its "completion" (never heard)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -221,7 +240,7 @@ class FaultRule:
 
     @property
     def hook(self) -> str:
-        return HOOKS[self.kind]
+        return rule_hook(self.kind, self.message)
 
     @property
     def sticky(self) -> bool:

@@ -241,6 +241,10 @@ class FaultInjector:
             fired.append(Fired(state.rule_id, rule, event))
         return fired
 
+    def has_hook(self, hook: str) -> bool:
+        """Whether any rule of this injector is evaluated at ``hook`` (cheap; no call counted)."""
+        return any(state.rule.hook == hook for state in self._states)
+
     def active(self, hook: str, now_s: float) -> list[FaultRule]:
         """Rules of ``hook`` in effect at ``now_s`` (no call is counted): fired at least once and
         sticky or inside their window. ``count`` limits fires, not the effect (a disconnect with
@@ -285,6 +289,8 @@ def _detail(rule: FaultRule, stream: int | None, model: str | None, api: str | N
         detail["factor"] = rule.factor
     if rule.kind == "corrupt":
         detail["pattern"] = rule.pattern
+    if rule.kind == "drop" and rule.message != "task":
+        detail["message"] = rule.message
     if rule.duration_s is not None:
         detail["duration_s"] = rule.duration_s
     for key, value in (("stream", stream), ("model", model), ("api", api)):

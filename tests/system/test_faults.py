@@ -372,6 +372,31 @@ def test_dropped_task_never_completes(tmp_path, acl_on):
         assert [(e.card, e.hook) for e in events] == [(0, "broker.route")]
 
 
+def test_dropped_completion_leaves_the_outputs_written_but_unheard(tmp_path, acl_on):
+    """The card runs the task and writes its outputs; the broker drops the completion on the
+    way back, so the caller's timed sync fails with 507046 although the results are there."""
+    rule = {"kind": "drop", "message": "completion", "card": 0, "count": 1}
+    with fault_farm(tmp_path, rule) as farm:
+        with acl_on(farm) as acl:
+            assert acl.rt.set_device(0) == 0
+            stream, _ = acl.rt.create_stream()
+            model = Model(acl, tmp_path)
+            assert model.submit(stream) == 0  # runs; its completion is dropped
+            assert acl.rt.synchronize_stream_with_timeout(stream, 200) == 507046
+            model.check()  # the outputs were computed and written all the same
+            ledger = query_status(farm.address)["ledger"]
+            assert (ledger["submitted"], ledger["completed"], ledger["dropped"]) == (1, 0, 1)
+            assert ledger["in_flight"] == 0
+            other, _ = acl.rt.create_stream()  # only that one completion was lost
+            assert model.submit(other) == 0
+            assert acl.rt.synchronize_stream(other) == 0
+            model.check()
+        events = fault_events(farm, "drop")
+        assert [(e.card, e.hook, e.detail["message"]) for e in events] == [
+            (0, "broker.complete", "completion")
+        ]
+
+
 # --------------------------------------------------------------------------------------------
 # runtime injection
 

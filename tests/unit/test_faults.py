@@ -63,7 +63,8 @@ def test_every_kind_has_a_hook_and_a_default_code() -> None:
         "ecc", "oom",
     )  # fmt: skip
     assert set(HOOKS) == set(KINDS) == set(DEFAULT_CODES)
-    assert set(HOOKS.values()) == set(HOOK_INDEX)
+    # every hook has kinds: one per kind, plus the drop of completions
+    assert set(HOOKS.values()) | {"broker.complete"} == set(HOOK_INDEX)
     assert DEFAULT_CODES["error"] == 507015 and DEFAULT_CODES["ecc"] == 507054
     assert DEFAULT_CODES["oom"] == 207001 and DEFAULT_CODES["hang"] == 507014
     assert DEFAULT_CODES["crash"] == DEFAULT_CODES["disconnect"] == 507010
@@ -299,7 +300,13 @@ def test_call_index_counts_every_call_per_hook() -> None:
     for _ in range(3):
         assert injector.evaluate(EXEC, 0.0, stream=1) == []
     injector.evaluate(BEAT, 0.0)
-    assert injector.call_counts == {EXEC: 3, BEAT: 1, "card.malloc": 0, "broker.route": 0}
+    assert injector.call_counts == {
+        EXEC: 3,
+        BEAT: 1,
+        "card.malloc": 0,
+        "broker.route": 0,
+        "broker.complete": 0,
+    }
     (fired,) = injector.evaluate(EXEC, 0.0, stream=9)
     assert fired.event.call_index == 3 and fired.code == 507015
 
@@ -593,3 +600,22 @@ def test_corrupt_rng_is_deterministic() -> None:
             corrupt_bytes(view, np.dtype(np.float32), "bitflip", injector.corrupt_rng)
         views.append(view)
     assert np.array_equal(*views) and views[0].any()
+
+
+def test_drop_of_completions_is_evaluated_at_its_own_hook() -> None:
+    rule = FaultRule(kind="drop", message="completion", card=1, stream=3)
+    assert rule.hook == "broker.complete" and FaultRule(kind="drop").hook == "broker.route"
+    assert FaultRule.from_dict(rule.to_dict()) == rule
+    for bad, message in (
+        ({"kind": "drop", "message": "reply"}, "message: must be one of task, completion"),
+        ({"kind": "error", "message": "completion"}, "only kind 'drop' takes a message"),
+        ({"kind": "drop", "message": "completion", "api": "execute"}, "cannot target a api"),
+        ({"kind": "drop", "message": "completion", "model": "m"}, "cannot target a model"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            FaultRule.from_dict(bad)
+    broker = FaultInjector(FaultPlan(seed=1, rules=(rule,)), BROKER)
+    assert broker.has_hook("broker.complete") and not broker.has_hook("broker.route")
+    assert broker.evaluate("broker.complete", 0.0, card=1, stream=2) == []
+    (fired,) = broker.evaluate("broker.complete", 0.0, card=1, stream=3)
+    assert fired.event.hook == "broker.complete" and fired.event.detail["message"] == "completion"
