@@ -129,3 +129,34 @@ def test_atc_command_line(tmp_path, capsys):
         atc_main(["--mode=1", f"--om={tmp_path / 'cnn.om'}", f"--json={tmp_path / 'm.json'}"]) == 0
     )
     assert json.loads((tmp_path / "m.json").read_text())["inputs"][0]["shape"] == [1, 3, 16, 16]
+
+
+def test_two_inputs_two_outputs_and_integer_dtypes(tmp_path):
+    """Every input and output keeps its name, dtype and shape; integer tensors map to their ACL
+    data types (int32 3, int64 9) and 2-D tensors report ND."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["sum"]),
+         helper.make_node("Cast", ["sum"], ["wide"], to=TensorProto.INT64)],
+        "two_io",
+        [helper.make_tensor_value_info("a", TensorProto.INT32, [2, 5]),
+         helper.make_tensor_value_info("b", TensorProto.INT32, [2, 5])],
+        [helper.make_tensor_value_info("sum", TensorProto.INT32, [2, 5]),
+         helper.make_tensor_value_info("wide", TensorProto.INT64, [2, 5])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "two_io.onnx"))
+    spec = load_model_file(convert(str(tmp_path / "two_io.onnx"), str(tmp_path / "two_io"),
+                                   soc_version="Ascend310P3"))  # fmt: skip
+    assert [(t.name, t.dtype, t.acl_dtype, t.format) for t in spec.inputs] == [
+        ("a", "int32", 3, 2), ("b", "int32", 3, 2)]  # fmt: skip
+    assert [(t.name, t.dtype, t.acl_dtype, t.nbytes) for t in spec.outputs] == [
+        ("sum", "int32", 3, 40), ("wide", "int64", 9, 80)]  # fmt: skip
+    a = np.arange(10, dtype=np.int32).reshape(2, 5)
+    b = np.full((2, 5), 7, np.int32)
+    total, wide = reference(spec, [a, b])
+    np.testing.assert_array_equal(total, a + b)
+    assert wide.dtype == np.int64 and (wide == a + b).all()
