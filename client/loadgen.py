@@ -406,7 +406,11 @@ def _parser() -> argparse.ArgumentParser:
         "else an embedded farm from --config)")  # fmt: skip
     add("--config", help="farm config TOML for an embedded farm")
     add("--faults", help="fault plan TOML for an embedded farm")
-    add("--model", default=DEFAULT_MODEL, help="model TOML (default: matmul)")
+    add(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="an .om (npufarm atc) or a model TOML (default: matmul)",
+    )
     add("--cards", default="all", help='"all" or a comma list of device ids')
     add("--streams-per-card", type=int, help="slots per card (default: enough for the sweep)")
     add("--workers", type=int, help="client processes (default: min(2, cards))")
