@@ -2,9 +2,11 @@
 
 Handles and pointers are ints; calls with out-parameters return tuples with the return code
 last, exactly as pyACL does. All logic lives in :mod:`client`; this package only binds names.
+``acl.media``, ``acl.op``, ``acl.prof`` and ``acl.himpi`` exist but are not emulated: their calls
+return 200006.
 """
 
-from acl import constants, mdl, rt, util
+from acl import constants, himpi, mdl, media, op, prof, rt, util
 from acl._facade import handle_call, module_getattr, runtime_call
 
 __all__ = [
@@ -12,6 +14,10 @@ __all__ = [
     "mdl",
     "rt",
     "util",
+    "media",
+    "op",
+    "prof",
+    "himpi",
     "init",
     "finalize",
     "get_recent_err_msg",

@@ -9,7 +9,7 @@ from typing import Any
 from client import RUNTIME
 from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED
 
-__all__ = ["runtime_call", "handle_call", "unsupported", "module_getattr"]
+__all__ = ["runtime_call", "handle_call", "Unsupported", "unsupported", "module_getattr"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,23 @@ def handle_call(name: str) -> Callable[..., Any]:
 _warned: set[str] = set()
 
 
+class Unsupported(int):
+    """The return of a call npufarm does not emulate: the int 200006, which also unpacks as
+    ``(0, 200006)``, so ``ret = f()`` and ``value, ret = f()`` both see the code."""
+
+    def __iter__(self):
+        return iter((0, int(self)))
+
+    def __repr__(self) -> str:
+        return f"Unsupported({int(self)})"
+
+
 def unsupported(module: str, name: str) -> Callable[..., Any]:
     """A call npufarm does not emulate: returns ACL_ERROR_FEATURE_UNSUPPORTED (logged once per
     name) instead of raising AttributeError, so a program can test the code and go on."""
     full = f"{module}.{name}"
 
-    def call(*args: Any, **kwargs: Any) -> int:
+    def call(*args: Any, **kwargs: Any) -> Unsupported:
         if full not in _warned:
             _warned.add(full)
             logger.warning(
@@ -51,7 +62,7 @@ def unsupported(module: str, name: str) -> Callable[..., Any]:
                 full,
                 ACL_ERROR_FEATURE_UNSUPPORTED,
             )
-        return ACL_ERROR_FEATURE_UNSUPPORTED
+        return Unsupported(ACL_ERROR_FEATURE_UNSUPPORTED)
 
     call.__name__ = call.__qualname__ = name
     call.unsupported = True

@@ -1,0 +1,12 @@
+"""``acl.media``: DVPP image and video processing (acldvpp*, aclvdec, aclvenc): not emulated.
+
+Every call returns ACL_ERROR_FEATURE_UNSUPPORTED (200006), logged once per name; the value also
+unpacks as ``(0, 200006)`` (see :class:`acl._facade.Unsupported`). ``import acl.media`` works, so a
+program that only touches it on an optional path runs unchanged.
+"""
+
+from acl._facade import module_getattr
+
+__all__: list[str] = []
+
+__getattr__ = module_getattr("acl.media")
