@@ -5,7 +5,9 @@
    drop of card 3 is injected at run time, timed to fall 3 s into the load (however long the
    load generator took to start).
 2. Checks real compute: one thread per card in the pyACL style runs the matmul model and compares
-   every output with the model computed on the host.
+   every output with the model computed on the host; then the same with an ONNX CNN converted by
+   ``npufarm atc`` (``examples/pyacl/tiny_cnn``), against onnxruntime on the host (skipped without
+   the ``onnx`` extra).
 3. Runs an open-loop Poisson load on every card through ``npufarm bench`` (latency from the
    intended send time); when card 3 is lost the load generator sees 507010, resets the device
    and carries on with the restarted card.
@@ -36,13 +38,15 @@ _PLAN = _REPO / "configs" / "faults" / "demo.toml"
 _H2D, _D2H = 1, 2
 
 
-def _check_card(acl, device_id: int, requests: int, results: dict[int, tuple[int, int]]) -> None:
+def _check_card(
+    acl, device_id: int, model: Path, requests: int, results: dict[int, tuple[int, int]]
+) -> None:
     """pyACL style on one card: outputs must equal the host reference. (correct, total)."""
-    spec = load_model_file(_MODEL)
+    spec = load_model_file(model)
     correct = 0
     assert acl.rt.set_device(device_id) == 0
     stream, _ = acl.rt.create_stream()
-    model_id, _ = acl.mdl.load_from_file(str(_MODEL))
+    model_id, _ = acl.mdl.load_from_file(str(model))
     n_in, n_out = spec.inputs[0].nbytes, spec.outputs[0].nbytes
     d_in, _ = acl.rt.malloc(n_in, 0)
     d_out, _ = acl.rt.malloc(n_out, 0)
@@ -50,9 +54,9 @@ def _check_card(acl, device_id: int, requests: int, results: dict[int, tuple[int
     acl.mdl.add_dataset_buffer(inputs, acl.create_data_buffer(d_in, n_in))
     acl.mdl.add_dataset_buffer(outputs, acl.create_data_buffer(d_out, n_out))
     rng = np.random.default_rng(device_id)
-    y = np.empty(spec.outputs[0].shape, np.float32)
+    y = np.empty(spec.outputs[0].concrete_shape, np.float32)
     for _ in range(requests):
-        x = rng.standard_normal(spec.inputs[0].shape).astype(np.float32)
+        x = rng.standard_normal(spec.inputs[0].concrete_shape).astype(np.float32)
         acl.rt.memcpy(d_in, n_in, acl.util.numpy_to_ptr(x), n_in, _H2D)
         if acl.mdl.execute_async(model_id, inputs, outputs, stream) == 0 and (
             acl.rt.synchronize_stream(stream) == 0
@@ -64,7 +68,7 @@ def _check_card(acl, device_id: int, requests: int, results: dict[int, tuple[int
     results[device_id] = (correct, requests)
 
 
-def _check_compute(address: str, requests: int) -> dict[int, tuple[int, int]]:
+def _check_compute(address: str, model: Path, requests: int) -> dict[int, tuple[int, int]]:
     import acl
 
     os.environ["NPUFARM_ADDRESS"] = address
@@ -73,7 +77,7 @@ def _check_compute(address: str, requests: int) -> dict[int, tuple[int, int]]:
     try:
         count, _ = acl.rt.get_device_count()
         threads = [
-            threading.Thread(target=_check_card, args=(acl, d, requests, results))
+            threading.Thread(target=_check_card, args=(acl, d, model, requests, results))
             for d in range(count)
         ]
         for thread in threads:
@@ -83,6 +87,29 @@ def _check_compute(address: str, requests: int) -> dict[int, tuple[int, int]]:
     finally:
         acl.finalize()
     return results
+
+
+_ONNX_REQUESTS = 10
+_ONNX_MODULES = ("onnx", "onnxruntime")
+
+
+def _convert_tiny_cnn(out: Path) -> Path | None:
+    """examples/pyacl/tiny_cnn as ``out/tiny_cnn.om`` (None without the onnx extra or the
+    repository's examples folder)."""
+    import importlib.util
+
+    builder = _REPO / "examples" / "pyacl" / "tiny_cnn.py"
+    if not builder.exists() or None in (importlib.util.find_spec(m) for m in _ONNX_MODULES):
+        return None
+    from device.atc import convert
+
+    module_spec = importlib.util.spec_from_file_location("npufarm_tiny_cnn", builder)
+    tiny_cnn = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(tiny_cnn)
+    source = tiny_cnn.build_cnn(out / "tiny_cnn.onnx")
+    shape = ",".join(map(str, (4, *tiny_cnn.IMAGE)))
+    return convert(str(source), str(out / "tiny_cnn"), soc_version="Ascend910B",
+                   input_shape=f"x:{shape}")  # fmt: skip
 
 
 _DROP_INTO_LOAD_S = 3.0  # the link drop falls this long after the load (warm-up included) starts
@@ -125,9 +152,18 @@ def run_demo(
         extra=["--trace", str(trace), "--fault-log", str(out / "faults.jsonl")],
     )  # fmt: skip
     try:
-        checks = _check_compute(farm.address, check_requests)
+        checks = _check_compute(farm.address, _MODEL, check_requests)
         for device_id, (correct, total) in sorted(checks.items()):
             console.print(f"card {device_id}: {correct}/{total} matmul outputs equal the host's")
+        onnx_model = _convert_tiny_cnn(out)
+        if onnx_model is None:
+            console.print("ONNX check skipped: needs the onnx extra and examples/pyacl")
+        else:
+            onnx_checks = _check_compute(farm.address, onnx_model, _ONNX_REQUESTS)
+            for device_id, (correct, total) in sorted(onnx_checks.items()):
+                console.print(f"card {device_id}: {correct}/{total} outputs of an ONNX CNN "
+                              "(npufarm atc .om) equal host onnxruntime's")  # fmt: skip
+            checks = {**checks, **{-1 - d: v for d, v in onnx_checks.items()}}
         console.print(
             f"open-loop Poisson load, {rate:g} req/s for {duration_s:g} s; card 1 is a 3× "
             f"straggler, card 3 drops its link {_DROP_INTO_LOAD_S:g} s into the load and is "
