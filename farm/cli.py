@@ -242,7 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npufarm",
         description=__doc__,
-        epilog="also: npufarm bench ... (load generator), npufarm report RESULT.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "also (each with its own --help):\n"
+            "  bench    the load generator: npufarm bench --model M --concurrency 1:16:2 ...\n"
+            "  report   re-render a saved run: npufarm report RESULT.json\n"
+            "  atc      ONNX model to .om: npufarm atc --model=m.onnx --framework=5 "
+            "--output=out/m --soc_version=Ascend310\n"
+            "  run      a pyACL program against a farm: npufarm run --config C -- python prog.py"
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run a farm in the foreground (Ctrl-C stops it)")
