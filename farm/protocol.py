@@ -23,6 +23,7 @@ itself (HELLO, STATUS, ...).
 from __future__ import annotations
 
 import logging
+import select
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "completion_row",
     "send_frames",
     "recv_ready",
+    "wait_readable",
     "batch_length",
     "SENDER_SUFFIX",
     "RECONNECT_IVL_MS",
@@ -105,6 +107,7 @@ _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
+_FD = int(zmq.FD)
 
 _packer_kwargs = {"use_bin_type": True}
 _unpacker_kwargs = {"raw": False, "strict_map_key": False}
@@ -276,6 +279,20 @@ def recv_ready(socket: zmq.Socket) -> list | None:
         return socket.recv_multipart(_NOBLOCK)
     except zmq.Again:
         return None
+
+
+def wait_readable(socket: zmq.Socket, timeout_s: float) -> bool:
+    """Wait until ``socket`` has a message to read or ``timeout_s`` has passed (0: just look);
+    True if it has one. Unlike ``zmq.Poller.poll``, whose timeout is whole milliseconds (a float
+    is truncated, so a timer loop wakes early and spins), this sleeps in ``select`` on the
+    socket's ZMQ_FD with microsecond resolution. That FD only signals "look at ZMQ_EVENTS", so
+    EVENTS is checked before sleeping and after waking (a wake-up may be spurious: False)."""
+    if socket.get(_EVENTS) & _POLLIN:
+        return True
+    if timeout_s <= 0:
+        return False
+    select.select([socket.get(_FD)], [], [], timeout_s)
+    return bool(socket.get(_EVENTS) & _POLLIN)
 
 
 def batch_length(body: bytes) -> int:
