@@ -17,6 +17,7 @@ submitted task ends completed or failed-with-code.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -179,7 +180,8 @@ class Broker(FaultControl):
             for fd in set(self.supervisor.sentinels) - watched:
                 poller.register(fd, zmq.POLLIN)
                 watched.add(fd)
-            timeout_ms = max(0.0, (next_beat - time.monotonic()) * 1000.0)
+            # whole ms, rounded up: zmq_poll truncates, which would wake early and spin
+            timeout_ms = max(0, math.ceil((next_beat - time.monotonic()) * 1000.0))
             for item, _ in poller.poll(timeout_ms):
                 if item is self.frontend:
                     self._drain(self.frontend, self.on_client)
