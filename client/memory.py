@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import itertools
 import logging
 import mmap
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from device.memory import HbmSegment, decode_ptr
 
-__all__ = ["AllocationTable", "HostPool", "LocalShmMemory", "poison", "host_view"]
+__all__ = ["AllocationTable", "HostPool", "LocalShmMemory", "poison", "poison_fill", "host_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +39,21 @@ def host_view(address: int, nbytes: int) -> np.ndarray:
 
 def poison(address: int, nbytes: int, dtype: np.dtype) -> None:
     """Fill a tensor with NaN (floating dtypes) or 0xA5 bytes: what an unsynced reader sees."""
+    poison_fill(address, nbytes, dtype)()
+
+
+def poison_fill(address: int, nbytes: int, dtype: np.dtype) -> Callable[[], None]:
+    """:func:`poison` prepared once: a call that fills the tensor (the view is built now)."""
     if nbytes <= 0:
-        return
+        return _nothing
     if np.issubdtype(dtype, np.floating) and nbytes % dtype.itemsize == 0:
-        host_view(address, nbytes).view(dtype).fill(np.nan)
-    else:
-        ctypes.memset(address, _POISON_BYTE, nbytes)
+        typed = host_view(address, nbytes).view(dtype)
+        return functools.partial(typed.fill, np.nan)
+    return functools.partial(ctypes.memset, address, _POISON_BYTE, nbytes)
+
+
+def _nothing() -> None:
+    return None
 
 
 class AllocationTable:

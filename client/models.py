@@ -184,10 +184,11 @@ class ModelApi:
             )
         reads = self._refs(inputs, found.input_nbytes, "input", found.device_id)
         writes = self._refs(outputs, found.output_nbytes, "output", found.device_id)
+        plan = self._task_plan(writes, reads, found.spec.outputs if self.poison_outputs else ())
         if self.poison_outputs:
-            self.poison_unread(writes, reads, found.spec.outputs)
+            self.poison_unread(plan)
         task = {"k": TaskKind.EXECUTE, "m": found.card_handle, "i": reads, "o": writes}
-        return self.submit_task(track, task, reads, writes, call)
+        return self.submit_task(track, task, reads, writes, call, plan)
 
     def _exec_config(self, handle: Any) -> ExecConfig:
         if _int(handle, "exec config handle") == 0:

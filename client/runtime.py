@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from client.handles import HandleTables, sync_timeout_error
-from client.memory import AllocationTable, HostPool, LocalShmMemory, poison
+from client.memory import AllocationTable, HostPool, LocalShmMemory, poison_fill
 from client.sanitizer import Sanitizer, SanitizerError
 from client.session import Session, StreamTrack
 from device.memory import decode_ptr
@@ -167,6 +167,7 @@ class Runtime:
         self.sync_tracks: dict[int, StreamTrack] = {}
         self.record_times: dict[int, float | None] = {}  # record task id -> card end time
         self.refs_cache: dict[tuple, tuple] = {}
+        self.task_plans: dict[tuple, tuple] = {}  # see _task_plan
         self._callback_state()
         self.poison_outputs = False  # skip_sync == "poison" (set at init)
         self.sanitizer = Sanitizer("off")
@@ -250,10 +251,34 @@ class Runtime:
             self.sanitizer.export(path)
 
     # -- task bookkeeping (poisoning, sanitizer) ---------------------------------------------
+    def _task_plan(self, writes: list, reads: list, tensors: tuple = ()) -> tuple:
+        """``(allocation starts the task reads, [(start, poison fill)] of its outputs)`` for
+        these references; built once per distinct binding and kept until an allocation goes
+        away (a pipeline resubmits the same buffers task after task)."""
+        key = (
+            tuple(x for ref in writes for x in ref), tuple(x for ref in reads for x in ref),
+            tensors, self.allocations.generation,
+        )  # fmt: skip
+        plan = self.task_plans.get(key)
+        if plan is None:
+            starts = tuple(self._allocation_start(ptr) for ptr, _ in reads)
+            fills = []
+            if tensors:
+                for (ptr, nbytes), tensor in zip(writes, tensors):
+                    start = self._allocation_start(ptr)
+                    if start not in starts:  # a task that reads its outputs keeps them
+                        fills.append((start, poison_fill(self.memory.address(ptr), nbytes,
+                                                         tensor.np_dtype)))  # fmt: skip
+            if len(self.task_plans) > 4096:
+                self.task_plans.clear()
+            plan = self.task_plans[key] = (starts, tuple(fills))
+        return plan
+
     def submit_task(self, track: StreamTrack, task: dict, reads: list, writes: list,
-                    call: str) -> int:  # fmt: skip
-        """Submit ``task`` and remember which allocations it reads until it completes."""
-        starts = [self._allocation_start(ptr) for ptr, _ in reads]
+                    call: str, plan: tuple | None = None) -> int:  # fmt: skip
+        """Submit ``task`` and remember which allocations it reads until it completes
+        (``plan``: its :meth:`_task_plan`, if the caller has it)."""
+        starts = (plan or self._task_plan(writes, reads))[0]
 
         def registered(task_id: int) -> None:  # under session.cond, before any completion
             with self.task_lock:
@@ -287,15 +312,15 @@ class Runtime:
             found = self.allocations.find(ptr)
         return found[0] if found is not None else ptr
 
-    def poison_unread(self, writes: list, reads: list, tensors: tuple) -> None:
-        """skip_sync = "poison": fill a task's outputs with NaN / 0xA5 at enqueue, so a read
-        that skips the sync fails every run, unless a pending task (or this one) reads them."""
-        own = {self._allocation_start(ptr) for ptr, _ in reads}
+    def poison_unread(self, plan: tuple) -> None:
+        """skip_sync = "poison": fill a task's outputs with NaN / 0xA5 at enqueue (``plan``
+        from :meth:`_task_plan` with the output tensors), so a read that skips the sync fails
+        every run, unless a pending task (or this one) reads them."""
         with self.task_lock:
-            busy = own | self.pending_reads.keys()
-        for (ptr, nbytes), tensor in zip(writes, tensors):
-            if self._allocation_start(ptr) not in busy:
-                poison(self.memory.address(ptr), nbytes, tensor.np_dtype)
+            busy = self.pending_reads.keys()
+            todo = [fill for start, fill in plan[1] if start not in busy]
+        for fill in todo:
+            fill()
 
     def require(self) -> Session:
         session = self.session
