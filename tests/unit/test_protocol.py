@@ -293,3 +293,29 @@ def test_validated_tasks_survive_the_codec():
     for task in GOOD_TASKS.values():
         assert validate_task(unpack(pack(task))) is None
     assert proto.validate_task(unpack(pack([GOOD_TASKS["exec"]]))) is not None  # a batch
+
+
+def test_wait_readable_sees_queued_messages():
+    """The card's wait: True when a message is queued (also one that arrived before the wait:
+    ZMQ_EVENTS decides, not the FD's edge), else False once the timeout passes or on a spurious
+    wake-up (the card's loop then waits again)."""
+    import zmq
+
+    from farm.protocol import wait_readable
+
+    ctx = zmq.Context()
+    try:
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        a.bind("inproc://wait-readable")
+        b.connect("inproc://wait-readable")
+        assert wait_readable(b, 0) is False
+        assert wait_readable(b, 0.0005) is False
+        a.send(b"x")
+        assert wait_readable(b, 1.0) is True
+        assert wait_readable(b, 0) is True  # still queued: EVENTS, not the FD edge, decides
+        assert b.recv() == b"x"
+        assert wait_readable(b, 0) is False
+        a.close(0)
+        b.close(0)
+    finally:
+        ctx.term()
