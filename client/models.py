@@ -63,7 +63,20 @@ class ModelApi:
     def _load(self, spec: ModelSpec) -> int:
         session = self.require()
         device_id = self.current_context().device_id
-        reply = session.request(device_id, "load", spec=spec.to_dict())
+        if not spec.blob or self.host is None:
+            reply = session.request(device_id, "load", spec=spec.to_dict())
+        else:  # bulk bytes travel through shared memory, never through the sockets
+            size = len(spec.blob)
+            ptr = self.host.malloc(size)
+            try:
+                ctypes.memmove(ptr, spec.blob, size)
+                name, offset = self.host.locate(ptr, size)
+                document = spec.to_dict()
+                del document["blob"]
+                document["blob_ref"] = [name, offset, size]
+                reply = session.request(device_id, "load", spec=document)
+            finally:
+                self.host.free(ptr)
         with self.lock:
             model_id = len(self.models) + 1
             while model_id in self.models or model_id in self.retired_model_ids:

@@ -171,9 +171,14 @@ class Session:
         rid = next(self._rids)
         with self.cond:
             self._replies[rid] = None
+            epoch = self.epochs.get(device_id)
         self._post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
-        answered = self._await(
-            lambda: self._replies[rid] is not None or self.broker_lost,
+        answered = self._await(  # a lost card ends the wait at once, like a lost broker
+            lambda: (
+                self._replies[rid] is not None
+                or self.broker_lost
+                or (epoch is not None and self.lost.get(device_id) == epoch)
+            ),
             time.monotonic() + timeout_s,
         )
         with self.cond:

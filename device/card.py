@@ -30,6 +30,7 @@ import zmq
 from device import executor
 from device.injection import CardFaults, TaskFault
 from device.kernels import build_kernel
+from device.loader import ModelLoader
 from device.memory import Allocator, HbmSegment, prefault_preserves_contents, segment_name
 from device.models import ModelSpec
 from device.streams import StreamScheduler, Task
@@ -50,6 +51,7 @@ __all__ = ["CardSpec", "Card", "run_card"]
 logger = logging.getLogger(__name__)
 
 _MAX_DRAIN = 64  # inbound messages handled per loop turn before timers get a look in
+_LOAD_POLL_S = 0.002  # how often the loop looks for a finished model build while one runs
 _TURN_BUDGET = 0.25  # share of a heartbeat interval one turn may spend starting tasks
 _PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
 
@@ -97,6 +99,7 @@ class Card:
         self.attached: dict[str, HbmSegment] = {}  # clients' pinned host segments, by name
         self.models: dict[int, tuple[ModelSpec, Any, bytes]] = {}
         self._model_ids = itertools.count(1)
+        self.loader = ModelLoader(spec.device_id)
         self.scheduler = StreamScheduler(spec.exec_slots)
         self.timers: list[tuple] = []  # (deadline, seq, task, code, commit) heap
         self._timer_seq = itertools.count()
@@ -121,6 +124,7 @@ class Card:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        self.loader.close()
         self.socket.close(0)
         self.ctx.term()
         for segment in self.attached.values():
@@ -164,6 +168,8 @@ class Card:
         while self.running:
             now = time.monotonic()
             deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
+            if self.loader.pending:  # look for finished model builds every few ms
+                deadline = min(deadline, now + _LOAD_POLL_S)
             busy = self.prefault_queue or self.backlog
             timeout_s = 0.0 if busy else max(0.0, deadline - now)
             link_up = self.faults.link_up()
@@ -179,6 +185,8 @@ class Card:
             self.fire_timers(now)
             self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
             if link_up:
+                if self.loader.pending:
+                    self.finish_loads()
                 self.flush()
                 if self.faults.events:
                     self.report_faults()
@@ -249,16 +257,34 @@ class Card:
         else:
             try:
                 reply = handler(client, body)
-            except NpuFarmError as exc:
-                reply = {"code": exc.code, "error": str(exc)}
-            except (KeyError, TypeError, ValueError, OverflowError) as exc:
-                reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
             except Exception as exc:  # a request must never take the card down
-                logger.exception("card %d: request %r failed", self.spec.device_id, body.get("op"))
-                reply = {"code": ACL_ERROR_RT_INTERNAL_ERROR, "error": repr(exc)}
-        reply["rid"] = body["rid"]
+                reply = self._error_reply(exc, body.get("op"))
+            if reply is None:  # answered later (a model still building: finish_loads)
+                return
+        self.reply(client, body["rid"], reply)
+
+    def reply(self, client: bytes, rid: int, reply: dict) -> None:
+        reply["rid"] = rid
         reply.setdefault("code", ACL_SUCCESS)
         self.send(Cmd.REPLY, client, reply)
+
+    def _error_reply(self, exc: Exception, op: Any) -> dict:
+        if isinstance(exc, NpuFarmError):
+            return {"code": exc.code, "error": str(exc)}
+        if isinstance(exc, KeyError | TypeError | ValueError | OverflowError):
+            return {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
+        logger.error("card %d: request %r failed", self.spec.device_id, op, exc_info=exc)
+        return {"code": ACL_ERROR_RT_INTERNAL_ERROR, "error": repr(exc)}
+
+    def finish_loads(self) -> None:
+        """Answer the ``load`` requests whose model finished building (device/loader.py)."""
+        for load, kernel, exc in self.loader.finished():
+            if exc is not None:
+                self.reply(load.client, load.rid, self._error_reply(exc, "load"))
+                continue
+            handle = next(self._model_ids)
+            self.models[handle] = (load.spec, kernel, load.client)
+            self.reply(load.client, load.rid, {"handle": handle})
 
     def prefault_step(self) -> None:
         offset, nbytes = self.prefault_queue.popleft()
@@ -309,8 +335,15 @@ class Card:
     def op_mem_info(self, client: bytes, body: dict) -> dict:
         return {"free": self.allocator.free_bytes, "total": self.spec.hbm_bytes}
 
-    def op_load(self, client: bytes, body: dict) -> dict:
-        spec = ModelSpec.from_dict(body["spec"])
+    def op_load(self, client: bytes, body: dict) -> dict | None:
+        document = body["spec"]
+        if isinstance(document, dict) and "blob_ref" in document:  # the model bytes, in shm
+            name, offset, size = document.pop("blob_ref")
+            document["blob"] = executor.read_host_bytes(self, name, offset, size)
+        spec = ModelSpec.from_dict(document)
+        if spec.kind == "onnx":  # may take longer than a heartbeat expiry: off the loop
+            self.loader.submit(client, body["rid"], spec)
+            return None
         handle = next(self._model_ids)
         self.models[handle] = (spec, build_kernel(spec), client)
         return {"handle": handle}
@@ -343,6 +376,7 @@ class Card:
         self.timers = [t for t in self.timers if t[2].client != client]
         heapq.heapify(self.timers)
         self.outbox.pop(client, None)
+        self.loader.drop_client(client)
 
     # -- execution -------------------------------------------------------------------------
     def start_ready(self, budget_end: float = float("inf")) -> bool:

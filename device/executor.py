@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from device.card import Card
     from device.streams import Task
 
-__all__ = ["start", "BadAddress", "FreedUnderTask", "Publish"]
+__all__ = ["start", "read_host_bytes", "BadAddress", "FreedUnderTask", "Publish"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,21 @@ def _view(segment: HbmSegment, offset: int, nbytes: int) -> np.ndarray:
         return segment.view(offset, nbytes)
     except ValueError as exc:
         raise BadAddress(str(exc)) from None
+
+
+def read_host_bytes(card: Card, name: str, offset: int, nbytes: int) -> bytes:
+    """A copy of ``nbytes`` at ``offset`` of a client's pinned host segment ``name`` (a model's
+    bytes on their way to a load), without keeping the segment mapped."""
+    if not isinstance(name, str) or not name.startswith(f"npufarm-{card.spec.farm_id}-"):
+        raise BadAddress(f"segment {name!r} is not part of this farm")
+    try:
+        segment = HbmSegment.attach(name)
+    except (OSError, ValueError) as exc:
+        raise BadAddress(f"cannot attach {name!r}: {exc}") from None
+    try:
+        return _view(segment, int(offset), int(nbytes)).tobytes()
+    finally:
+        segment.close()
 
 
 def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:

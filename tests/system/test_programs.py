@@ -155,3 +155,49 @@ def test_bad_models_get_145006_and_the_card_lives_on(farm, cnn, acl_on, tmp_path
         model_id, ret = acl.mdl.load_from_file(str(om))  # the same card still loads models
         assert ret == 0 and acl.mdl.unload(model_id) == 0
         assert acl.rt.reset_device(0) == 0
+
+
+def test_a_long_model_build_never_silences_the_card(farm, acl_on, tmp_path):
+    """onnxruntime needs about a second to build a graph of 30,000 nodes, five times the ci
+    farm's 0.2 s heartbeat expiry; the card builds it off its loop, keeps beating, and answers
+    the load when the build is done. Its other card, and this one, stay at epoch 1."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from device.atc import convert
+    from farm.cli import query_status
+
+    steps, width = 30_000, 16
+    nodes = [helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", "c"], [f"a{i}"])
+             for i in range(steps)]  # fmt: skip
+    nodes.append(helper.make_node("Identity", [f"a{steps - 1}"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "long_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        [numpy_helper.from_array(np.full((1, width), 0.001, np.float32), "c")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "chain.onnx"))
+    om = convert(str(tmp_path / "chain.onnx"), str(tmp_path / "chain"), soc_version="Ascend910B")
+    x = np.arange(width, dtype=np.float32)[None, :]
+    with acl_on(farm) as acl:
+        assert acl.rt.set_device(0) == 0
+        model_id, ret = acl.mdl.load_from_file(str(om))
+        assert ret == 0, acl.get_recent_err_msg()
+        assert acl.rt.query_device_status(0) == (0, 0)
+        n = x.nbytes
+        d_in, _ = acl.rt.malloc(n, 0)
+        d_out, _ = acl.rt.malloc(n, 0)
+        inputs, outputs = acl.mdl.create_dataset(), acl.mdl.create_dataset()
+        acl.mdl.add_dataset_buffer(inputs, acl.create_data_buffer(d_in, n))
+        acl.mdl.add_dataset_buffer(outputs, acl.create_data_buffer(d_out, n))
+        assert acl.rt.memcpy(d_in, n, acl.util.numpy_to_ptr(x), n, 1) == 0
+        assert acl.mdl.execute(model_id, inputs, outputs) == 0
+        y = np.empty_like(x)
+        assert acl.rt.memcpy(acl.util.numpy_to_ptr(y), n, d_out, n, 2) == 0
+        np.testing.assert_allclose(y, x + steps * np.float32(0.001), rtol=1e-3)
+        assert acl.mdl.unload(model_id) == 0
+        assert acl.rt.reset_device(0) == 0
+    cards = query_status(farm.address)["cards"]
+    assert [(c["state"], c["epoch"]) for c in cards] == [("ready", 1), ("ready", 1)]
