@@ -23,6 +23,7 @@ itself (HELLO, STATUS, ...).
 from __future__ import annotations
 
 import logging
+import math
 import select
 import struct
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _FD = int(zmq.FD)
+_SELECT_FD_LIMIT = 1024  # FD_SETSIZE
 
 _packer_kwargs = {"use_bin_type": True}
 _unpacker_kwargs = {"raw": False, "strict_map_key": False}
@@ -291,7 +293,11 @@ def wait_readable(socket: zmq.Socket, timeout_s: float) -> bool:
         return True
     if timeout_s <= 0:
         return False
-    select.select([socket.get(_FD)], [], [], timeout_s)
+    fd = socket.get(_FD)
+    if fd < _SELECT_FD_LIMIT:
+        select.select([fd], [], [], timeout_s)
+    else:  # select() cannot watch such an fd: whole milliseconds, rounded up (never early)
+        socket.poll(math.ceil(timeout_s * 1000.0), zmq.POLLIN)
     return bool(socket.get(_EVENTS) & _POLLIN)
 
 

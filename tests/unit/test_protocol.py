@@ -295,19 +295,22 @@ def test_validated_tasks_survive_the_codec():
     assert proto.validate_task(unpack(pack([GOOD_TASKS["exec"]]))) is not None  # a batch
 
 
-def test_wait_readable_sees_queued_messages():
+@pytest.mark.parametrize("select_limit", [1024, 0], ids=["select", "zmq-poll-fallback"])
+def test_wait_readable_sees_queued_messages(select_limit, monkeypatch):
     """The card's wait: True when a message is queued (also one that arrived before the wait:
     ZMQ_EVENTS decides, not the FD's edge), else False once the timeout passes or on a spurious
     wake-up (the card's loop then waits again)."""
     import zmq
 
+    from farm import protocol
     from farm.protocol import wait_readable
 
+    monkeypatch.setattr(protocol, "_SELECT_FD_LIMIT", select_limit)
     ctx = zmq.Context()
     try:
         a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-        a.bind("inproc://wait-readable")
-        b.connect("inproc://wait-readable")
+        a.bind(f"inproc://wait-readable-{select_limit}")
+        b.connect(f"inproc://wait-readable-{select_limit}")
         assert wait_readable(b, 0) is False
         assert wait_readable(b, 0.0005) is False
         a.send(b"x")
