@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from client.handles import as_int
+from client.handle_table import as_int
 from client.runtime import _int, api
 from farm.errors import (
     ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,

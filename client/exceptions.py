@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-import operator
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from client.handle_table import as_int
 from client.runtime import api
 from client.session import StreamTrack
 from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, AclError
@@ -119,11 +119,8 @@ class ExceptionReporter:
         return handle
 
     def info(self, handle: Any) -> ExceptionInfo | None:
-        if isinstance(handle, bool):
-            return None
-        try:
-            key = operator.index(handle)
-        except TypeError:
+        key = as_int(handle)
+        if key is None:
             return None
         with self.cond:
             return self._infos.get(key)

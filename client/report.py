@@ -237,7 +237,8 @@ def _detect_recover(
     run = np.zeros(good.size + 1, np.int64)
     for i in range(good.size - 1, -1, -1):
         run[i] = run[i + 1] + 1 if good[i] else 0
-    sustained = (run[:-1] >= RECOVERY_RUN) | (good & (run[:-1] == good.size - np.arange(good.size)))
+    # a run of RECOVERY_RUN, or a shorter one reaching the last sample
+    sustained = (run[:-1] >= RECOVERY_RUN) | (run[:-1] == good.size - np.arange(good.size))
     hits = np.flatnonzero(sustained)
     return detected, (float(ends[hits[0]]) if hits.size else None)
 
