@@ -100,7 +100,8 @@ class BenchConfig:
 
 
 def parse_sweep(text: str, kind: type = float) -> tuple:
-    """``"a:b:c"`` → a, a+c, ... ≤ b; ``"a:b"`` steps by 1; ``"x,y,z"`` a list; ``"x"`` one."""
+    """``"a:b:c"`` → a, a+c, a+2c, ... below b, then b itself: the stated bounds are both run
+    (``1:16:4`` → 1, 5, 9, 13, 16); ``"a:b"`` steps by 1; ``"x,y,z"`` a list; ``"x"`` one."""
     text = text.strip()
     if ":" not in text:
         return tuple(kind(v) for v in text.split(",") if v.strip())
@@ -108,8 +109,13 @@ def parse_sweep(text: str, kind: type = float) -> tuple:
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
         raise ValueError(f"sweep {text!r}: expected start:stop[:step] with step > 0")
     start, stop, step = (*parts, 1.0) if len(parts) == 2 else parts
+    if stop < start:
+        raise ValueError(f"sweep {text!r}: stop {stop:g} is below start {start:g}")
     count = int(math.floor((stop - start) / step + 1e-9)) + 1
-    return tuple(kind(start + i * step) for i in range(max(count, 0)))
+    values = [kind(start + i * step) for i in range(count)]
+    if abs(float(values[-1]) - stop) > 1e-9 * max(1.0, abs(stop)):
+        values.append(kind(stop))  # the step did not land on it: the bound is run too
+    return tuple(dict.fromkeys(values))
 
 
 def arrival_offsets(rate: float, arrival: str, *, warmup_s: float, duration_s: float | None,
@@ -414,8 +420,10 @@ def _parser() -> argparse.ArgumentParser:
     add("--cards", default="all", help='"all" or a comma list of device ids')
     add("--streams-per-card", type=int, help="slots per card (default: enough for the sweep)")
     add("--workers", type=int, help="client processes (default: min(2, cards))")
-    add("--concurrency", default="1", help="closed loop: start:stop:step or a comma list")
-    add("--request-rate", help="open loop: requests/s, start:stop:step or a comma list")
+    add("--concurrency", default="1", help="closed loop: start:stop:step (stop included, "
+        "1:16:4 runs 1,5,9,13,16) or a comma list")  # fmt: skip
+    add("--request-rate", help="open loop: requests/s, start:stop:step (stop included) or a "
+        "comma list")  # fmt: skip
     add("--arrival", choices=("constant", "poisson"), default="constant")
     add("--duration-s", type=float, help="measured seconds per phase (default 10 unless "
         "--requests)")  # fmt: skip
@@ -430,7 +438,8 @@ def _parser() -> argparse.ArgumentParser:
         default=10_000,
         help="stream-sync timeout per request (also bounds how long Ctrl-C can take)",
     )
-    add("--out", help="directory for result.json, summary.csv (and requests.jsonl)")
+    add("--out", help="directory for result.json, summary.csv, requests.jsonl (--per-request) "
+        "and the PNGs (with matplotlib)")  # fmt: skip
     add("--per-request", action="store_true", help="also write requests.jsonl")
     add("--quiet", action="store_true", help="no summary table")
     add("-v", "--verbose", action="count", default=0)
@@ -473,10 +482,11 @@ def bench_main(argv: list[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    if not args.quiet:
-        from rich.console import Console
+    from client.render import print_bench_summary, write_bench_plots
 
-        Console().print(report.summary_table(result))
+    if not args.quiet:
+        print_bench_summary(result)
+    print(write_bench_plots(result, config.out_dir, config.per_request))
     interrupted = any(p["interrupted"] for p in result["phases"])
     return 130 if interrupted else 0
 

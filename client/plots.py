@@ -38,10 +38,12 @@ from client.plot_style import (
     _log_y,
     _save,
 )
+from client.report import _PARAMS, fault_title
 
 __all__ = [
     "DPI",
     "FIGSIZE",
+    "card_legend",
     "plot_latency_over_time",
     "plot_per_card_throughput",
     "plot_percentiles_vs_load",
@@ -156,9 +158,8 @@ def plot_latency_over_time(
     colour_of = {c: _CARD_COLOURS[i % len(_CARD_COLOURS)] for i, c in enumerate(cards)}
     ax.scatter(x[shown], lat[shown], s=6 if shown.size > 20_000 else 12, alpha=0.45, linewidths=0,
                c=[colour_of[c] for c in card[shown]], rasterized=True)  # fmt: skip
-    for c in cards:
-        n_err = int(np.count_nonzero(err & (card == c)))
-        label = f"{_card_label(c)} ({np.count_nonzero(card == c)} req, {n_err} err)"
+    counted = _measured(cols["t"], phases)  # the legend counts what the tables count
+    for c, label in card_legend(card, err, counted):
         ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
     positive = lat[ok & (lat > 0)]
     if positive.size and np.percentile(positive, 99.9) / max(np.min(positive), 1e-9) > 30:
@@ -169,8 +170,9 @@ def plot_latency_over_time(
     ax.plot(centres, p99, color="black", lw=1.6, ls="--", label="p99, all cards")
     err_lat = err & np.isfinite(lat)
     if err_lat.any():
+        n_err = int(np.count_nonzero(err & counted))
         ax.scatter(x[err_lat], lat[err_lat], marker="x", s=28, color="#d62728", lw=1.2,
-                   label=f"error ({int(np.count_nonzero(err))})", zorder=4)  # fmt: skip
+                   label=f"error ({n_err})", zorder=4)  # fmt: skip
 
     if phases is None:  # no measured windows given: the extent of each phase's samples
         names = [n for n in dict.fromkeys(cols["phase"].tolist()) if n != ""]
@@ -178,7 +180,9 @@ def plot_latency_over_time(
         phases = [{"name": n, "start_s": t.min(), "end_s": t.max()} for t, n in spans]
         _draw_phase_windows(ax, phases if len(phases) > 1 else [], t0, hatch=False)
     else:
-        _draw_phase_windows(ax, phases, t0, hatch=True)
+        warm = int(np.count_nonzero(~counted))
+        hatch_label = f"not measured (warm-up: {warm} requests, not counted)"
+        _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
     short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
     for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
         ax.axvspan(f["start"], f["end"], color=_FAULT_COLOURS.get(f["kind"], "#444444"),
@@ -202,10 +206,34 @@ def _phase_title(phase: Mapping[str, Any], sep: str = ": ") -> str:
     return name if load in name else f"{name}{sep}{load}"
 
 
-def _draw_phase_windows(ax, phases: Sequence[Mapping[str, Any]], t0: float, hatch: bool) -> None:
+def _measured(t: np.ndarray, phases: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
+    """Which samples (intended times ``t``) fall in a phase's measured window ``[start_s,
+    end_s)`` — what the tables count; all of them when no windows are known."""
+    if phases is None:
+        return np.ones(t.size, dtype=bool)
+    inside = np.zeros(t.size, dtype=bool)
+    for p in phases:
+        if p.get("start_s") is not None and p.get("end_s") is not None:
+            inside |= (t >= float(p["start_s"])) & (t < float(p["end_s"]))
+    return inside
+
+
+def card_legend(card: np.ndarray, err: np.ndarray, counted: np.ndarray) -> list[tuple[str, str]]:
+    """(card, legend entry ``card 0 (333 req, 0 err)``): requests and errors of each card among
+    the ``counted`` samples (the measured windows), so they equal the per-card table's."""
+    labels = []
+    for c in sorted(set(card.tolist()), key=_card_key):
+        mine = counted & (card == c)
+        n_req, n_err = int(np.count_nonzero(mine)), int(np.count_nonzero(mine & err))
+        labels.append((c, f"{_card_label(c)} ({n_req} req, {n_err} err)"))
+    return labels
+
+
+def _draw_phase_windows(ax, phases: Sequence[Mapping[str, Any]], t0: float, hatch: bool,
+                        label: str = "not measured (warm-up)") -> None:  # fmt: skip
     """Dotted lines at each phase's start and end, its name centred at the bottom; with ``hatch``
     what lies outside every (measured) window is hatched."""
-    label, prev_end = "not measured (warm-up)", ax.get_xlim()[0]
+    prev_end = ax.get_xlim()[0]
     box = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8}
     for p in phases:
         if p.get("start_s") is None or p.get("end_s") is None:
@@ -247,7 +275,10 @@ def _fault_spans(items, shift: float, farm_x: float | None, xlim) -> list[dict[s
             skipped += 1
             continue
         ttd, ttr = item.get("time_to_detect_s"), item.get("time_to_recover_s")
+        detail = event.get("detail") or {}
+        params = item.get("params") or {k: detail[k] for k in _PARAMS if k in detail}
         spans.append({"kind": str(event.get("kind", "fault")), "card": event.get("card"),
+                      "params": params,
                       "events": event.get("events") or 1, "start": where[0], "end": where[1],
                       "detect": None if ttd is None else where[0] + ttd,
                       "recover": None if ttr is None else where[0] + ttr})  # fmt: skip
@@ -258,7 +289,8 @@ def _fault_spans(items, shift: float, farm_x: float | None, xlim) -> list[dict[s
 
 def _lanes(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Timeline lanes, label → spans, in order of first start: one per kind and card, or one per
-    kind if that would make more than :data:`MAX_LANES`."""
+    kind if that would make more than :data:`MAX_LANES`. A label names the fault with what sets
+    its strength, then its event count apart: ``slow 3× @card 1: 840 events``."""
     by_card: dict[tuple, list] = {}
     for f in sorted(spans, key=lambda f: f["start"]):
         by_card.setdefault((f["kind"], f["card"]), []).append(f)
@@ -271,15 +303,17 @@ def _lanes(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     for (kind, _), group in by_card.items():
         cards = sorted({str(f["card"]) for f in group if f["card"] is not None}, key=_card_key)
         where = f" @{_card_label(cards[0])}" if len(cards) == 1 else f" ({len(cards)} cards)"
+        params = [f.get("params") or {} for f in group]
+        title = fault_title(kind, params[0] if all(p == params[0] for p in params) else None)
         n = sum(f["events"] for f in group)
-        lanes[kind + (where if cards else "") + (f" ×{n}" if n > 1 else "")] = group
+        lanes[f"{title}{where if cards else ''}: {n} event{'s' * (n != 1)}"] = group
     return lanes
 
 
 def _draw_timeline(ax, lanes: Mapping[str, list[dict[str, Any]]]) -> None:
     """Fault windows as bars (single events as ticks), detection ▼ and recovery △ marked."""
     marks = {"detect": ("v", "black", "fault detected (first bad request)"),
-             "recover": ("^", "white", "recovered (next good request)")}  # fmt: skip
+             "recover": ("^", "white", "recovered (first of a run of good requests)")}  # fmt: skip
     labelled: set[str] = set()
     for y, group in enumerate(lanes.values()):
         colour = _FAULT_COLOURS.get(group[0]["kind"], "#444444")

@@ -2,7 +2,11 @@
 
 :func:`render_terminal` prints rich tables of a result (``npufarm.bench/1``): one row per phase
 (throughput, goodput, latency percentiles, errors), one row per phase and card, and one row per
-fault window (p99 before / during / after the fault, time to detect and to recover).
+fault window (the faulted card's p99 before / during / after the fault beside the other cards',
+the faulted card's errors, time to detect and to recover). Every table fits 80 columns (a pipe,
+a CI log) with nothing cut, and every column is explained in its caption: a figure a reader
+cannot interpret, or that blends a faulted card with healthy ones, misleads. :func:`bench_table`,
+:func:`print_bench_summary` and :func:`write_bench_plots` are ``npufarm bench``'s own output.
 :func:`report_main` is the CLI entry: it loads ``RESULT.json`` (checking the schema version), prints
 that summary and re-renders the PNGs of :mod:`client.plots` next to the JSON (or into ``--out``),
 with the per-request plot when the result's ``requests.jsonl`` is there.
@@ -25,6 +29,9 @@ __all__ = [
     "SchemaError",
     "load_result",
     "load_samples",
+    "bench_table",
+    "print_bench_summary",
+    "write_bench_plots",
     "render_terminal",
     "report_main",
 ]
@@ -32,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLES = "requests.jsonl"
-_NEVER = "[yellow]never[/]"  # a bad request was seen, no good one followed within the phase
+_NEVER = "[yellow]never[/]"  # a bad request was seen, no good run followed within the phase
 
 
 class SchemaError(ValueError):
@@ -132,17 +139,20 @@ def _card_name(card: Any) -> str:
     return "broker" if str(card) == "-1" else str(card)
 
 
-def _table(title: str, columns: Sequence[str], caption: str | None = None):
-    """A compact table: columns named ``"<name"`` are left-aligned and never wrapped."""
+def _table(title: str, columns: Sequence[str], caption: str | None = None, *,
+           wrap_labels: bool = False):  # fmt: skip
+    """A compact table (one space between columns, so 80 columns suffice): columns named
+    ``"<name"`` are left-aligned; numbers are never wrapped or cut; with ``wrap_labels`` the
+    left-aligned columns may wrap (a label folds rather than being cut)."""
     from rich import box
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", title_style="bold", caption=caption,
                   caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold",
-                  pad_edge=False, collapse_padding=True)  # fmt: skip
+                  padding=(0, 0), show_edge=False)  # fmt: skip
     for name in columns:
         if name.startswith("<"):
-            table.add_column(name[1:], justify="left", no_wrap=True)
+            table.add_column(name[1:], justify="left", no_wrap=not wrap_labels)
         else:
             table.add_column(name, justify="right", no_wrap=True)
     return table
@@ -163,7 +173,9 @@ def _title(result: Mapping[str, Any]) -> str:
 def _phase_notes(result: Mapping[str, Any]) -> list[str]:
     phases = result.get("phases", [])
     slo = next((p["slo_ms"] for p in phases if p.get("slo_ms") is not None), None)
-    notes = ["latency in ms", f"good = completed within {slo:g} ms" if slo else "good = completed"]
+    good = f"good/s: completed within {slo:g} ms, per s" if slo else "good/s: completed, per s"
+    notes = ["latency in ms over completed requests", "thr/s: completed per s of the window",
+             good, "err: failed requests"]  # fmt: skip
     notes += [f"{p.get('name', '?')} errors: {_codes(p['errors'])}" for p in phases
               if isinstance(p.get("errors"), Mapping) and p["errors"]]  # fmt: skip
     notes += [f"{p.get('name', '?')}: {p['missed']} scheduled requests never sent" for p in phases
@@ -216,34 +228,94 @@ def _card_table(result: Mapping[str, Any]):
     return table
 
 
+_FAULT_CAPTION = (
+    "p99 in ms: the faulted card's before / during / after the window, and the other cards' "
+    "during it; err: the faulted card's failed requests during the window; window: s since the "
+    "bench started (first to last fault event, or the rule's duration; a one-off fault such as "
+    "a disconnect lasts until its card recovered, or to the end of the run); detect / recover: "
+    "s from the window start to the card's first bad request / to a run of good ones; "
+    "none: no bad request on the card; never: not recovered within the run"
+)
+
+
+def _card_p99(part: Any, card: Any) -> Any:
+    """p99 of the faulted card in a before / during / after part (all cards only for a result
+    without per-card figures)."""
+    if not isinstance(part, Mapping):
+        return None
+    per_card = part.get("per_card")
+    if isinstance(per_card, Mapping):
+        return _p99(per_card.get(str(card)))
+    return _p99(part)
+
+
+def _fault_row(w: Mapping[str, Any], wide: bool) -> list[str]:
+    from client.report import fault_title
+
+    fault = w["fault"] if isinstance(w.get("fault"), Mapping) else w
+    card = fault.get("card")
+    where = f" @{_card_name(card)}" if card is not None else ""
+    start, end = w.get("start_s"), w.get("end_s")
+    window = "—" if start is None or end is None else f"{start:.2f}–{end:.2f}"
+    detect, recover = w.get("time_to_detect_s"), w.get("time_to_recover_s")
+    during = w.get("during") or {}
+    per_card = during.get("per_card")
+    on_card = per_card.get(str(card)) if isinstance(per_card, Mapping) else during
+    rule = fault.get("name") or ("" if fault.get("rule") is None else f"#{fault['rule']}")
+    cells = [rule, str(fault.get("code", "—")), str(w.get("events", "—"))] if wide else []
+    return [
+        fault_title(fault.get("kind", "?"), fault.get("params")) + where,
+        *cells,
+        window,
+        *(_ms(_card_p99(w.get(k), card)) for k in ("before", "during", "after")),
+        _ms(_p99(during.get("others"))),
+        _count(_total((on_card or {}).get("errors"))),
+        "none" if detect is None else _secs(detect),
+        _secs(recover) if recover is not None else _NEVER if detect is not None else "—",
+    ]
+
+
 def _fault_table(result: Mapping[str, Any], wide: bool):
-    rows = [(p, w) for p in result.get("phases", []) for w in p.get("fault_windows") or []]
+    phases = result.get("phases", [])
+    rows = [(p, w) for p in phases for w in p.get("fault_windows") or []]
     if not rows:
         return None
-    extra = ["<phase", "<fault", "<rule", "code", "events"] if wide else ["<phase", "<fault"]
-    columns = [*extra, "window", "p99\nbefore", "p99\nduring", "p99\nafter", "err\nduring"]
-    caption = ("p99 in ms over all cards; window: s since the bench started; detect / recover: s "
-               "from the window start to the card's first bad / next good request")  # fmt: skip
-    table = _table("Fault windows", [*columns, "detect", "recover"], caption)
+    named = len(phases) > 1  # the phase column only when there is more than one
+    extra = ["<rule", "code", "events"] if wide else []
+    columns = [*(["<phase"] if named else []), "<fault", *extra, "window s", "p99\nbefore",
+               "p99\nduring", "p99\nafter", "others\np99", "err", "detect", "recover"]  # fmt: skip
+    table = _table("Fault windows", columns, _FAULT_CAPTION, wrap_labels=True)
     for p, w in rows:
-        fault = w["fault"] if isinstance(w.get("fault"), Mapping) else w
-        where = f" @{_card_name(fault['card'])}" if fault.get("card") is not None else ""
-        start, end = w.get("start_s"), w.get("end_s")
-        window = "—" if start is None or end is None else f"{start:.2f}–{end:.2f}"
-        detect, recover = w.get("time_to_detect_s"), w.get("time_to_recover_s")
-        label = f"{fault.get('kind', '?')}{where}"
-        rule = fault.get("name") or ("" if fault.get("rule") is None else f"#{fault['rule']}")
-        cells = [rule, str(fault.get("code", "—")), str(w.get("events", "—"))]
+        table.add_row(*([str(p.get("name", "?"))] if named else []), *_fault_row(w, wide))
+    return table
+
+
+_GENERATOR_CAPTION = (
+    "latency in ms; lag|gap ms: p50 of how late the generator sent (open loop: actual − "
+    "intended send) or of the pause between two requests of a slot (closed loop); cpu: the "
+    "busiest bench worker's CPU time / wall time (≥ 0.9: the generator, not the farm, may be "
+    "the limit)"
+)
+
+
+def bench_table(result: Mapping[str, Any]):
+    """``npufarm bench``'s summary: one row per phase with the generator's own figures (its send
+    lag or gap and its CPU) beside the farm's, every column explained in the caption."""
+    model = Path((result.get("config") or {}).get("model") or "?").stem
+    cards = (result.get("farm") or {}).get("cards")
+    columns = ["<phase", "req", "err", "thr/s", "good/s", "p50", "p99", "max", "lag|gap ms",
+               "cpu"]  # fmt: skip
+    table = _table(f"npufarm bench: {model} on cards {cards}", columns, _GENERATOR_CAPTION)
+    for p in result.get("phases", []):
+        lat, gen = p.get("latency_ms") or {}, p.get("generator") or {}
+        lag = gen.get("lag_ms") or gen.get("issue_gap_ms") or {}
+        cpu = max(gen.get("worker_cpu_util") or [], default=None)
         table.add_row(
-            str(p.get("name", "?")),
-            label,
-            *(cells if wide else []),
-            window,
-            *(_ms(_p99(w.get(k))) for k in ("before", "during", "after")),
-            _count(_total((w.get("during") or {}).get("errors"))),
-            _secs(detect),
-            _secs(recover) if recover is not None else _NEVER if detect is not None else "—",
-        )
+            str(p.get("name", "?")), str(p.get("requests", "—")), _count(_total(p.get("errors"))),
+            _num(p.get("throughput_rps")), _num(p.get("goodput_rps")),
+            *(_ms(lat.get(k)) for k in ("p50", "p99", "max")),
+            _ms(lag.get("p50")), "—" if cpu is None else f"{cpu:.2f}",
+        )  # fmt: skip
     return table
 
 
@@ -257,12 +329,46 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
     wide = console.width >= 120
     console.print(_phase_table(result, wide))
     if any(p.get("per_card") for p in result.get("phases", [])):
+        console.print()
         console.print(_card_table(result))
     faults = _fault_table(result, wide)
     if faults is not None:
+        console.print()
         console.print(faults)
     elif result.get("faults"):
         console.print(f"{len(result['faults'])} fault event(s), no fault windows in this result")
+
+
+def print_bench_summary(result: dict[str, Any]) -> None:
+    """The phase table with the generator's figures, then the fault windows (if any)."""
+    from rich.console import Console
+
+    console = Console()
+    console.print(bench_table(result))
+    faults = _fault_table(result, console.width >= 120)
+    if faults is not None:
+        console.print()
+        console.print(faults)
+
+
+def write_bench_plots(result: dict[str, Any], out_dir: str | None, per_request: bool) -> str:
+    """Render the PNGs next to the result (when matplotlib is there); one line saying which
+    files were written where (or that none were)."""
+    if out_dir is None:
+        return "npufarm bench: no files written (--out DIR writes result.json, summary.csv, PNGs)"
+    out = Path(out_dir).resolve()
+    names = ["result.json", "summary.csv", *(["requests.jsonl"] if per_request else [])]
+    try:
+        from client.plots import render_all
+
+        samples = load_samples(out / "requests.jsonl") if per_request else None
+        names += [path.name for path in render_all(result, out, samples=samples)]
+        missing = ""
+    except ImportError as exc:
+        missing = f"; no PNGs: {exc.name or exc} is not installed (pip install 'npufarm[plot]')"
+    except (OSError, ValueError) as exc:  # an unwritable folder, an unreadable requests.jsonl
+        missing = f"; no PNGs: {exc}"
+    return f"npufarm bench: wrote {', '.join(names)} to {out}{missing}"
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -13,10 +13,15 @@ requests; *good* = completed within ``slo_ms`` (every completed one without an S
 ``throughput_rps`` = completed / window, ``goodput_rps`` = good / window. A *bad* sample (an
 error, or over the SLO) is known to the client at its end (errors) or once the SLO has passed
 (``intended_s + slo``). A fault window groups the fault-log events of one rule on one card:
-from the first event to the last, or to ``first + detail.duration_s`` if later. Of the samples
+from the first event to the last, or to ``first + detail.duration_s`` if later; a single event
+without a duration (a disconnect, a crash) lasts until its card recovered (``end_by``
+``"recovery"``), or to the end of the measured window if it never did (``"run end"``), or stays
+an instant if no request noticed it (``"instant"``). Of the samples
 in the measured window, *before* it are those that ended before it started, *during* it those
 in flight at its start or sent until its end (a request sent just before a stall is caught by
-it), *after* it those sent after its end; rates are over the three spans.
+it), *after* it those sent after its end; rates are over the three spans. Each of the three
+has the figures of all cards, ``per_card``, and ``others``: the cards other than the faulted one
+together, so a fault's own card is never blended with the rest.
 ``time_to_detect_s`` = first bad sample of that card known at/after the window start − start;
 ``time_to_recover_s`` = end of the first good sample of that card, after the first bad one, that
 starts a run of :data:`RECOVERY_RUN` good samples in a row (in order of completion; a shorter run
@@ -41,8 +46,10 @@ named otherwise; card keys are strings)::
                                "issue_gap_ms": {"p50", "p99", "max"},
                                "cpu_s", "cpu_us_per_request", "worker_cpu_util": [...]},
                  "fault_windows": [{"rule", "card", "kind", "code", "name", "events",
-                                    "start_s", "end_s", "before": summary, "during": summary,
-                                    "after": summary, "time_to_detect_s", "time_to_recover_s"}]}],
+                                    "params": {"factor", "duration_s" when the rule has them},
+                                    "start_s", "end_s", "end_by", "before": summary + others,
+                                    "during": summary + others, "after": summary + others,
+                                    "time_to_detect_s", "time_to_recover_s"}]}],
      "generator": {"workers", "slots", "start_method", "setup_s", "peak_achieved_rps",
                    "lag_ms_p50_max", "max_worker_cpu_util", "saturated"},
      "faults": [fault-log events of the run, each plus "bench_t_s"],
@@ -64,7 +71,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,12 +86,12 @@ __all__ = [
     "latency_ms",
     "summarize",
     "group_fault_events",
+    "fault_title",
     "fault_windows",
     "generator_figures",
     "generator_summary",
     "phase_result",
     "build_result",
-    "summary_table",
     "write_json",
     "read_json",
     "write_csv",
@@ -189,6 +195,21 @@ def _event(e: Any) -> dict[str, Any]:
     return e.to_dict() if hasattr(e, "to_dict") else dict(e)
 
 
+_PARAMS = ("factor", "duration_s")  # the rule fields a fault window shows beside its kind
+
+
+def fault_title(kind: str, params: Mapping[str, Any] | None = None) -> str:
+    """A fault's kind with what sets its strength: ``slow 3×`` (factor 3), ``hang 0.5 s``
+    (duration), ``disconnect``; never a count, which is shown apart as events."""
+    params = params or {}
+    text = str(kind)
+    if params.get("factor") is not None:
+        text += f" {float(params['factor']):g}×"
+    if params.get("duration_s") is not None:
+        text += f" {float(params['duration_s']):g} s"
+    return text
+
+
 def group_fault_events(fault_events: Iterable[Any], farm_start_s: float) -> list[dict[str, Any]]:
     """Fault-log events (dicts or ``FaultEvent``) grouped by (rule, card), in start order, with
     absolute ``start_s`` / ``end_s`` (``farm_start_s + t_s``)."""
@@ -204,6 +225,7 @@ def group_fault_events(fault_events: Iterable[Any], farm_start_s: float) -> list
                 "rule": key[0], "card": key[1], "kind": e["kind"], "code": int(e["code"]),
                 "name": (e.get("detail") or {}).get("name", ""), "events": 0,
                 "start_s": t, "end_s": t, "duration_s": duration_s,
+                "params": {k: v for k, v in (e.get("detail") or {}).items() if k in _PARAMS},
             }  # fmt: skip
         g["events"] += 1
         g["start_s"], g["end_s"] = min(g["start_s"], t), max(g["end_s"], t)
@@ -243,6 +265,31 @@ def _detect_recover(
     return detected, (float(ends[hits[0]]) if hits.size else None)
 
 
+def _window_end(
+    g: Mapping[str, Any], detected: float | None, recovered: float | None, w1: float
+) -> tuple[float, str]:
+    """(end, what bounded it) of a fault window: the span of its events or the rule's duration;
+    an instant fault (one event, no duration: a disconnect, a crash) lasts until its card
+    recovered, or to the end of the measured window if it never did; an instant no request
+    noticed stays an instant."""
+    if g["end_s"] > g["start_s"]:
+        return g["end_s"], "duration" if g.get("duration_s") is not None else "events"
+    if recovered is not None:
+        return max(recovered, g["start_s"]), "recovery"
+    if detected is not None:
+        return max(w1, g["start_s"]), "run end"
+    return g["start_s"], "instant"
+
+
+def _part(samples: np.ndarray, card: int, span_s: float, percentiles, slo_ms) -> dict[str, Any]:
+    """Figures of a before / during / after part: all cards with ``per_card``, and ``others``:
+    the cards other than the faulted one, together."""
+    figures = summarize(samples, percentiles, slo_ms, duration_s=max(0.0, span_s))
+    rest = samples[samples["card"] != card]
+    figures["others"] = _figures(rest, max(0.0, span_s), percentiles, slo_ms)
+    return figures
+
+
 def fault_windows(
     samples: np.ndarray,
     fault_events: Iterable[Any],
@@ -254,8 +301,9 @@ def fault_windows(
     origin_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     """One entry per fault window overlapping ``window`` (default: the samples' span): figures
-    before / during / after it and time-to-detect / time-to-recover on its card. Times in the
-    output are relative to ``origin_s``."""
+    before / during / after it (all cards, per card, and the other cards together) and
+    time-to-detect / time-to-recover on its card. Times in the output are relative to
+    ``origin_s``."""
     samples = as_samples(samples)
     if window is None:
         if not samples.size:
@@ -268,22 +316,22 @@ def fault_windows(
     in_window = (t >= w0) & (t < w1)
     out = []
     for g in groups:
-        start, end = g["start_s"], g["end_s"]
+        start = g["start_s"]
         later = [o["start_s"] for o in groups if o["card"] == g["card"] and o["start_s"] > start]
         on_card = samples[samples["card"] == g["card"]]
         detected, recovered = _detect_recover(on_card, start, min(later, default=math.inf), slo_ms)
+        end, end_by = _window_end(g, detected, recovered, w1)
         parts = {
             "before": (in_window & (done < start), start - w0),
             "during": (in_window & (done >= start) & (t <= end), end - start),
             "after": (in_window & (t > end), w1 - end),
         }
-        phases = {
-            name: summarize(samples[mask], percentiles, slo_ms, duration_s=max(0.0, span))
-            for name, (mask, span) in parts.items()
-        }
+        phases = {name: _part(samples[mask], g["card"], span, percentiles, slo_ms)
+                  for name, (mask, span) in parts.items()}  # fmt: skip
         out.append({
-            **{k: g[k] for k in ("rule", "card", "kind", "code", "name", "events")},
-            "start_s": _num(start - origin_s), "end_s": _num(end - origin_s), **phases,
+            **{k: g[k] for k in ("rule", "card", "kind", "code", "name", "events", "params")},
+            "start_s": _num(start - origin_s), "end_s": _num(end - origin_s), "end_by": end_by,
+            **phases,
             "time_to_detect_s": _num(detected - start) if detected is not None else None,
             "time_to_recover_s": _num(recovered - start) if recovered is not None else None,
         })  # fmt: skip
@@ -435,30 +483,3 @@ def build_result(
         ],
         "samples_file": samples_file,
     }
-
-
-def summary_table(result: Mapping[str, Any]):
-    """A ``rich`` table of the phases of a result (fault windows as its caption)."""
-    from rich.table import Table
-
-    model = Path((result.get("config") or {}).get("model") or "?").stem
-    notes = [
-        f"{p['name']}: {w['kind']} (rule {w['rule']}) on card {w['card']} at {w['start_s']:.3f} s,"
-        f" detected after {w['time_to_detect_s']} s, recovered after {w['time_to_recover_s']} s"
-        for p in result["phases"]
-        for w in p["fault_windows"]
-    ]
-    table = Table(title=f"npufarm bench: {model} on cards {result['farm']['cards']}",
-                  caption="\n".join(notes) or None)  # fmt: skip
-    columns = ("phase", "requests", "errors", "req/s", "good/s", "p50 ms", "p99 ms", "max ms",
-               "lag|gap ms", "cpu")  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="right")
-    for p in result["phases"]:
-        lat, gen = p["latency_ms"], p["generator"]
-        lag = gen["lag_ms"] or gen["issue_gap_ms"] or {}
-        cells = (p["requests"], sum(p["errors"].values()), p["throughput_rps"], p["goodput_rps"],
-                 lat.get("p50"), lat.get("p99"), lat["max"], lag.get("p50"),
-                 max(gen["worker_cpu_util"], default=None))  # fmt: skip
-        table.add_row(p["name"], *("-" if c is None else f"{c:,.4g}" for c in cells))
-    return table

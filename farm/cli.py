@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,8 +18,9 @@ from farm import statefile
 from farm.config import FarmConfig, load_config
 from farm.errors import NpuFarmError
 from farm.protocol import BROKER_DEVICE, Cmd
+from farm.status_view import status_view
 
-__all__ = ["main", "query_status", "broker_request"]
+__all__ = ["main", "query_status", "broker_request", "status_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,67 +84,25 @@ def _find_address(args: argparse.Namespace) -> str:
     return state["endpoint"]
 
 
-def _mib(value: int) -> str:
-    return f"{value / (1 << 20):,.0f}"
-
-
-def status_view(farm: dict[str, Any]):
-    """The status of a farm as a rich renderable: the card table, the ledger, the faults."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(
-        title=f"npufarm {farm['name']} at {farm['endpoint']} (pid {farm['pid']}, "
-        f"up {farm['uptime_s']:.0f}s)"
-    )
-    for column in (
-        "card",
-        "pid",
-        "epoch",
-        "state",
-        "soc",
-        "HBM used/total MiB",
-        "streams",
-        "queued",
-        "running",
-        "done",
-        "failed",
-    ):
-        table.add_column(column, justify="right" if column not in ("state", "soc") else "left")
-    for card in farm["cards"]:
-        stats = card.get("stats") or {}
-        state = card["state"] + (f" ({card['lost_reason']})" if card.get("lost_reason") else "")
-        table.add_row(
-            str(card["device_id"]),
-            str(card["pid"]),
-            str(card["epoch"]),
-            state,
-            card.get("soc_name", ""),
-            f"{_mib(stats.get('hbm_used', 0))}/{_mib(card.get('hbm_bytes', 0))}",
-            *(str(stats.get(k, 0)) for k in ("streams", "queued", "running", "done", "failed")),
-        )
-    parts = [table]
-    ledger = farm.get("ledger")
-    if ledger:
-        failed = ", ".join(f"{code}×{n}" for code, n in ledger["failed"].items()) or "none"
-        parts.append(
-            Text(
-                f"tasks: {ledger['submitted']} submitted, {ledger['completed']} completed, "
-                f"failed {failed}, {ledger['dropped']} dropped, {ledger['in_flight']} in flight"
-            )
-        )
-    faults = farm.get("faults")
-    if faults and (faults.get("counts") or faults.get("plan", {}).get("fault")):
-        counts = ", ".join(f"{k}×{n}" for k, n in sorted(faults["counts"].items())) or "none yet"
-        parts.append(Text(f"faults injected: {counts} (log: {faults['log']})"))
-    return Group(*parts)
-
-
 def render_status(farm: dict[str, Any]) -> None:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 160).print(status_view(farm))
+
+
+_READY_POLL_S = 0.05  # how often `up` looks for its state file (written once every card is up)
+
+
+def _announce_ready(config: FarmConfig, stop: threading.Event) -> None:
+    """Print one line once this process's farm has written its state file (every card up)."""
+    path = statefile.state_path(config)
+    while not stop.wait(_READY_POLL_S):
+        state = statefile.read_state(path)
+        if state is not None and state.get("pid") == os.getpid():
+            cards = state.get("cards") or []
+            print(f"npufarm: farm {config.name!r} ready at {state['endpoint']}: {len(cards)} "
+                  f"card{'s' * (len(cards) != 1)}, state file {path}", flush=True)  # fmt: skip
+            return
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -153,14 +113,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
     if plan is not None:
         plan.check_card_count(len(config.cards))
-    run_farm(
-        config,
-        args.watch_parent,
-        plan=plan,
-        fault_log=args.fault_log,
-        trace=args.trace,
-        metrics_port=args.metrics_port,
-    )
+    config.make_runtime_dir()  # a missing --runtime-dir is made (0700), or a one-line error
+    stop = threading.Event()
+    if args.watch_parent is None:  # an embedded farm's lines would land in its program's output
+        threading.Thread(target=_announce_ready, args=(config, stop), daemon=True).start()
+    try:
+        run_farm(config, args.watch_parent, plan=plan, fault_log=args.fault_log,
+                 trace=args.trace, metrics_port=args.metrics_port)  # fmt: skip
+    finally:
+        stop.set()
+    if args.watch_parent is None:
+        print(f"npufarm: farm {config.name!r} stopped", flush=True)
     return 0
 
 
@@ -169,32 +132,66 @@ def broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -
     return _ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
 
 
+def _refused(command: str, reply: Any) -> bool:
+    """True (after printing ``npufarm: COMMAND: ERROR`` in one line on stderr) when the farm
+    answered the request with an error code."""
+    if isinstance(reply, dict) and not reply.get("code"):
+        return False
+    if isinstance(reply, dict):
+        code = reply.get("code")
+        error = " ".join(str(reply.get("error") or f"refused with code {code}").split())
+    else:
+        error = f"unexpected reply {reply!r}"
+    print(f"npufarm: {command}: {error}", file=sys.stderr)
+    return True
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
     from farm.faults import FaultRule
 
     rule = FaultRule.from_args(args.rule, label="npufarm inject")
     reply = broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
-    if reply.get("code"):
-        print(f"npufarm inject: {reply.get('error', reply['code'])}", file=sys.stderr)
+    if _refused("inject", reply):
         return 1
-    print(f"fault rule {reply['rule']} injected: {rule.to_dict()}")
+    print(f"fault rule {reply.get('rule')} injected: {rule.to_dict()}")
     return 0
+
+
+def _trace_contents(path: str) -> tuple[int, int] | None:
+    """(metadata events, other events) of a written trace file; None if it cannot be read."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            events = json.load(handle).get("traceEvents", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    meta = sum(1 for e in events if isinstance(e, dict) and e.get("ph") == "M")
+    return meta, len(events) - meta
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.out)
     reply = broker_request(_find_address(args), {"op": "trace", "path": path})
-    if reply.get("code"):
-        print(f"npufarm trace: {reply}", file=sys.stderr)
+    if _refused("trace", reply):
         return 1
-    print(f"{reply['events']} trace events written to {path} (open in ui.perfetto.dev)")
+    found = _trace_contents(path)
+    if found is not None and found[1] == 0:
+        print(
+            f"{found[0]} trace events written to {path}: metadata only, no tasks recorded yet "
+            "(a farm started without --trace records from its first `npufarm trace` on)"
+        )
+        return 0
+    print(f"{reply.get('events')} trace events written to {path} (open in ui.perfetto.dev)")
     return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
     reply = broker_request(_find_address(args), {"op": "recover", "kinds": args.kind or None})
-    print("faults cleared" if not reply.get("code") else f"recover failed: {reply}")
-    return 0 if not reply.get("code") else 1
+    if _refused("recover", reply):
+        return 1
+    print("faults cleared" + (f" (kinds: {', '.join(args.kind)})" if args.kind else ""))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -235,7 +232,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from client.demo import run_demo
 
-    return run_demo(args.config, out_dir=args.out, duration_s=args.duration_s, rate=args.rate)
+    try:
+        return run_demo(args.config, out_dir=args.out, duration_s=args.duration_s, rate=args.rate)
+    except (RuntimeError, ValueError) as exc:  # the load generator's own failures
+        print(f"npufarm: demo: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NpuFarmError as exc:
         print(f"npufarm: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, zmq.ZMQError) as exc:  # a socket or file the farm needs: one line
+        print(f"npufarm: {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -260,6 +260,17 @@ class FarmConfig:
             return Path(self.runtime_dir).expanduser()
         return default_runtime_dir(create=create)
 
+    def make_runtime_dir(self) -> Path:
+        """The runtime directory, made (mode 0o700, parents too) if it does not exist; a
+        :class:`ConfigError` in one line if it cannot be made or is not a directory. An explicit
+        ``runtime_dir`` that exists is used as it is (its mode is the user's business)."""
+        path = self.runtime_path(create=True)
+        if not path.is_dir():
+            _ensure_private_dir(path)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"runtime_dir: {str(path)!r} is not writable")
+        return path
+
     def endpoint_address(self) -> str:
         """The resolved ZeroMQ address (``"ipc"`` → ``ipc://<runtime_dir>/<name>.sock``)."""
         if self.endpoint != "ipc":
@@ -331,7 +342,9 @@ def _ensure_private_dir(path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = path.lstat()
     except OSError as exc:
-        raise ConfigError(f"runtime_dir: cannot create {str(path)!r}: {exc}") from exc
+        raise ConfigError(
+            f"runtime_dir: cannot create {str(path)!r}: {exc.strerror or exc}"
+        ) from exc
     if not stat.S_ISDIR(info.st_mode):
         raise ConfigError(f"runtime_dir: {str(path)!r} exists and is not a directory")
     if info.st_uid != os.getuid():

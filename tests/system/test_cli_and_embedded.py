@@ -246,3 +246,72 @@ def test_an_idle_live_client_keeps_its_resources(farm, acl_on):
         acl.rt.memcpy(acl.util.numpy_to_ptr(y), n, b, n, 2)
         np.testing.assert_array_equal(x, y)
         assert acl.rt.reset_device(0) == 0
+
+
+def test_up_makes_a_missing_runtime_dir_and_says_when_ready_and_stopped(runtime_dir):
+    missing = runtime_dir / "new" / "dir"
+    common = ["--config", str(CI_CONFIG), "--runtime-dir", str(missing), "--name", "rd"]
+    farm = subprocess.Popen(
+        [sys.executable, "-m", "farm", "up", *common], cwd=REPO, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert farm.stdout is not None
+        ready = farm.stdout.readline()
+        assert ready == (f"npufarm: farm 'rd' ready at ipc://{missing}/rd.sock: 2 cards, "
+                         f"state file {missing}/rd.json\n"), farm.stderr  # fmt: skip
+        assert (missing.stat().st_mode & 0o777) == 0o700
+        assert _npufarm("down", *common).returncode == 0
+        out, err = farm.communicate(timeout=15)
+    finally:
+        if farm.poll() is None:
+            farm.kill()
+            farm.wait()
+    assert farm.returncode == 0, err
+    assert out == "npufarm: farm 'rd' stopped\n" and "Traceback" not in err
+
+
+def test_up_with_an_unusable_runtime_dir_is_one_line(runtime_dir):
+    (runtime_dir / "file").write_text("")
+    done = _npufarm(
+        "up", "--config", str(CI_CONFIG), "--runtime-dir", str(runtime_dir / "file" / "x")
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("npufarm: runtime_dir: cannot create ")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _cli(farm, *args: str) -> subprocess.CompletedProcess:
+    return _npufarm(*args, "--runtime-dir", str(farm.runtime_dir), "--name", farm.name)
+
+
+def test_trace_of_an_idle_farm_says_metadata_only(fresh_farm, tmp_path):
+    done = _cli(fresh_farm, "trace", str(tmp_path / "t.json"))
+    assert done.returncode == 0, done.stderr
+    events = json.loads((tmp_path / "t.json").read_text())["traceEvents"]
+    assert {e["ph"] for e in events} == {"M"}
+    assert done.stdout.startswith(
+        f"{len(events)} trace events written to {tmp_path / 't.json'}: metadata only, no tasks"
+    )
+
+
+def test_a_refused_trace_is_one_line_and_the_farm_stays_up(farm):
+    done = _cli(farm, "trace", "/no/dir/t.json")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("npufarm: trace: ") and "/no/dir/t.json" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert all(c["state"] == "ready" for c in query_status(farm.address)["cards"])
+
+
+def test_status_lists_the_rules_injected_now(fresh_farm):
+    done = _cli(fresh_farm, "status")
+    assert done.returncode == 0 and "active fault rules: none" in done.stdout, done.stdout
+    done = _cli(fresh_farm, "inject", "kind=slow", "card=1", "factor=3", "name=lag")
+    assert done.returncode == 0, done.stderr
+    status = _cli(fresh_farm, "status").stdout
+    assert "active fault rules: 1" in status, status
+    (rule,) = [line.strip() for line in status.splitlines() if line.startswith("  #")]
+    assert rule.split(" ", 1)[1].startswith("slow card 1: ") and "factor=3.0" in rule
+    assert _cli(fresh_farm, "recover").returncode == 0
+    status = _cli(fresh_farm, "status").stdout
+    assert "active fault rules: none" in status and "  #" not in status, status

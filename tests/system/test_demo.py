@@ -35,6 +35,18 @@ def test_demo_experiment_writes_a_full_report(tmp_path):
     # the link drops 3 s into the load, is declared lost after the 1 s expiry, and the clients reset
     # the card: there is a good request on the restarted card before the load ends
     assert windows["disconnect"]["time_to_recover_s"] is not None, windows["disconnect"]
+    # the link drop lasts from the injection to card 3's recovery, not an instant
+    drop = windows["disconnect"]
+    assert drop["end_by"] == "recovery"
+    assert drop["end_s"] - drop["start_s"] == pytest.approx(drop["time_to_recover_s"], abs=1e-5)
+    # card 3's 507010 is card 3's: the straggler window of card 1 does not carry it
+    straggler = windows["slow"]
+    assert straggler["card"] == 1 and straggler["params"] == {"factor": 3.0}
+    assert straggler["during"]["per_card"]["1"]["errors"] == {}
+    assert "507010" in straggler["during"]["others"]["errors"]
+    # the tables, into a pipe (80 columns), cut nothing
+    assert "…" not in done.stdout.replace(", …", "")
+    assert "slow 3× @1" in done.stdout and "disconnect @3" in done.stdout
     per_card = result["phases"][0]["per_card"]
     assert per_card["1"]["latency_ms"]["p50"] > 1.5 * per_card["0"]["latency_ms"]["p50"]
     trace = json.loads((out / "trace.json").read_text())["traceEvents"]

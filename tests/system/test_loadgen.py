@@ -109,8 +109,13 @@ def test_poisson_arrivals_with_a_request_budget(farm, model):
 
 
 def test_sweeps_schedules_and_config_checks():
-    assert parse_sweep("1:16:2", int) == (1, 3, 5, 7, 9, 11, 13, 15)
-    assert parse_sweep("1:4:3", int) == (1, 4)
+    # the stated upper bound is always run, even when the step does not land on it
+    assert parse_sweep("1:16:4", int) == (1, 5, 9, 13, 16)
+    assert parse_sweep("1:16:2", int) == (1, 3, 5, 7, 9, 11, 13, 15, 16)
+    assert parse_sweep("1:4:3", int) == (1, 4) and parse_sweep("2:2:5", int) == (2,)
+    assert parse_sweep("100:800:300") == (100.0, 400.0, 700.0, 800.0)
+    with pytest.raises(ValueError, match="below start"):
+        parse_sweep("16:1:4", int)
     assert parse_sweep("100,250") == (100.0, 250.0) and parse_sweep("8", int) == (8,)
     assert parse_sweep("0.5:1.5:0.5") == (0.5, 1.0, 1.5)
     with pytest.raises(ValueError):
@@ -187,7 +192,14 @@ def test_cli_with_an_embedded_farm(tmp_path, monkeypatch, capsys):
     assert set(result["phases"][0]["latency_ms"]) == {"p50", "p99", "max", "mean"}
     assert result["samples_file"] is None and not (out / "requests.jsonl").exists()
     assert (out / "summary.csv").read_text().startswith("phase,mode,concurrency,rate,card,")
-    assert "npufarm bench" in capsys.readouterr().out  # the summary table
+    text = capsys.readouterr().out
+    assert "npufarm bench" in text  # the summary table
+    # the PNGs the README promises (no latency-over-time plot without --per-request), and one
+    # line saying where everything went
+    pngs = ["percentiles_vs_load.png", "per_card_throughput.png"]
+    assert all((out / name).stat().st_size > 0 for name in pngs)
+    line = f"npufarm bench: wrote result.json, summary.csv, {', '.join(pngs)} to {out.resolve()}"
+    assert text.splitlines()[-1] == line
 
 
 def _orphaned_workers(parent: int) -> set[int]:

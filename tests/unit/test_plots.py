@@ -160,16 +160,18 @@ def test_fault_windows_deduplicated_and_loose_events_grouped():
     assert hang["end_s"] == pytest.approx(0.3)
     spans = plots._fault_spans(items, 0.0, None, (-1.0, 100.0))
     lanes = plots._lanes(spans)
-    assert list(lanes) == ["hang @card 1 ×2", "slow @card 1 ×75", f"error @card 1 ×{len(err)}"]
-    (error,) = lanes[f"error @card 1 ×{len(err)}"]
+    # the fault's strength (a factor, a duration) and its event count are told apart
+    slow_lane, error_lane = "slow 1.5 s @card 1: 75 events", f"error @card 1: {len(err)} events"
+    assert list(lanes) == ["hang @card 1: 2 events", slow_lane, error_lane]
+    (error,) = lanes[error_lane]
     window = next(w for w in windows if w["kind"] == "error")
     assert error["detect"] == pytest.approx(window["start_s"] + window["time_to_detect_s"])
     # more (kind, card) lanes than MAX_LANES: one lane per kind
     n = plots.MAX_LANES
     many = [{**f, "card": c} for c in range(n) for f in spans]
     assert sorted(plots._lanes(many)) == sorted(
-        [f"hang ({n} cards) ×{2 * n}", f"slow ({n} cards) ×{75 * n}",
-         f"error ({n} cards) ×{len(err) * n}"]
+        [f"hang ({n} cards): {2 * n} events", f"slow 1.5 s ({n} cards): {75 * n} events",
+         f"error ({n} cards): {len(err) * n} events"]
     )  # fmt: skip
 
 
@@ -270,7 +272,7 @@ def test_render_terminal_tables(width):
     assert all(k in header for k in ("thr/s", "good/s", "p50", "p90", "p99", "max", "err"))
     n_err = result["phases"][1]["errors"]["507015"]
     assert "latency in ms" in text and "Per card" in text and f"507015×{n_err}" in text
-    assert "Fault windows" in text and "slow @1" in text and "error @1" in text
+    assert "Fault windows" in text and "slow 1.5 s @1" in text and "error @1" in text
     (error,) = [w for w in result["phases"][1]["fault_windows"] if w["kind"] == "error"]
     assert render._secs(error["time_to_detect_s"]) in text
     assert render._secs(error["time_to_recover_s"]) in text
@@ -295,3 +297,35 @@ def test_load_samples_skips_bad_lines(tmp_path):
     path = tmp_path / "requests.jsonl"
     path.write_text('{"phase": "a", "latency_ms": 1}\nnot json\n\n[1]\n')
     assert list(render.load_samples(path)) == [{"phase": "a", "latency_ms": 1}]
+
+
+def test_bench_says_where_it_wrote_and_why_there_are_no_pngs(tmp_path, monkeypatch):
+    import sys
+
+    result, samples = make_result()
+    path = _save(tmp_path, result, samples)
+    out = path.parent
+    line = render.write_bench_plots(result, str(out), per_request=True)
+    pngs = "latency_over_time.png, percentiles_vs_load.png, per_card_throughput.png"
+    assert line == f"npufarm bench: wrote result.json, summary.csv, requests.jsonl, {pngs} to {out}"
+    assert render.write_bench_plots(result, None, per_request=False).startswith(
+        "npufarm bench: no files written"
+    )
+    monkeypatch.setitem(sys.modules, "client.plots", None)  # as without matplotlib
+    line = render.write_bench_plots(result, str(out), per_request=False)
+    assert line.startswith(f"npufarm bench: wrote result.json, summary.csv to {out}; no PNGs: ")
+
+
+def test_bench_table_explains_its_columns_in_80_columns():
+    from rich.console import Console
+
+    result, _ = make_result()
+    for p in result["phases"]:
+        p["generator"] = {"lag_ms": None, "issue_gap_ms": {"p50": 0.0123}, "worker_cpu_util": [0.5]}
+    console = Console(record=True, width=80, color_system=None)
+    console.print(render.bench_table(result))
+    text = console.export_text()
+    assert "…" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 80
+    flat = " ".join(text.split())
+    assert "lag|gap ms: p50 of how late" in flat and "cpu: the busiest bench worker" in flat
+    assert "0.01" in text and "0.50" in text and "None" not in text

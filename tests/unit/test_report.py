@@ -140,11 +140,42 @@ def test_fault_window_detect_by_error_code():
     events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.heartbeat", "call": 3,
                "kind": "heartbeat_loss", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
     (w,) = fault_windows(samples, events, 100.0)
-    assert w["start_s"] == w["end_s"] == pytest.approx(100.955)  # origin 0
     assert w["time_to_detect_s"] == pytest.approx(0.046)  # the first error ends at 101.001
     assert w["time_to_recover_s"] == pytest.approx(101.202 - 100.955)
-    assert w["during"]["requests"] == 0
-    assert w["after"]["errors"] == {str(LOST): 20}
+    # one event: the window lasts from the loss to the card's recovery, not an instant
+    assert w["start_s"] == pytest.approx(100.955) and w["end_s"] == pytest.approx(101.202)
+    assert w["end_by"] == "recovery"
+    # in flight at the start (4 sent at 100.96..100.99), the 20 errors, the one sent at 101.20
+    assert w["during"]["requests"] == 25 and w["during"]["errors"] == {str(LOST): 20}
+    assert w["after"]["requests"] == 49 and w["after"]["errors"] == {}
+
+
+def test_fault_window_of_a_card_never_recovered_lasts_to_the_run_end():
+    ok_before = make([2.0] * 100, card=0, t0=100.0)
+    errors = make([1.0] * 50, card=0, t0=101.0, code=LOST)
+    events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.link", "call": 3,
+               "kind": "disconnect", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
+    (w,) = fault_windows(np.concatenate([ok_before, errors]), events, 100.0, window=(100.0, 102.0))
+    assert w["time_to_recover_s"] is None and w["time_to_detect_s"] == pytest.approx(0.046)
+    assert (w["end_s"], w["end_by"]) == (pytest.approx(102.0), "run end")
+
+
+def test_fault_window_figures_are_attributed_by_card():
+    """Card 3's errors during card 1's straggler window are card 3's: the window's card and
+    the other cards are reported apart."""
+    slow = make([9.0] * 100, card=1, t0=100.0)
+    fast = make([3.0] * 100, card=0, t0=100.0)
+    lost = make([1.0] * 5, card=3, t0=100.5, code=LOST)
+    events = [{"t_s": t, "card": 1, "epoch": 1, "hook": "card.execute", "call": i, "kind": "slow",
+               "code": 0, "rule": 0, "detail": {"factor": 3.0, "name": "straggler"}}
+              for i, t in enumerate((0.0, 0.99))]  # fmt: skip
+    (w,) = fault_windows(np.concatenate([slow, fast, lost]), events, 100.0)
+    assert w["params"] == {"factor": 3.0} and w["end_by"] == "events"
+    during = w["during"]
+    assert during["per_card"]["1"]["errors"] == {} and during["per_card"]["1"]["requests"] == 100
+    assert during["per_card"]["1"]["latency_ms"]["max"] == pytest.approx(9.0)
+    assert during["others"]["errors"] == {str(LOST): 5} and during["others"]["requests"] == 105
+    assert during["others"]["latency_ms"]["max"] == pytest.approx(3.0)
 
 
 def test_fault_window_without_bad_samples_and_outside_the_window():
