@@ -27,7 +27,9 @@ runtime in its callback registry); ``set_exception_info_callback(None)`` clears 
 replaces it. ``fn`` runs on a thread of the client, never on the caller's thread and never while
 any runtime lock is held, so it may call ``acl`` itself; an exception it raises is logged.
 Info handles stay valid for the last ``INFO_HISTORY`` failures (the C struct is only valid inside
-the callback on hardware; keeping them longer is harmless).
+the callback on hardware; keeping them longer is harmless). At most ``INFO_HISTORY`` infos wait
+for a slow callback (``backlog``); older ones are dropped, counted and logged (a stuck callback
+must not grow the process without end).
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ class ExceptionInfo:
 class ExceptionReporter:
     """The registered callback, the readable infos, and the thread that delivers them."""
 
-    def __init__(self, history: int = INFO_HISTORY, idle_s: float = _IDLE_S) -> None:
+    def __init__(
+        self, history: int = INFO_HISTORY, idle_s: float = _IDLE_S, backlog: int = INFO_HISTORY
+    ) -> None:
         self.cond = threading.Condition()
         self.fn: Callable[[int], Any] | None = None
         self._infos: OrderedDict[int, ExceptionInfo] = OrderedDict()
@@ -92,6 +96,8 @@ class ExceptionReporter:
         self._pending: deque[tuple[Callable[[int], Any], int]] = deque()
         self._thread: threading.Thread | None = None
         self._busy = False  # the dispatcher is inside a callback
+        self._backlog = backlog  # infos waiting for the callback, at most
+        self.dropped = 0  # infos never delivered: more than ``backlog`` waited for the callback
         self._idle_s = idle_s
 
     def set_callback(self, fn: Callable[[int], Any] | None) -> None:
@@ -109,6 +115,12 @@ class ExceptionReporter:
             self._infos[handle] = info
             while len(self._infos) > self._history:
                 self._infos.popitem(last=False)
+            if len(self._pending) >= self._backlog:  # the callback falls behind: oldest go
+                self._pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    logger.warning("exception-info callback falls behind: %d infos dropped",
+                                   self.dropped)  # fmt: skip
             self._pending.append((fn, handle))
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -198,7 +210,9 @@ class ExceptionApi:
         self.exception_reporter.report(info)
 
     def _device_lost(self, device_id: int) -> None:
-        """A card (or the whole farm) was declared lost; reported for devices this process
-        opened."""
+        """A card (or the whole farm) was declared lost: its streams' host callbacks stop
+        holding syncs (:meth:`client.callbacks.CallbackApi._callbacks_lost`); reported for
+        devices this process opened."""
+        self._callbacks_lost(device_id)
         if device_id in self.devices and self.exception_reporter.fn is not None:
             self.exception_reporter.report(ExceptionInfo.device_lost(device_id))

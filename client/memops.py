@@ -9,10 +9,13 @@ import logging
 from typing import Any
 
 from client.runtime import _int, api
+from client.session import StreamTrack
 from device.memory import decode_ptr, encode_ptr, is_device_ptr
 from farm.errors import (
     ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_PARAM_INVALID,
+    ACL_SUCCESS,
     AclError,
 )
 from farm.protocol import TaskKind
@@ -140,16 +143,21 @@ class MemoryApi:
         """Synchronous copy (kinds 0-4); waits for no stream, as on hardware."""
         dst, src, count, dst_dev, src_dev = self._copy_args(dst, dst_max, src, count, kind)
         self.require()
-        if count == 0:
-            return
+        if count:
+            self._copy_now(dst, src, count, dst_dev, src_dev, "acl.rt.memcpy")
+
+    def _copy_now(
+        self, dst: int, src: int, count: int, dst_dev: bool, src_dev: bool, call: str
+    ) -> None:
+        """Copy at once in the shared memory; no stream is waited for (hardware behaviour)."""
         dst_addr = self._device_address(dst, count) if dst_dev else dst
         src_addr = self._device_address(src, count) if src_dev else src
         if self.sanitizer.enabled:
             if src_dev:
-                self.sanitizer.check_read(decode_ptr(src)[0], src, count, "acl.rt.memcpy")
+                self.sanitizer.check_read(decode_ptr(src)[0], src, count, call)
             if dst_dev:
-                self.sanitizer.check_write(decode_ptr(dst)[0], dst, count, "acl.rt.memcpy")
-        ctypes.memmove(dst_addr, src_addr, count)  # no stream is waited for: hardware behaviour
+                self.sanitizer.check_write(decode_ptr(dst)[0], dst, count, call)
+        ctypes.memmove(dst_addr, src_addr, count)
 
     def _shm_ref(self, ptr: int, nbytes: int, is_device: bool) -> list | None:
         if is_device:
@@ -170,15 +178,28 @@ class MemoryApi:
         dst_ref = self._shm_ref(dst, count, dst_dev)
         src_ref = self._shm_ref(src, count, src_dev)
         if dst_ref is None or src_ref is None:
-            # pageable host memory: the copy completes before the call returns (after the
-            # stream's earlier work, which it must follow)
-            session = self.require()
-            session.wait(target.track, target.track.last_task, None)
-            self.memcpy.__wrapped__(self, dst, count, src, count, _DEFAULT)
+            self._pageable_copy(target.track, dst, src, count, dst_dev, src_dev)
             return
         task = {"k": TaskKind.COPY, "dst": dst_ref, "src": src_ref, "n": count}
         reads = [(src, count)] if src_dev else []
         self.submit_task(target.track, task, reads, [(dst, count)], "acl.rt.memcpy_async")
+
+    def _pageable_copy(
+        self, track: StreamTrack, dst: int, src: int, count: int, dst_dev: bool, src_dev: bool
+    ) -> None:
+        """CANN: with non-page-locked host memory, aclrtMemcpyAsync "returns only after the
+        memory copy task is complete"; the copy is queued behind the stream's earlier tasks, so
+        on return those are done too: a sync of the stream up to here (its task errors stay for
+        the next sync, which reports them). A lost card ends the wait: 507010, nothing copied."""
+        session = self.require()
+        last = track.last_task
+        session.wait(track, last, None)
+        code = ACL_SUCCESS
+        if track.device_id in session.lost or session.broker_lost:
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        self.sanitizer.stream_synced(track.device_id, track.stream_id, last, code)
+        session.check_device(track.device_id)
+        self._copy_now(dst, src, count, dst_dev, src_dev, "acl.rt.memcpy_async")
 
     def _memset_args(self, ptr: Any, max_count: Any, value: Any, count: Any):
         ptr, max_count = _int(ptr, "ptr"), _int(max_count, "max")
@@ -208,6 +229,6 @@ class MemoryApi:
             raise AclError(
                 "memset_async needs device or pinned host memory", ACL_ERROR_RT_PARAM_INVALID
             )
-        self.require().submit(
-            target.track, {"k": TaskKind.MEMSET, "dst": ref, "n": count, "v": value}
-        )
+        task = {"k": TaskKind.MEMSET, "dst": ref, "n": count, "v": value}
+        writes = [(ptr, count)] if is_device_ptr(ptr) and count else []
+        self.submit_task(target.track, task, [], writes, "acl.rt.memset_async")

@@ -7,11 +7,21 @@ even if the card finished it long ago, so a missing sync is reported on every ru
 Coverage rules (task ids increase per process; every stream is a FIFO):
 
 - :meth:`~Sanitizer.stream_synced` ``(device, stream, upto, code)`` covers the tasks of that
-  stream with ``id <= upto``: ``synchronize_stream`` passes the stream's last task,
-  ``synchronize_event`` the event's record task, the synchronous ``execute``/``execute_v2`` its
-  own task (waiting for it means the earlier tasks of the FIFO are done too), a waiting
-  ``destroy_stream`` may pass the last task once its internal wait returned.
+  stream with ``id <= upto`` for every thread: ``synchronize_stream`` passes the stream's last
+  task, ``synchronize_event`` the event's record task, the synchronous ``execute``/``execute_v2``
+  its own task (waiting for it means the earlier tasks of the FIFO are done too), a pageable
+  ``memcpy_async`` the stream's last task (CANN returns from it only once the copy, queued
+  behind the stream's earlier tasks, is done), a waiting ``destroy_stream`` the last task once
+  its internal wait returned.
 - :meth:`~Sanitizer.device_synced` covers every task of the device.
+- :meth:`~Sanitizer.stream_observed` ``(device, stream, upto)`` covers the same tasks **for the
+  calling thread only**: ``stream_query`` saying "done", ``query_event_status`` saying
+  "complete" (the tasks up to the record), and a host callback while it runs (the tasks before
+  its marker: the callback runs after every earlier task of its stream, the vendor's async
+  samples copy the outputs back right there). The thread saw the completion; another thread it
+  tells through a queue or a flag cannot be followed, so it still needs a sync of its own.
+- :meth:`~Sanitizer.task_waits` records a ``stream_wait_event``: covering the waiting task
+  (either way above) also covers the awaited stream up to the event's record, transitively.
 - A sync that returns a code in :data:`UNCOVERED_SYNC_CODES` (timeouts 507046/507047, a lost card
   507010, a lost farm 507901, refused calls) covers nothing: the tasks may still be running.
 - A sync that returns any other nonzero code (a task error) **still covers**: the runtime waited for
@@ -27,33 +37,46 @@ Failures reported by :meth:`~Sanitizer.task_finished` must be observed by such a
 known. A failure for a task not (yet) submitted is buffered for its submit: a fast card can
 finish a task before the submitting thread records it.
 
+Every finding names the user's own code (:mod:`client.sanitizer_frames`): ``where`` is the
+first frame outside npufarm, ``stack`` the user frames of the offending call (so a helper's line
+is traced to its caller), ``submitted`` those of the task's submit.
+
 In ``"warn"`` mode a new finding is logged once and recorded; in ``"raise"`` mode it is recorded
 and :class:`SanitizerError` is raised from the ``check_*`` call, so the offending acl call fails
 (the runtime's ``api`` wrapper turns it into return code 100000). A finding is identified by
 ``(kind, task, where)``; a repeat is not recorded or logged again (raise mode still raises).
+Bookkeeping is bounded (:data:`PENDING_LIMIT` unsynced tasks, :data:`FINDINGS_LIMIT` findings,
+the oldest dropped and counted), so a program that never syncs cannot grow it without end.
 Everything here is pure and thread-safe (one lock); ``"off"`` returns from every method at once.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import os
-import sys
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.sanitizer_frames import Frame, format_stack, user_frames, user_site
+from client.sanitizer_report import (
+    FINDING_KINDS,
+    Finding,
+    SanitizerError,
+    json_text,
+    summary_text,
+)
 from farm import errors
-from farm.errors import ACL_SUCCESS, ConfigError, NpuFarmError, code_name
+from farm.errors import ACL_SUCCESS, ConfigError, code_name
 
 __all__ = [
+    "FINDINGS_LIMIT",
     "FINDING_KINDS",
     "LOSS_CODES",
     "MODES",
+    "PENDING_LIMIT",
     "UNCOVERED_SYNC_CODES",
     "Finding",
     "Sanitizer",
@@ -63,13 +86,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MODES = ("off", "warn", "raise")
-FINDING_KINDS = (
-    "read_before_sync",
-    "write_while_read",
-    "free_while_pending",
-    "destroy_stream_pending",
-    "unobserved_error",
-)
 LOSS_CODES = frozenset({errors.ACL_ERROR_RT_LOST_HEARTBEAT, errors.ACL_ERROR_RT_SOCKET_CLOSE})
 """Task end codes that mean "card or farm lost", not "the task failed"."""
 _WAIT_ENDED_EARLY = (
@@ -87,80 +103,22 @@ _REFUSED = (  # the sync was rejected before it waited
 UNCOVERED_SYNC_CODES = frozenset((*_WAIT_ENDED_EARLY, *LOSS_CODES, *_REFUSED))
 """Sync return codes after which the tasks may still run: such a sync covers nothing."""
 
-_PACKAGES = ("acl", "client", "farm", "device")
+PENDING_LIMIT = 1 << 16
+"""Unsynced tasks (and stream waits) kept at most; the oldest is dropped (and counted) beyond."""
+FINDINGS_LIMIT = 10_000
+"""Findings (and unobserved failures) kept at most; later ones are counted, not kept."""
 _EARLY_LIMIT = 4096  # failures of not-yet-submitted tasks kept at most
+_THREADS_LIMIT = 256  # threads with observations before dead threads are pruned
+
+StreamKey = tuple[int, int]  # (device, stream)
 
 
-def _own_dirs() -> tuple[str, ...]:
-    """Directory prefixes of npufarm's own packages (frames there are not the caller's)."""
-    prefixes: set[str] = set()
-    for name in _PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        for folder in (spec.submodule_search_locations or []) if spec else []:
-            for path in (os.path.abspath(folder), os.path.realpath(folder)):
-                prefixes.add(os.path.normcase(path) + os.sep)
-    return tuple(sorted(prefixes))
+def _ranges(pairs: Any) -> tuple[tuple[int, int], ...]:
+    return tuple((int(ptr), int(ptr) + int(n)) for ptr, n in pairs or () if int(n) > 0)
 
 
-_OWN_DIRS = _own_dirs()
-_own_file: dict[str, bool] = {}  # co_filename -> inside npufarm's packages (cache)
-
-
-def _caller_where() -> str:
-    """``"file:line"`` of the first stack frame outside npufarm's packages (``"<unknown>"``)."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        own = _own_file.get(filename)
-        if own is None:
-            own = os.path.normcase(os.path.abspath(filename)).startswith(_OWN_DIRS)
-            _own_file[filename] = own
-        if not own:
-            return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back
-    return "<unknown>"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One sanitizer finding: what the caller did wrong, where, and against which task."""
-
-    kind: str
-    call: str  # the API call at ``where``, e.g. "acl.rt.memcpy"
-    device: int
-    stream: int
-    task: int
-    where: str  # "path/to/user_file.py:LINE"
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (
-            f"[{self.kind}] {self.call} at {self.where} (device {self.device}, stream "
-            f"{self.stream}, task {self.task}): {self.message}"
-        )
-
-
-class SanitizerError(NpuFarmError):
-    """Raised in ``"raise"`` mode at the offending call; ``finding`` says what and where.
-
-    The code is ``ACL_ERROR_INVALID_PARAM`` (100000): the caller misused the API.
-    """
-
-    def __init__(self, finding: Finding) -> None:
-        super().__init__(
-            f"sanitizer: {finding}",
-            errors.ACL_ERROR_INVALID_PARAM,
-            card=finding.device,
-            stream=finding.stream,
-            task=finding.task,
-        )
-        self.finding = finding
+def _overlaps(spans: tuple[tuple[int, int], ...], start: int, end: int) -> bool:
+    return any(lo < end and start < hi for lo, hi in spans)
 
 
 @dataclass(slots=True)
@@ -171,23 +129,14 @@ class _Task:
     reads: tuple[tuple[int, int], ...]
     writes: tuple[tuple[int, int], ...]
     call: str
+    origin: tuple[Frame, ...] = ()
+    waits: tuple[int, int] | None = None  # stream_wait_event: (awaited stream, record task)
 
 
 @dataclass(slots=True)
 class _Failure:
-    task_id: int
-    device: int
-    stream: int
-    call: str
+    task: _Task
     code: int
-
-
-def _ranges(pairs: Any) -> tuple[tuple[int, int], ...]:
-    return tuple((int(ptr), int(ptr) + int(n)) for ptr, n in pairs or () if int(n) > 0)
-
-
-def _overlaps(spans: tuple[tuple[int, int], ...], start: int, end: int) -> bool:
-    return any(lo < end and start < hi for lo, hi in spans)
 
 
 class Sanitizer:
@@ -199,13 +148,15 @@ class Sanitizer:
         self.mode = mode
         self.enabled = mode != "off"
         self._lock = threading.Lock()
-        # device -> stream -> task id -> unsynced task (dicts keep submission order)
+        # device -> stream -> task id -> unsynced task (dicts keep submission = id order)
         self._pending: dict[int, dict[int, dict[int, _Task]]] = {}
-        self._located: dict[int, tuple[int, int]] = {}  # unsynced task id -> (device, stream)
+        self._located: dict[int, StreamKey] = {}  # unsynced task id -> (device, stream)
+        self._marks: dict[int, dict[StreamKey, int]] = {}  # thread -> stream -> observed upto
         self._failures: dict[int, _Failure] = {}  # unobserved task errors by task id
         self._early: dict[int, int] = {}  # failure codes that arrived before their submit
         self._findings: list[Finding] = []
         self._seen: dict[tuple[str, int, str], Finding] = {}
+        self.dropped: Counter[str] = Counter()  # bookkeeping dropped at its limits, by kind
 
     # -- task lifecycle ----------------------------------------------------------------------
     def task_submitted(
@@ -220,13 +171,36 @@ class Sanitizer:
         """An async task was enqueued; it is unsynced until a covering sync returns."""
         if not self.enabled:
             return
-        task = _Task(task_id, device_id, stream_id, _ranges(reads), _ranges(writes), call)
+        task = _Task(task_id, device_id, stream_id, _ranges(reads), _ranges(writes), call,
+                     user_frames())  # fmt: skip
         with self._lock:
-            self._pending.setdefault(device_id, {}).setdefault(stream_id, {})[task_id] = task
-            self._located[task_id] = (device_id, stream_id)
+            self._add(task)
             code = self._early.pop(task_id, ACL_SUCCESS)
             if code != ACL_SUCCESS:
-                self._failures[task_id] = _Failure(task_id, device_id, stream_id, call, code)
+                self._add_failure(_Failure(task, code))
+
+    def task_waits(
+        self, task_id: int, device_id: int, stream_id: int, on_stream: int, on_task: int
+    ) -> None:
+        """A ``stream_wait_event`` task: covering it covers ``on_stream`` up to ``on_task``."""
+        if not self.enabled:
+            return
+        task = _Task(task_id, device_id, stream_id, (), (), "acl.rt.stream_wait_event",
+                     waits=(on_stream, on_task))  # fmt: skip
+        with self._lock:
+            self._add(task)
+
+    def _add(self, task: _Task) -> None:
+        self._pending.setdefault(task.device, {}).setdefault(task.stream, {})[task.task_id] = task
+        self._located[task.task_id] = (task.device, task.stream)
+        if len(self._located) > PENDING_LIMIT:  # a program that never syncs: forget the oldest
+            oldest, (device_id, stream_id) = next(iter(self._located.items()))
+            del self._located[oldest]
+            tasks = self._pending[device_id][stream_id]
+            del tasks[oldest]
+            if not tasks:
+                del self._pending[device_id][stream_id]
+            self.dropped["tasks"] += 1
 
     def task_finished(self, task_id: int, code: int) -> None:
         """The card reported the task's end; timing alone never syncs it. Any thread."""
@@ -235,8 +209,7 @@ class Sanitizer:
         with self._lock:
             located = self._located.get(task_id)
             if located is not None:
-                call = self._pending[located[0]][located[1]][task_id].call
-                self._failures[task_id] = _Failure(task_id, *located, call, code)
+                self._add_failure(_Failure(self._pending[located[0]][located[1]][task_id], code))
             else:  # not submitted yet (a fast card): kept for task_submitted, bounded
                 self._early[task_id] = code
                 if len(self._early) > _EARLY_LIMIT:
@@ -244,21 +217,48 @@ class Sanitizer:
                     del self._early[dropped]
                     logger.debug("failure of unknown task %d dropped", dropped)
 
+    def _add_failure(self, failure: _Failure) -> None:
+        self._failures[failure.task.task_id] = failure
+        if len(self._failures) > FINDINGS_LIMIT:
+            del self._failures[next(iter(self._failures))]
+            self.dropped["failures"] += 1
+
+    # -- coverage ----------------------------------------------------------------------------
     def stream_synced(self, device_id: int, stream_id: int, upto_task_id: int, code: int) -> None:
         """A sync covering the stream's tasks with ``id <= upto_task_id`` returned ``code``."""
         if not self.enabled or code in UNCOVERED_SYNC_CODES:
             return
         with self._lock:
-            streams = self._pending.get(device_id)
-            tasks = streams.get(stream_id) if streams else None
-            if tasks:
-                for task_id in [t for t in tasks if t <= upto_task_id]:
-                    del tasks[task_id]
-                    self._located.pop(task_id, None)
-                if not tasks:
-                    del streams[stream_id]
+            self._cover(device_id, stream_id, upto_task_id)
             if code != ACL_SUCCESS:
                 self._observe(lambda f: f.device == device_id and f.stream == stream_id)
+
+    def stream_observed(self, device_id: int, stream_id: int, upto_task_id: int) -> None:
+        """The calling thread saw the stream's tasks with ``id <= upto_task_id`` complete (a
+        query said so, or a host callback runs): covered for this thread only."""
+        if not self.enabled:
+            return
+        me = threading.get_ident()
+        with self._lock:
+            marks = self._marks.get(me)
+            if marks is None:
+                if len(self._marks) >= _THREADS_LIMIT:
+                    alive = {thread.ident for thread in threading.enumerate()}
+                    for ident in [i for i in self._marks if i not in alive]:
+                        del self._marks[ident]
+                marks = self._marks[me] = {}
+            work = [(stream_id, upto_task_id)]
+            while work:
+                stream, upto = work.pop()
+                tasks = self._pending.get(device_id, {}).get(stream)
+                if not tasks or marks.get((device_id, stream), 0) >= upto:
+                    continue  # nothing unsynced there (later tasks get higher ids), or known
+                marks[(device_id, stream)] = upto
+                for task_id, task in tasks.items():
+                    if task_id > upto:
+                        break
+                    if task.waits is not None:
+                        work.append(task.waits)
 
     def device_synced(self, device_id: int, code: int) -> None:
         """A device sync returned ``code``; covers every task of the device."""
@@ -277,13 +277,42 @@ class Sanitizer:
             self._drop_device_tasks(device_id)
             self._observe(lambda f: f.device == device_id)
 
+    def _cover(self, device_id: int, stream_id: int, upto_task_id: int) -> None:
+        """Drop the stream's tasks up to ``upto_task_id`` and, through the waits among them,
+        the awaited streams' tasks up to their records (caller holds the lock)."""
+        streams = self._pending.get(device_id)
+        work = [(stream_id, upto_task_id)]
+        while work and streams:
+            stream, upto = work.pop()
+            for marks in self._marks.values():
+                if marks.get((device_id, stream), upto + 1) <= upto:
+                    del marks[(device_id, stream)]  # a thread mark the sync made useless
+            tasks = streams.get(stream)
+            if not tasks:
+                continue
+            covered = []
+            for task_id, task in tasks.items():
+                if task_id > upto:
+                    break
+                covered.append(task_id)
+                if task.waits is not None:
+                    work.append(task.waits)
+            for task_id in covered:
+                del tasks[task_id]
+                self._located.pop(task_id, None)
+            if not tasks:
+                del streams[stream]
+
     def _drop_device_tasks(self, device_id: int) -> None:
         for tasks in self._pending.pop(device_id, {}).values():
             for task_id in tasks:
                 self._located.pop(task_id, None)
+        for marks in self._marks.values():
+            for key in [k for k in marks if k[0] == device_id]:
+                del marks[key]
 
     def _observe(self, match: Any) -> None:
-        for task_id in [t for t, failure in self._failures.items() if match(failure)]:
+        for task_id in [t for t, failure in self._failures.items() if match(failure.task)]:
             del self._failures[task_id]
 
     # -- checks at the host's access ---------------------------------------------------------
@@ -329,10 +358,15 @@ class Sanitizer:
         if not self.enabled:
             return
         with self._lock:
-            tasks = self._pending.get(device_id, {}).get(stream_id)
+            seen = self._thread_marks().get((device_id, stream_id), 0)
+            tasks = [
+                task
+                for task in self._pending.get(device_id, {}).get(stream_id, {}).values()
+                if task.task_id > seen and task.waits is None
+            ]
             if not tasks:
                 return
-            task = tasks[max(tasks)]
+            task = tasks[-1]
             message = (
                 f"destroys stream {stream_id} with {len(tasks)} unsynchronized task(s) "
                 f"(latest: task {task.task_id}, {task.call}); synchronize the stream first"
@@ -340,17 +374,23 @@ class Sanitizer:
             finding, new = self._record("destroy_stream_pending", call, task, message)
         self._emit(finding, new)
 
+    def _thread_marks(self) -> dict[StreamKey, int]:
+        return self._marks.get(threading.get_ident()) or {}
+
     def _conflict(
         self, device_id: int, start: int, end: int, *, reads: bool
     ) -> tuple[_Task | None, int]:
-        """The latest unsynced task of the device whose writes (or reads, if ``reads``) overlap
-        ``[start, end)``, and how many tasks overlap."""
+        """The latest task of the device, unsynced for the calling thread, whose writes (or
+        reads, if ``reads``) overlap ``[start, end)``, and how many tasks overlap."""
         latest: _Task | None = None
         count = 0
-        for tasks in self._pending.get(device_id, {}).values():
+        marks = self._thread_marks()
+        for stream_id, tasks in self._pending.get(device_id, {}).items():
+            seen = marks.get((device_id, stream_id), 0)
             for task in tasks.values():
-                if _overlaps(task.writes, start, end) or (
-                    reads and _overlaps(task.reads, start, end)
+                if task.task_id > seen and (
+                    _overlaps(task.writes, start, end)
+                    or (reads and _overlaps(task.reads, start, end))
                 ):
                     count += 1
                     if latest is None or task.task_id > latest.task_id:
@@ -358,12 +398,17 @@ class Sanitizer:
         return latest, count
 
     def _record(self, kind: str, call: str, task: _Task, message: str) -> tuple[Finding, bool]:
-        where = _caller_where()
+        frames = user_frames()
+        where = user_site(frames)
         key = (kind, task.task_id, where)
         known = self._seen.get(key)
         if known is not None:
             return known, False
-        finding = Finding(kind, call, task.device, task.stream, task.task_id, where, message)
+        finding = Finding(kind, call, task.device, task.stream, task.task_id, where, message,
+                          format_stack(frames), format_stack(task.origin))  # fmt: skip
+        if len(self._findings) >= FINDINGS_LIMIT:
+            self.dropped["findings"] += 1
+            return finding, False
         self._seen[key] = finding
         self._findings.append(finding)
         return finding, True
@@ -381,10 +426,10 @@ class Sanitizer:
             return []
         with self._lock:
             new = []
-            for failure in sorted(self._failures.values(), key=lambda f: f.task_id):
-                task = _Task(failure.task_id, failure.device, failure.stream, (), (), failure.call)
+            for failure in sorted(self._failures.values(), key=lambda f: f.task.task_id):
+                task = failure.task
                 message = (
-                    f"task {failure.task_id} ({failure.call}) failed with {failure.code} "
+                    f"task {task.task_id} ({task.call}) failed with {failure.code} "
                     f"({code_name(failure.code)}) and no synchronization reported it"
                 )
                 finding, fresh = self._record("unobserved_error", call, task, message)
@@ -393,6 +438,7 @@ class Sanitizer:
             self._failures.clear()
             self._pending.clear()
             self._located.clear()
+            self._marks.clear()
             self._early.clear()
             findings = list(self._findings)
         for finding in new:
@@ -410,27 +456,11 @@ class Sanitizer:
             return len(self._located)
 
     def summary(self) -> str:
-        """Human text: counts by kind, then one line per finding; ``none`` when clean."""
-        findings = self.findings
-        if not findings:
-            return f"npufarm sanitizer ({self.mode}): none"
-        counts = Counter(f.kind for f in findings)
-        lines = [f"npufarm sanitizer ({self.mode}): {len(findings)} finding(s)"]
-        lines += [f"  {kind}: {counts[kind]}" for kind in FINDING_KINDS if counts[kind]]
-        lines += [f"  {finding}" for finding in findings]
-        return "\n".join(lines)
+        """Human text: counts by kind, then each finding with its stacks; ``none`` when clean."""
+        return summary_text(self.mode, self.findings, self.dropped)
 
     def to_json(self) -> str:
-        findings = self.findings
-        counts = Counter(f.kind for f in findings)
-        return json.dumps(
-            {
-                "mode": self.mode,
-                "counts": {kind: counts[kind] for kind in FINDING_KINDS},
-                "findings": [finding.to_dict() for finding in findings],
-            },
-            indent=2,
-        )
+        return json_text(self.mode, self.findings, self.dropped)
 
     def export(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_json` to ``path``."""

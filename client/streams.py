@@ -1,10 +1,20 @@
 """``acl.rt`` streams and events: creation, synchronization (with the real timeout codes),
-queries, and ``stream_wait_event``. A mixin of the process-wide runtime (see ``client``)."""
+queries, and ``stream_wait_event``. A mixin of the process-wide runtime (see ``client``).
+
+A device sync has one deadline for all its streams and takes a task error only when it returns
+it; an exec-config timeout (``execute_async_v2``) is set atomically with its submit and consumed
+by the stream's next sync of any kind; a query that says "done" lets the querying thread read
+without a sync (the sanitizer is told); a destroyed stream is forgotten by its card.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +41,9 @@ from farm.protocol import TaskKind
 __all__ = ["StreamApi"]
 
 logger = logging.getLogger(__name__)
+
+_EXEC_TIMEOUTS = threading.Lock()  # a stream's exec-config timeouts and the submit they follow
+_QUEUE_LOCKS: weakref.WeakKeyDictionary[StreamTrack, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 class StreamApi:
@@ -88,8 +101,17 @@ class StreamApi:
             self._wait_track(stream.track, stream.track.last_task, -1, 0)
         with self.lock:
             stream.context.streams.pop(stream.handle, None)
-            if self.streams.pop(stream.handle, None) is not None:
-                self.devices[stream.context.device_id].streams -= 1
+            if self.streams.pop(stream.handle, None) is None:
+                return
+            self.devices[stream.context.device_id].streams -= 1
+        self._forget_card_streams([stream.track])
+
+    def _forget_card_streams(self, tracks: list[StreamTrack]) -> None:
+        """The cards forget their entries for these streams once drained (one-way: nothing
+        waits; nothing is sent to a lost card, which forgot them anyway)."""
+        session = self.session
+        for track in tracks if session is not None else ():
+            session.notify_card(track.device_id, "destroy_stream", stream=track.stream_id)
 
     def _wait_track(
         self, track: StreamTrack, task_id: int, timeout_ms: int, timeout_code: int
@@ -120,19 +142,36 @@ class StreamApi:
                 span = [track.device_id, track.stream_id, started_s, ended_s, code, what]
                 session.sync_spans.append(span)
 
+    # -- the exec-config timeouts of execute_async_v2 -----------------------------------------
+    @contextlib.contextmanager
+    def _exec_config_applies(self, stream: Stream, config: Any) -> Iterator[None]:
+        """Around an ``execute_async_v2`` submit: its exec-config sync timeouts apply to the
+        stream's next sync, set atomically with the submit, so a sync on another thread sees
+        the task and its timeout together or neither."""
+        with _EXEC_TIMEOUTS:
+            yield
+            stream.sync_timeout_ms = config.stream_sync_timeout_ms
+            stream.event_timeout_ms = config.event_sync_timeout_ms
+
+    @staticmethod
+    def _take_sync_timeout(stream: Stream) -> tuple[int, int]:
+        """``(exec-config timeout, last task)`` for a sync of the stream: every sync of the
+        stream (timed or not, or of its device) consumes the timeout."""
+        with _EXEC_TIMEOUTS:
+            timeout_ms, stream.sync_timeout_ms = stream.sync_timeout_ms, -1
+            return timeout_ms, stream.track.last_task
+
     @api()
     def synchronize_stream(self, stream: Any) -> int:
         """Wait for the stream's tasks; their first error, reported once."""
         found = self.stream(stream)
-        timeout_ms, found.sync_timeout_ms = found.sync_timeout_ms, -1  # consumed by this sync
+        timeout_ms, upto = self._take_sync_timeout(found)
         if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(
                 f"exec-config stream sync timeout {timeout_ms} ms is invalid",
                 ACL_ERROR_RT_PARAM_INVALID,
             )
-        return self._wait_track(
-            found.track, found.track.last_task, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
-        )
+        return self._wait_track(found.track, upto, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
 
     @api()
     def synchronize_stream_with_timeout(self, stream: Any, timeout_ms: Any) -> int:
@@ -140,16 +179,67 @@ class StreamApi:
         found = self.stream(stream)
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
+        _, upto = self._take_sync_timeout(found)  # the explicit timeout wins; consumed anyway
         return self._wait_track(
-            found.track, found.track.last_task, int(timeout_ms), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+            found.track, upto, int(timeout_ms), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
         )
+
+    def _sync_device(self, timeout_ms: int) -> int:
+        """Wait for every stream of the current device under **one** deadline: 507046 once it
+        passes, taking no error (each stays in its stream for a later sync); else the first
+        stream error found, taken once (other streams keep theirs for their next sync)."""
+        session = self.require()
+        device_id = self.current_context().device_id
+        session.check_device(device_id)
+        with self.lock:
+            streams = [s for s in self.streams.values() if s.track.device_id == device_id]
+        waits = [(stream.track, self._take_sync_timeout(stream)[1]) for stream in streams]
+        deadline = None if timeout_ms == -1 else time.monotonic() + timeout_ms / 1000.0
+        code = ACL_SUCCESS
+        for track, upto in waits:
+            waited_from_s = time.monotonic()
+            remaining = None if deadline is None else max(0.0, deadline - waited_from_s)
+            if not session.wait(track, upto, remaining):
+                code = ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+            self._trace_sync(session, track, waited_from_s, code, "device")
+            if code != ACL_SUCCESS:
+                break
+        if code == ACL_SUCCESS and (device_id in session.lost or session.broker_lost):
+            code = ACL_ERROR_RT_LOST_HEARTBEAT
+        elif code == ACL_SUCCESS:
+            for track, _ in waits:
+                code = session.take_error(track)
+                if code != ACL_SUCCESS:
+                    break
+        self.sanitizer.device_synced(device_id, code)
+        session.check_device(device_id)
+        return code
+
+    @contextlib.contextmanager
+    def _one_sync_execute(self, track: StreamTrack) -> Iterator[None]:
+        """Around a synchronous execute (submit + wait) on a context's private queue: one at a
+        time per queue (the card runs that FIFO in order anyway), so the error its wait takes
+        is its own, not another thread's."""
+        with _EXEC_TIMEOUTS:
+            lock = _QUEUE_LOCKS.get(track)
+            if lock is None:
+                lock = _QUEUE_LOCKS[track] = threading.Lock()
+        with lock:
+            yield
 
     @api(1)
     def stream_query(self, stream: Any) -> int:
         """0 if every task of the stream completed, else 1."""
         found = self.stream(stream)
-        self.require().check_device(found.track.device_id)
-        return 1 if found.track.pending else 0
+        session = self.require()
+        track = found.track
+        session.check_device(track.device_id)
+        with session.cond:  # a host callback not yet returned keeps the stream busy too
+            last = track.last_task
+            busy = track.blocks(last)
+        if not busy:  # this thread saw the stream done: its reads need no further sync
+            self.sanitizer.stream_observed(track.device_id, track.stream_id, last)
+        return 1 if busy else 0
 
     # -- events ----------------------------------------------------------------------------
     def event(self, handle: Any) -> Event:
@@ -285,8 +375,14 @@ class StreamApi:
         found = self.event(event)
         if found.track is None:
             return 1
-        self.require().check_device(found.track.device_id)
-        return 0 if found.track.blocks(found.task_id) else 1
+        session = self.require()
+        track = found.track
+        session.check_device(track.device_id)
+        with session.cond:
+            busy = track.blocks(found.task_id)
+        if not busy:  # covers the tasks before the record, for this thread
+            self.sanitizer.stream_observed(track.device_id, track.stream_id, found.task_id)
+        return 0 if busy else 1
 
     @api()
     def stream_wait_event(self, stream: Any, event: Any) -> None:
@@ -298,6 +394,11 @@ class StreamApi:
             raise AclError(
                 "stream_wait_event across devices is not emulated", ACL_ERROR_RT_STREAM_CONTEXT
             )
-        self.require().submit(
-            target.track, {"k": TaskKind.WAIT, "ws": found.track.stream_id, "wt": found.task_id}
-        )
+        track, awaited, record = target.track, found.track.stream_id, found.task_id
+
+        def registered(task_id: int) -> None:  # under session.cond
+            self._hold_wait(track, task_id, found.track, record)  # a record not yet sent
+            # covering the wait covers the awaited stream up to the record
+            self.sanitizer.task_waits(task_id, track.device_id, track.stream_id, awaited, record)
+
+        self.require().submit(track, {"k": TaskKind.WAIT, "ws": awaited, "wt": record}, registered)

@@ -90,3 +90,42 @@ def test_poison_spares_buffers_a_pending_task_still_reads(tmp_path, acl_on):
             assert acl.rt.reset_device(0) == 0
     finally:
         stop_and_check(farm)
+
+
+def test_poison_is_decided_per_byte_range_in_an_arena(tmp_path, acl_on):
+    """One malloc split into regions (an arena): an output next to an input, in the same
+    allocation, is poisoned; a region a pending task still reads is spared, wherever it is."""
+    farm = start_farm(cards=1, config=_config(tmp_path, "poison"))
+    try:
+        with acl_on(farm) as acl:
+            assert acl.rt.set_device(0) == 0
+            stream, _ = acl.rt.create_stream()
+            identity, _ = acl.mdl.load_from_file(str(MODELS / "identity.toml"))
+            n = 1024 * 4
+            arena, _ = acl.rt.malloc(4 * n, 0)
+            a, b, c, d = (arena + i * n for i in range(4))
+
+            def dataset(ptr):
+                ds = acl.mdl.create_dataset()
+                acl.mdl.add_dataset_buffer(ds, acl.create_data_buffer(ptr, n))
+                return ds
+
+            x = np.arange(1024, dtype=np.float32)
+            assert acl.rt.memcpy(a, n, acl.util.numpy_to_ptr(x), n, H2D) == 0
+            assert acl.rt.memcpy(b, n, acl.util.numpy_to_ptr(x), n, H2D) == 0
+            out = np.empty_like(x)
+            assert acl.mdl.execute_async(identity, dataset(a), dataset(d), stream) == 0
+            # the bug under test: reading the output region of the arena without a sync
+            assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), n, d, n, D2H) == 0
+            assert np.isnan(out).all(), "the output region is poisoned, its input neighbour not"
+            assert acl.rt.synchronize_stream(stream) == 0
+            # a pipeline inside the arena: b is read by a pending task, then written again
+            assert acl.mdl.execute_async(identity, dataset(a), dataset(d), stream) == 0  # busy
+            assert acl.mdl.execute_async(identity, dataset(b), dataset(c), stream) == 0  # c = b
+            assert acl.mdl.execute_async(identity, dataset(a), dataset(b), stream) == 0  # b = a
+            assert acl.rt.synchronize_stream(stream) == 0
+            assert acl.rt.memcpy(acl.util.numpy_to_ptr(out), n, c, n, D2H) == 0
+            np.testing.assert_array_equal(out, x)
+            assert acl.rt.reset_device(0) == 0
+    finally:
+        stop_and_check(farm)

@@ -43,6 +43,9 @@ def submit(san: Sanitizer, task_id: int, stream: int = STREAM, device: int = DEV
     san.task_submitted(task_id, device, stream, [(IN, 64)], [(OUT, 64)], EXEC)
 
 
+SUBMIT_LINE = submit.__code__.co_firstlineno + 2
+
+
 @pytest.fixture
 def san() -> Sanitizer:
     return Sanitizer("warn")
@@ -351,7 +354,14 @@ def test_summary_json_and_export(san, tmp_path):
     lines = text.splitlines()
     assert lines[0] == "npufarm sanitizer (warn): 3 finding(s)"
     assert lines[1:3] == ["  read_before_sync: 2", "  write_while_read: 1"]
-    assert len(lines) == 6 and all(str(f) in text for f in san.findings)
+    assert len(lines) == 3 + 3 * 3  # each finding, then its call stack and its submit stack
+    for index, finding in enumerate(san.findings):
+        head, stack, submitted = lines[3 + 3 * index : 6 + 3 * index]
+        assert head == f"  {finding}"
+        assert stack == "      call stack: " + " <- ".join(finding.stack)
+        assert submitted == "      submitted:  " + " <- ".join(finding.submitted)
+        assert finding.stack[0].startswith(finding.where + " in test_summary_json_and_export")
+        assert finding.submitted[0] == f"{__file__}:{SUBMIT_LINE} in submit"
 
     data = json.loads(san.to_json())
     assert data["mode"] == "warn"
@@ -409,3 +419,98 @@ def test_threads_submitting_finishing_and_syncing():
     assert not errors and not any(thread.is_alive() for thread in threads)
     assert san.findings == [] and san.pending_count() == 0
     assert san.finalize() == []
+
+
+# -- observations by one thread (queries, host callbacks) and stream waits -------------------------
+def test_an_observation_covers_the_observing_thread_only(san):
+    submit(san, 1)
+    san.stream_observed(DEV, STREAM, 1)  # e.g. stream_query said done on this thread
+    san.check_read(DEV, OUT, 64, MEMCPY)
+    san.check_write(DEV, IN, 64, MEMCPY)
+    san.check_destroy_stream(DEV, STREAM, "acl.rt.destroy_stream")
+    assert san.findings == []
+    other = threading.Thread(target=san.check_read, args=(DEV, OUT, 64, MEMCPY))
+    other.start()
+    other.join()
+    assert [(f.kind, f.task) for f in san.findings] == [("read_before_sync", 1)]
+    assert san.pending_count() == 1  # still unsynced for everyone else
+
+
+def test_an_observation_covers_its_stream_up_to_its_task_only(san):
+    submit(san, 1)
+    submit(san, 2, stream=STREAM + 1)
+    submit(san, 3)
+    san.stream_observed(DEV, STREAM, 1)  # a callback whose marker came after task 1
+    san.check_read(DEV, OUT, 64, MEMCPY)
+    assert [f.task for f in san.findings] == [3]
+    assert "1 more such task(s)" in san.findings[0].message  # task 2, the other stream
+    san.stream_synced(DEV, STREAM, 3, ACL_SUCCESS)
+    offend(san.check_read, DEV, OUT, 64, MEMCPY)
+    assert [f.task for f in san.findings] == [3, 2]
+
+
+def test_a_wait_carries_coverage_to_the_awaited_stream(san):
+    a, b, c = STREAM, STREAM + 1, STREAM + 2
+    submit(san, 1, stream=a)  # writes OUT
+    san.task_waits(2, DEV, b, a, 1)  # b waits for an event recorded on a after task 1
+    san.task_waits(3, DEV, c, b, 2)  # c waits for an event recorded on b after its wait
+    san.task_submitted(4, DEV, a, [], [(0x9000, 8)], "acl.rt.memcpy_async")  # after the record
+    san.stream_observed(DEV, c, 3)  # this thread saw c done: transitively a up to task 1
+    san.check_read(DEV, OUT, 64, MEMCPY)
+    assert san.findings == []
+    offend(san.check_read, DEV, 0x9000, 8, MEMCPY)
+    assert [f.task for f in san.findings] == [4]
+    san.stream_synced(DEV, c, 3, ACL_SUCCESS)  # a sync of c covers a's task 1 for everyone
+    assert san.pending_count() == 1  # task 4 only
+    san.check_destroy_stream(DEV, b, "acl.rt.destroy_stream")
+    assert len(san.findings) == 1
+
+
+def test_waits_alone_never_make_a_destroy_finding(san):
+    san.task_waits(2, DEV, STREAM, STREAM + 1, 1)
+    san.check_destroy_stream(DEV, STREAM, "acl.rt.destroy_stream")
+    assert san.findings == []
+
+
+def test_a_sync_drops_the_marks_it_makes_useless_and_dead_threads_are_pruned(san, monkeypatch):
+    import client.sanitizer as module
+
+    submit(san, 1)
+    san.stream_observed(DEV, STREAM, 1)
+    san.stream_synced(DEV, STREAM, 1, ACL_SUCCESS)
+    assert san._marks == {threading.get_ident(): {}}
+    monkeypatch.setattr(module, "_THREADS_LIMIT", 4)
+    for _ in range(10):
+        submit(san, 2)
+        worker = threading.Thread(target=san.stream_observed, args=(DEV, STREAM, 2))
+        worker.start()
+        worker.join()
+    assert len(san._marks) <= 5
+
+
+def test_an_observation_of_nothing_unsynced_keeps_nothing(san):
+    san.stream_observed(DEV, STREAM, 10)
+    assert san._marks == {threading.get_ident(): {}}
+    submit(san, 11)
+    san.check_read(DEV, OUT, 64, MEMCPY)  # a later task is not covered by the earlier query
+    assert [f.task for f in san.findings] == [11]
+
+
+# -- bounded bookkeeping ---------------------------------------------------------------------------
+def test_unsynced_tasks_findings_and_failures_are_bounded(monkeypatch):
+    import client.sanitizer as module
+
+    monkeypatch.setattr(module, "PENDING_LIMIT", 100)
+    monkeypatch.setattr(module, "FINDINGS_LIMIT", 10)
+    san = Sanitizer("warn")
+    for task_id in range(1, 1001):
+        san.task_submitted(task_id, DEV, task_id % 3, [], [(task_id * 64, 64)], EXEC)
+        san.task_finished(task_id, ACL_ERROR_RT_AICORE_EXCEPTION)
+    assert san.pending_count() == 100 and san.dropped["tasks"] == 900
+    assert sum(len(tasks) for tasks in san._pending[DEV].values()) == 100
+    for task_id in range(901, 1001):
+        san.check_read(DEV, task_id * 64, 8, MEMCPY)
+    assert len(san.findings) == 10 and san.dropped["findings"] == 90
+    assert len(san._failures) == 10 and san.dropped["failures"] == 990
+    assert "dropped findings at the limit: 90" in san.summary()
+    assert json.loads(san.to_json())["dropped"]["tasks"] == 900
