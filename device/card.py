@@ -9,7 +9,14 @@
 The card never blocks on a kernel's modelled duration: a started task computes its real outputs
 at once (numpy on the shm views) and completes when its timer fires, ``max(start + modelled,
 compute done)``. The poll timeout is the nearest timer or heartbeat, so an idle card sleeps.
+The real compute itself may take seconds; the heartbeat keeper (device/heartbeat.py) beats for
+the loop meanwhile, which is why every socket call here holds ``io_lock``.
 A card whose broker has been silent for the heartbeat expiry exits and unlinks its segment.
+
+Request ops are the table of device/requests.py. When a client leaves (DISCONNECT naming it)
+the card reclaims everything it held — HBM, models, stream entries, timers and unsent
+completions, host-segment mappings, model builds — and counts it in its stats
+(``reclaimed_*``).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import itertools
 import logging
 import os
 import signal
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,17 +36,18 @@ import numpy as np
 import zmq
 
 from device import executor
+from device.heartbeat import Heartbeat
 from device.injection import CardFaults, TaskFault
-from device.kernels import build_kernel
 from device.loader import ModelLoader
-from device.memory import Allocator, HbmSegment, prefault_preserves_contents, segment_name
+from device.memory import Allocator, HbmSegment, segment_name
 from device.models import ModelSpec
+from device.requests import OPS
 from device.streams import StreamScheduler, Task
 from farm import protocol as proto
 from farm.errors import (
     ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_INTERNAL_ERROR,
-    ACL_ERROR_RT_MEMORY_ALLOCATION,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
     NpuFarmError,
@@ -54,6 +63,8 @@ _MAX_DRAIN = 64  # inbound messages handled per loop turn before timers get a lo
 _LOAD_POLL_S = 0.002  # how often the loop looks for a finished model build while one runs
 _TURN_BUDGET = 0.25  # share of a heartbeat interval one turn may spend starting tasks
 _PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
+_WARN_EVERY_S = 1.0  # at most one malformed-input warning per second (the rest are counted)
+_RECLAIMED = ("reclaimed_clients", "reclaimed_hbm_bytes", "reclaimed_models", "reclaimed_streams")
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,9 @@ class Card:
             segment_name(spec.farm_id, spec.device_id, spec.epoch), spec.hbm_bytes
         )
         self.allocator = Allocator(spec.hbm_bytes)
-        self.owners: dict[int, bytes] = {}  # allocation offset -> client identity
-        self.attached: dict[str, HbmSegment] = {}  # clients' pinned host segments, by name
+        self.owners: dict[int, tuple[bytes, int]] = {}  # allocation offset -> (client, serial)
+        self.serials = itertools.count(1)  # allocation serials: deferred writes' leases
+        self.attached: dict[tuple[bytes, str], HbmSegment] = {}  # (client, name): host segments
         self.models: dict[int, tuple[ModelSpec, Any, bytes]] = {}
         self._model_ids = itertools.count(1)
         self.loader = ModelLoader(spec.device_id)
@@ -112,8 +124,16 @@ class Card:
             spec.faults, spec.device_id, spec.epoch, farm_start_s, spec.op_timeout_s
         )
         self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
-        self.stats = {"done": 0, "failed": 0, "submitted": 0}
+        self.stats = {"done": 0, "failed": 0, "submitted": 0, "malformed": 0}
+        self._warned_s, self._unwarned = float("-inf"), 0  # malformed-input warnings
+        self.reclaimed = dict.fromkeys(_RECLAIMED, 0)  # cumulative, from departed clients
         self.running = True
+        self.io_lock = threading.Lock()  # the socket's: held by the loop except while computing
+        self.heartbeat = Heartbeat(
+            spec.heartbeat_interval_s, self._tick, self.io_lock, f"card{spec.device_id}-beat"
+        )
+        self._last_stats: dict[str, Any] = {}
+        self._tick_link_up = True
         self.ctx = zmq.Context()
         self.socket = self.ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -124,8 +144,10 @@ class Card:
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        self.heartbeat.stop()
         self.loader.close()
-        self.socket.close(0)
+        with self.io_lock:
+            self.socket.close(0)
         self.ctx.term()
         for segment in self.attached.values():
             segment.close()
@@ -153,34 +175,75 @@ class Card:
             "running": self.scheduler.running,
             "stream_queues": self.scheduler.queue_depths(),
             **self.stats,
+            **self.reclaimed,
         }
 
     def send(self, cmd: bytes, client: bytes, body: Any) -> None:
+        with self.io_lock:
+            self._send(cmd, client, body)
+
+    def _send(self, cmd: bytes, client: bytes, body: Any) -> None:
+        """Send with ``io_lock`` held."""
         proto.send_frames(self.socket, proto.worker_message(cmd, client, proto.pack(body)))
 
+    def _tick(self, now: float, from_loop: bool) -> None:
+        """One heartbeat tick, by the loop or by the keeper for a busy loop (``io_lock`` held):
+        the heartbeat fault hook, the fault log, the beat itself."""
+        beat, self._tick_link_up = self.faults.on_heartbeat()
+        # the fault log is the experiment's record, not card traffic: a link drop's own event
+        # still reaches it
+        events = self.faults.take_events()
+        if events:
+            self._send(Cmd.CARD_EVENT, b"", {"faults": events})
+        if from_loop:
+            self._last_stats = self.stats_body()
+        if beat:
+            self._send(Cmd.HEARTBEAT, b"", self._last_stats)
+
+    def _receive(self, timeout_s: float) -> tuple[bool, list]:
+        """(readable?, up to _MAX_DRAIN messages) after waiting up to ``timeout_s``."""
+        with self.io_lock:
+            if not proto.wait_readable(self.socket, timeout_s):
+                return False, []
+            batch = []
+            for _ in range(_MAX_DRAIN):
+                frames = proto.recv_ready(self.socket)
+                if frames is None:
+                    break
+                batch.append(frames)
+            return True, batch
+
     def run(self) -> None:
+        self.send(Cmd.READY, b"", self.ready_body())
+        self._last_stats = self.stats_body()
+        self.heartbeat.next_s = time.monotonic() + self.spec.heartbeat_interval_s
+        self.heartbeat.start()
+        try:
+            self._loop()
+        finally:
+            self.heartbeat.stop()
+
+    def _loop(self) -> None:
         interval_s = self.spec.heartbeat_interval_s
         expiry_s = interval_s * self.spec.heartbeat_liveness
-        self.send(Cmd.READY, b"", self.ready_body())
-        now = time.monotonic()
-        next_beat = now + interval_s
-        broker_seen = now
+        beat = self.heartbeat
+        broker_seen = time.monotonic()
+        welcomed = False  # the broker's silence counts only once it has spoken (READY welcome)
         while self.running:
             now = time.monotonic()
-            deadline = min(next_beat, self.timers[0][0] if self.timers else next_beat)
+            deadline = min(beat.next_s, self.timers[0][0] if self.timers else beat.next_s)
             if self.loader.pending:  # look for finished model builds every few ms
                 deadline = min(deadline, now + _LOAD_POLL_S)
             busy = self.prefault_queue or self.backlog
             timeout_s = 0.0 if busy else max(0.0, deadline - now)
             link_up = self.faults.link_up()
-            if proto.wait_readable(self.socket, timeout_s):
+            readable, inbound = self._receive(timeout_s)
+            if readable:
                 broker_seen = time.monotonic()
-                for _ in range(_MAX_DRAIN):
-                    frames = proto.recv_ready(self.socket)
-                    if frames is None:
-                        break
-                    if link_up:  # an injected link drop loses what arrives
-                        self.on_message(frames)
+                welcomed = True
+            if link_up:  # an injected link drop loses what arrives
+                for frames in inbound:
+                    self.on_message(frames)
             now = time.monotonic()
             self.fire_timers(now)
             self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
@@ -194,19 +257,17 @@ class Card:
                 self.outbox.clear()
             if self.prefault_queue:
                 self.prefault_step()
-            if now >= next_beat:
-                beat, link_up = self.faults.on_heartbeat()
-                # the fault log is the experiment's record, not card traffic: a link drop's
-                # own event still reaches it
-                self.report_faults()
-                if beat:
-                    self.send(Cmd.HEARTBEAT, b"", self.stats_body())
-                next_beat = now + interval_s
-                if (
-                    link_up
-                    and now - broker_seen > expiry_s
-                    and not proto.wait_readable(self.socket, 0)
-                ):
+            if beat.due(now):
+                with self.io_lock:
+                    if beat.due(now):  # (unless the keeper ticked meanwhile)
+                        beat.loop_tick(now)
+                    limit_s = expiry_s if welcomed else max(60.0, 40.0 * expiry_s)
+                    silent = (
+                        self._tick_link_up
+                        and now - broker_seen > limit_s
+                        and not proto.wait_readable(self.socket, 0)
+                    )
+                if silent:
                     logger.warning(
                         "card %d: broker silent for %.2fs, exiting",
                         self.spec.device_id,
@@ -228,19 +289,33 @@ class Card:
                 else:
                     self.running = False
             elif msg.cmd != Cmd.HEARTBEAT:
-                logger.warning("card %d: unexpected command %r", self.spec.device_id, msg.cmd)
+                self.malformed(f"unexpected command {msg.cmd!r}")
         except NpuFarmError as exc:
-            logger.warning("card %d: dropped malformed message: %s", self.spec.device_id, exc)
+            self.malformed(f"dropped malformed message: {exc}")
+        except Exception as exc:  # whatever a frame holds, it must not take the card down
+            self.malformed(f"message dropped, handling it failed: {exc!r}")
+
+    def malformed(self, what: str) -> None:
+        """Count a malformed input; warn at most once per _WARN_EVERY_S (a flood of garbage
+        must not become a flood of log lines)."""
+        self.stats["malformed"] += 1
+        now = time.monotonic()
+        if now - self._warned_s < _WARN_EVERY_S:
+            self._unwarned += 1
+            return
+        logger.warning("card %d: %s (%d more malformed inputs since the last warning)",
+                       self.spec.device_id, what, self._unwarned)  # fmt: skip
+        self._warned_s, self._unwarned = now, 0
 
     def on_submit(self, client: bytes, tasks: Any) -> None:
         if not isinstance(tasks, list):
-            logger.warning("card %d: SUBMIT body is not a list; dropped", self.spec.device_id)
+            self.malformed("SUBMIT body is not a list; dropped")
             return
         now = time.monotonic()
         for body in tasks:
             problem = proto.validate_task(body)
             if problem is not None:
-                logger.warning("card %d: bad task dropped: %s", self.spec.device_id, problem)
+                self.malformed(f"bad task dropped: {problem}")
                 if isinstance(body, dict) and isinstance(body.get("t"), int):
                     self.complete(client, body["t"], ACL_ERROR_RT_PARAM_INVALID, now, now)
                 continue
@@ -249,14 +324,15 @@ class Card:
 
     def on_request(self, client: bytes, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
-            logger.warning("card %d: request without rid dropped", self.spec.device_id)
+            self.malformed("request without rid dropped")
             return
-        handler = getattr(self, f"op_{body.get('op')}", None)
+        op = body.get("op")
+        handler = OPS.get(op) if isinstance(op, str) else None
         if handler is None:
-            reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"unknown op {body.get('op')!r}"}
+            reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"unknown op {op!r}"}
         else:
             try:
-                reply = handler(client, body)
+                reply = handler(self, client, body)
             except Exception as exc:  # a request must never take the card down
                 reply = self._error_reply(exc, body.get("op"))
             if reply is None:  # answered later (a model still building: finish_loads)
@@ -282,9 +358,19 @@ class Card:
             if exc is not None:
                 self.reply(load.client, load.rid, self._error_reply(exc, "load"))
                 continue
-            handle = next(self._model_ids)
-            self.models[handle] = (load.spec, kernel, load.client)
+            handle = self.add_model(load.spec, kernel, load.client)
             self.reply(load.client, load.rid, {"handle": handle})
+
+    def add_model(self, spec: ModelSpec, kernel: Any, client: bytes) -> int:
+        handle = next(self._model_ids)
+        self.models[handle] = (spec, kernel, client)
+        return handle
+
+    def release(self, offset: int) -> int:
+        """Free the allocation at ``offset``; the bytes it reserved (0 if none)."""
+        self.owners.pop(offset, None)
+        self.bindings.clear()
+        return self.allocator.free(offset) or 0
 
     def prefault_step(self) -> None:
         offset, nbytes = self.prefault_queue.popleft()
@@ -297,86 +383,33 @@ class Card:
         if nbytes > chunk:
             self.prefault_queue.appendleft((offset + chunk, nbytes - chunk))
 
-    # -- request ops -----------------------------------------------------------------------
-    def op_malloc(self, client: bytes, body: dict) -> dict:
-        size = int(body["size"])
-        if size <= 0:
-            return {"code": ACL_ERROR_INVALID_PARAM}
-        injected = self.faults.on_malloc()
-        if injected:
-            return {"code": injected, "error": "injected out of memory"}
-        offset = self.allocator.alloc(size)
-        if offset is None:
-            return {
-                "code": ACL_ERROR_RT_MEMORY_ALLOCATION,
-                "error": f"HBM exhausted: {size} bytes requested, {self.allocator.free_bytes} free",
-            }
-        if prefault_preserves_contents():
-            # commit pages in chunks from the loop, so heartbeats go on during a large malloc
-            self.prefault_queue.append((offset, size))
-        else:
-            try:
-                self.segment.prefault(offset, size)
-            except OSError as exc:  # /dev/shm is full: an allocation failure, not SIGBUS
-                self.allocator.free(offset)
-                return {"code": ACL_ERROR_RT_MEMORY_ALLOCATION, "error": f"no HBM pages: {exc}"}
-        self.owners[offset] = client
-        return {"offset": offset}
-
-    def op_free(self, client: bytes, body: dict) -> dict:
-        offset = int(body["offset"])
-        if self.owners.get(offset) != client:
-            return {"code": ACL_ERROR_RT_PARAM_INVALID, "error": "not a live allocation"}
-        del self.owners[offset]
-        self.allocator.free(offset)
-        self.bindings.clear()
-        return {}
-
-    def op_mem_info(self, client: bytes, body: dict) -> dict:
-        return {"free": self.allocator.free_bytes, "total": self.spec.hbm_bytes}
-
-    def op_load(self, client: bytes, body: dict) -> dict | None:
-        document = body["spec"]
-        if isinstance(document, dict) and "blob_ref" in document:  # the model bytes, in shm
-            name, offset, size = document.pop("blob_ref")
-            document["blob"] = executor.read_host_bytes(self, name, offset, size)
-        spec = ModelSpec.from_dict(document)
-        if spec.kind == "onnx":  # may take longer than a heartbeat expiry: off the loop
-            self.loader.submit(client, body["rid"], spec)
-            return None
-        handle = next(self._model_ids)
-        self.models[handle] = (spec, build_kernel(spec), client)
-        return {"handle": handle}
-
-    def op_unload(self, client: bytes, body: dict) -> dict:
-        entry = self.models.get(int(body["handle"]))
-        if entry is None or entry[2] != client:
-            return {"code": ACL_ERROR_INVALID_PARAM}
-        del self.models[int(body["handle"])]
-        return {}
-
-    def op_inject(self, client: bytes, body: dict) -> dict:
-        return {"rule": self.faults.inject(body["rule"], body.get("rule_id"))}
-
-    def op_recover(self, client: bytes, body: dict) -> dict:
-        return {"removed": self.faults.recover(body.get("kinds"))}
-
-    def op_stats(self, client: bytes, body: dict) -> dict:
-        return self.stats_body()
-
     def drop_client(self, client: bytes) -> None:
-        """A client left: release its memory, models and streams."""
-        for offset in [o for o, c in self.owners.items() if c == client]:
-            del self.owners[offset]
-            self.allocator.free(offset)
-        for handle in [h for h, entry in self.models.items() if entry[2] == client]:
+        """A client left: reclaim all it held here, and count it."""
+        offsets = [offset for offset, owner in self.owners.items() if owner[0] == client]
+        hbm_bytes = sum(self.release(offset) for offset in offsets)
+        handles = [h for h, entry in self.models.items() if entry[2] == client]
+        for handle in handles:
             del self.models[handle]
-        self.bindings.clear()
+        streams = sum(1 for key in self.scheduler.streams if key[0] == client)
         self.scheduler.drop_client(client)
-        self.timers = [t for t in self.timers if t[2].client != client]
-        heapq.heapify(self.timers)
+        kept = [t for t in self.timers if t[2].client != client]
+        if len(kept) != len(self.timers):
+            self.timers = kept
+            heapq.heapify(self.timers)
         self.outbox.pop(client, None)
         self.loader.drop_client(client)
+        segments = [key for key in self.attached if key[0] == client]
+        for key in segments:
+            self.attached.pop(key).close()
+        if hbm_bytes or handles or streams or segments:
+            counts = self.reclaimed
+            counts["reclaimed_clients"] += 1
+            counts["reclaimed_hbm_bytes"] += hbm_bytes
+            counts["reclaimed_models"] += len(handles)
+            counts["reclaimed_streams"] += streams
+            logger.info("card %d: reclaimed %d bytes, %d models, %d streams, %d mappings of a "
+                        "departed client", self.spec.device_id, hbm_bytes, len(handles), streams,
+                        len(segments))  # fmt: skip
 
     # -- execution -------------------------------------------------------------------------
     def start_ready(self, budget_end: float = float("inf")) -> bool:
@@ -434,13 +467,13 @@ class Card:
             return None  # the outputs keep their old bytes
         rng = self.faults.injector.corrupt_rng
 
-        def commit() -> None:
-            publish()
-            for destination in publish.destinations:
+        def corrupt(published: executor.Publish) -> None:
+            for destination in published.destinations:
                 flat = destination.reshape(-1).view(np.uint8)
                 corrupt_bytes(flat, destination.dtype, pattern, rng)
 
-        return commit
+        publish.post = corrupt
+        return publish
 
     def report_faults(self) -> None:
         events = self.faults.take_events()
@@ -450,6 +483,8 @@ class Card:
     def crash(self) -> None:
         """An injected crash: report it, then die without any cleanup, as a card would."""
         self.report_faults()
+        self.io_lock.acquire()  # the keeper must not beat for a dying card
+        self.heartbeat.stop()
         self.socket.close(linger=1000)
         self.ctx.term()
         logger.error("card %d: injected crash", self.spec.device_id)
@@ -462,7 +497,10 @@ class Card:
 
     def finish(self, task: Task, code: int, now: float, commit=None) -> None:
         if commit is not None and code == ACL_SUCCESS:
-            commit()  # results appear at completion, as on hardware
+            if commit.holds(self):
+                commit()  # results appear at completion, as on hardware
+            else:  # its memory was freed meanwhile (and may be someone else's now)
+                code = ACL_ERROR_RT_DEVICE_MEM_ERROR
         self.scheduler.finish(task)
         self.complete(task.client, task.task_id, code, task.started_s, now, task)
 
@@ -475,8 +513,11 @@ class Card:
         )
 
     def flush(self) -> None:
-        for client, rows in self.outbox.items():
-            self.send(Cmd.COMPLETE, client, rows)
+        if not self.outbox:
+            return
+        with self.io_lock:
+            for client, rows in self.outbox.items():
+                self._send(Cmd.COMPLETE, client, rows)
         self.outbox.clear()
 
 

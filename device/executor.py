@@ -3,6 +3,15 @@
 Every address a task names is checked against the card's allocator before a byte is touched: a
 pointer of another card or an old epoch, a freed block or a range running past its block fails
 the task with 107000 instead of reading or writing outside what the caller owns.
+
+A deferred result (modelled latency: computed at start, written at completion) carries a
+*lease* on each destination: the allocation's serial number, or the very host mapping it views.
+At completion the card writes only if every lease still holds; memory freed in between (by the
+client, its departure, a reset) may belong to someone else by then, so the task fails with
+507053 (ACL_ERROR_RT_DEVICE_MEM_ERROR) instead of writing into it.
+
+Clients' pinned host segments are mapped per client (``card.attached[(client, name)]``): names
+are chosen by each client process, so one client's mapping is never served to another.
 """
 
 from __future__ import annotations
@@ -29,13 +38,21 @@ if TYPE_CHECKING:
     from device.card import Card
     from device.streams import Task
 
-__all__ = ["start", "read_host_bytes", "BadAddress", "FreedUnderTask", "Publish"]
+__all__ = [
+    "start",
+    "read_host_bytes",
+    "segment_view",
+    "BadAddress",
+    "FreedUnderTask",
+    "Publish",
+]
 
 logger = logging.getLogger(__name__)
 
 _MAX_BINDINGS = 4096  # cached exec bindings per card (cleared on any free)
 
 Commit = Callable[[], None]
+Lease = tuple  # ("hbm", block start, serial) | ("host", (client, name), segment)
 
 
 class BadAddress(Exception):
@@ -87,8 +104,9 @@ def read_host_bytes(card: Card, name: str, offset: int, nbytes: int) -> bytes:
         segment.close()
 
 
-def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
-    """A view on ``[segment name, offset]``: this card's HBM or a client's pinned host memory."""
+def segment_view(card: Card, client: bytes, ref: list, nbytes: int) -> np.ndarray:
+    """A view on ``[segment name, offset]``: this card's HBM or ``client``'s pinned host
+    memory (mapped on first use, until the client detaches it or leaves)."""
     name, offset = ref
     if name == card.segment.name:
         if nbytes and not card.allocator.contains(offset, nbytes):
@@ -96,13 +114,35 @@ def segment_view(card: Card, ref: list, nbytes: int) -> np.ndarray:
         return _view(card.segment, offset, nbytes)
     if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
         raise BadAddress(f"segment {name!r} is not part of this farm")
-    segment = card.attached.get(name)
+    segment = card.attached.get((client, name))
     if segment is None:
         try:
-            segment = card.attached[name] = HbmSegment.attach(name)
+            segment = card.attached[(client, name)] = HbmSegment.attach(name)
         except (OSError, ValueError) as exc:  # ValueError: a malformed or empty segment
             raise BadAddress(f"cannot attach {name!r}: {exc}") from None
     return _view(segment, offset, nbytes)
+
+
+def _hbm_lease(card: Card, offset: int) -> Lease:
+    block = card.allocator.block_at(offset)
+    owner = card.owners.get(block[0]) if block is not None else None
+    return ("hbm", block[0] if block else -1, owner[1] if owner is not None else -1)
+
+
+def _ref_lease(card: Card, client: bytes, ref: list) -> Lease:
+    name, offset = ref
+    if name == card.segment.name:
+        return _hbm_lease(card, offset)
+    return ("host", (client, name), card.attached.get((client, name)))
+
+
+def lease_holds(card: Card, lease: Lease) -> bool:
+    """True while the memory a lease was taken on is still the same live allocation/mapping."""
+    kind, key, token = lease
+    if kind == "hbm":
+        owner = card.owners.get(key)
+        return owner is not None and owner[1] == token
+    return token is not None and card.attached.get(key) is token
 
 
 def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
@@ -151,7 +191,10 @@ def _execute(card: Card, task: Task, defer: bool) -> tuple[int, float, Commit | 
     except Exception:  # a kernel bug must fail the task, never the card
         logger.exception("card %d: kernel %s failed", card.spec.device_id, spec.name)
         return ACL_ERROR_RT_MODEL_EXECUTE, 0.0, None
-    commit = _publisher(outputs, targets) if defer else None
+    commit = None
+    if defer:
+        leases = [_hbm_lease(card, decode_ptr(ptr)[2]) for ptr, _ in body_outputs(task, spec)]
+        commit = Publish(outputs, targets, leases)
     if card.spec.time_scale == 0:
         return ACL_SUCCESS, 0.0, commit
     duration_s = modelled_duration_s(
@@ -162,20 +205,32 @@ def _execute(card: Card, task: Task, defer: bool) -> tuple[int, float, Commit | 
     return ACL_SUCCESS, duration_s, commit
 
 
-class Publish:
-    """Writes a deferred task's results to their destinations when the task completes."""
+def body_outputs(task: Task, spec) -> list:
+    """The ``[ptr, nbytes]`` references of an exec task's model outputs."""
+    return task.body["o"][: len(spec.outputs)]
 
-    def __init__(self, destinations: list[np.ndarray], results: list[np.ndarray]) -> None:
+
+class Publish:
+    """Writes a deferred task's results to their destinations when the task completes, if the
+    destinations are still what they were at the start (``holds``). ``post`` runs after the
+    write (an injected corruption)."""
+
+    __slots__ = ("destinations", "results", "leases", "post")
+
+    def __init__(self, destinations: list[np.ndarray], results: list, leases: list[Lease]) -> None:
         self.destinations = destinations
         self.results = results
+        self.leases = leases
+        self.post: Callable[[Publish], None] | None = None
+
+    def holds(self, card: Card) -> bool:
+        return all(lease_holds(card, lease) for lease in self.leases)
 
     def __call__(self) -> None:
         for destination, result in zip(self.destinations, self.results):
             np.copyto(destination, result)
-
-
-def _publisher(destinations: list[np.ndarray], results: list[np.ndarray]) -> Publish:
-    return Publish(destinations, results)
+        if self.post is not None:
+            self.post(self)
 
 
 def start(card: Card, task: Task, defer: bool = False) -> tuple[int, float, Commit | None]:
@@ -192,16 +247,18 @@ def start(card: Card, task: Task, defer: bool = False) -> tuple[int, float, Comm
             return _execute(card, task, defer)
         if kind == TaskKind.COPY:
             n = body["n"]
-            destination = segment_view(card, body["dst"], n)
-            source = segment_view(card, body["src"], n)
+            destination = segment_view(card, task.client, body["dst"], n)
+            source = segment_view(card, task.client, body["src"], n)
             if defer:
-                return ACL_SUCCESS, 0.0, _publisher([destination], [source.copy()])
+                lease = _ref_lease(card, task.client, body["dst"])
+                return ACL_SUCCESS, 0.0, Publish([destination], [source.copy()], [lease])
             np.copyto(destination, source)
         elif kind == TaskKind.MEMSET:
-            destination = segment_view(card, body["dst"], body["n"])
-            value = body["v"] & 0xFF
+            destination = segment_view(card, task.client, body["dst"], body["n"])
+            value = np.uint8(body["v"] & 0xFF)
             if defer:
-                return ACL_SUCCESS, 0.0, lambda: destination.fill(value)
+                lease = _ref_lease(card, task.client, body["dst"])
+                return ACL_SUCCESS, 0.0, Publish([destination], [value], [lease])
             destination.fill(value)
     except BadAddress as exc:
         logger.warning("card %d: task %d rejected: %s", card.spec.device_id, task.task_id, exc)

@@ -6,11 +6,16 @@ fault events the card reports to the broker's fault log.
 
 Precedence on one task: crash > error/ecc (fail with the code, no compute) > hang > slow and
 corrupt (which combine). ``corrupt`` applies to the outputs of model executions.
+
+The card's heartbeat keeper thread (device/heartbeat.py) evaluates the heartbeat hook while the
+loop may evaluate others, so every call that touches the injector takes one lock; a card without
+fault rules never takes it (``enabled`` is checked first).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +58,7 @@ class CardFaults:
         self.op_timeout_s = op_timeout_s
         self.events: list[dict[str, Any]] = []  # to report to the broker
         self.enabled = bool(self.injector.rules)
+        self._lock = threading.Lock()
 
     def now_s(self) -> float:
         return time.monotonic() - self.farm_start_s
@@ -66,13 +72,14 @@ class CardFaults:
         """Evaluate the ``card.execute`` hook for a task the card is about to start."""
         if not self.enabled:
             return None
-        fired = self.injector.evaluate(
-            "card.execute", self.now_s(), stream=stream, model=model,
-            api=API_BY_TASK_KIND.get(kind),
-        )  # fmt: skip
+        with self._lock:
+            fired = self.injector.evaluate(
+                "card.execute", self.now_s(), stream=stream, model=model,
+                api=API_BY_TASK_KIND.get(kind),
+            )  # fmt: skip
+            self._record(fired)
         if not fired:
             return None
-        self._record(fired)
         kinds = {f.kind: f for f in fired}
         if "crash" in kinds:
             return TaskFault(crash=True)
@@ -94,17 +101,19 @@ class CardFaults:
         """An injected out-of-memory code for this malloc, or 0."""
         if not self.enabled:
             return 0
-        fired = [f for f in self.injector.evaluate("card.malloc", self.now_s(), api="malloc")]
-        self._record(fired)
+        with self._lock:
+            fired = self.injector.evaluate("card.malloc", self.now_s(), api="malloc")
+            self._record(fired)
         return next((f.code for f in fired if f.kind == "oom"), 0)
 
     def on_heartbeat(self) -> tuple[bool, bool]:
         """(send this heartbeat?, is the link up?) at a heartbeat tick."""
         if not self.enabled:
             return True, True
-        now_s = self.now_s()
-        self._record(self.injector.evaluate("card.heartbeat", now_s))
-        return self._heartbeat_state(now_s)
+        with self._lock:
+            now_s = self.now_s()
+            self._record(self.injector.evaluate("card.heartbeat", now_s))
+            return self._heartbeat_state(now_s)
 
     def _heartbeat_state(self, now_s: float) -> tuple[bool, bool]:
         active = {r.kind for r in self.injector.active("card.heartbeat", now_s)}
@@ -114,19 +123,23 @@ class CardFaults:
     def link_up(self) -> bool:
         if not self.enabled:
             return True
-        return self._heartbeat_state(self.now_s())[1]
+        with self._lock:
+            return self._heartbeat_state(self.now_s())[1]
 
     def inject(self, rule: dict[str, Any], rule_id: int | None = None) -> int:
         parsed = FaultRule.from_dict(rule, label="injected fault")
-        rule_id = self.injector.add_rule(parsed, rule_id)
-        self.enabled = True
+        with self._lock:
+            rule_id = self.injector.add_rule(parsed, rule_id)
+            self.enabled = True
         return rule_id
 
     def recover(self, kinds: list[str] | None) -> int:
-        removed = self.injector.clear(kinds)
-        self.enabled = bool(self.injector.rules)
+        with self._lock:
+            removed = self.injector.clear(kinds)
+            self.enabled = bool(self.injector.rules)
         return removed
 
     def take_events(self) -> list[dict[str, Any]]:
-        events, self.events = self.events, []
+        with self._lock:
+            events, self.events = self.events, []
         return events

@@ -75,6 +75,7 @@ _MADV_POPULATE_WRITE: int | None = getattr(
     mmap, "MADV_POPULATE_WRITE", 23 if sys.platform.startswith("linux") else None
 )
 _populate_supported = _MADV_POPULATE_WRITE is not None
+_PREFAULT_CHUNK = 4 << 20  # bytes committed per call (a few ms): the GIL is held meanwhile
 
 
 # --------------------------------------------------------------------------- pointers
@@ -374,10 +375,16 @@ class HbmSegment:
         OSError instead of SIGBUS); otherwise writes a zero into each page of the range, so call
         it only on memory whose contents are undefined (fresh allocations).
         """
+        self._checked_array(offset, nbytes)
+        # in chunks: neither call releases the GIL, and a card's heartbeat thread must get it
+        # every few milliseconds (device/heartbeat.py)
+        end = offset + nbytes
+        for start in range(offset, end, _PREFAULT_CHUNK):
+            self._prefault_chunk(start, min(_PREFAULT_CHUNK, end - start))
+
+    def _prefault_chunk(self, offset: int, nbytes: int) -> None:
         global _populate_supported
         array = self._checked_array(offset, nbytes)
-        if nbytes == 0:
-            return
         if _populate_supported and self._mmap is not None:
             start, length = _page_span(offset, nbytes)
             try:

@@ -5,6 +5,10 @@ Tasks on one stream start strictly in order, one at a time; different streams ru
 to ``slots`` tasks at once (the card's AI cores). A ``wait`` task (stream_wait_event) holds its
 stream until no task with an id at or below the awaited record is queued or running on the other
 stream; ``record`` and ``wait`` tasks take no slot.
+
+A stream entry lives from its first task until its client destroys the stream (``retire``: at
+once when idle, else when its last queued task finishes) or leaves, so entries do not pile up
+over a long client's life.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class StreamScheduler:
         self.running_slots = 0
         self._ready: deque[StreamKey] = deque()
         self._waiters: dict[StreamKey, list[StreamKey]] = {}
+        self._retiring: set[StreamKey] = set()  # destroyed by the client, not drained yet
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -99,6 +104,8 @@ class StreamScheduler:
         stream = self.streams.get(task.key)
         if stream is None:
             stream = self.streams[task.key] = CardStream(task.key)
+        elif self._retiring:
+            self._retiring.discard(task.key)  # the id is in use again
         stream.queue.append(task)
         if stream.running is None and len(stream.queue) == 1:
             self._ready.append(task.key)
@@ -156,8 +163,22 @@ class StreamScheduler:
             self.running_slots -= 1
         if stream.queue:
             self._ready.append(task.key)
+        elif task.key in self._retiring:
+            self._retiring.discard(task.key)
+            del self.streams[task.key]
         for waiter in self._waiters.pop(task.key, ()):
             self._ready.append(waiter)
+
+    def retire(self, key: StreamKey) -> bool:
+        """The client destroyed stream ``key``: forget it once drained. True if gone now."""
+        stream = self.streams.get(key)
+        if stream is None:
+            return True
+        if stream.queue or stream.running is not None:
+            self._retiring.add(key)
+            return False
+        del self.streams[key]
+        return True
 
     def drop_client(self, client: bytes) -> list[Task]:
         """Forget every stream of a departed client; return the tasks that were queued."""
@@ -168,6 +189,7 @@ class StreamScheduler:
             if stream.running is not None and stream.running.takes_slot:
                 self.running_slots -= 1
             self._waiters.pop(key, None)
+            self._retiring.discard(key)
         self._ready = deque(k for k in self._ready if k[0] != client)
         return dropped
 

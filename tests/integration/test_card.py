@@ -54,8 +54,8 @@ TENSOR_BYTES = 1024 * 4  # add.toml: float32 [1, 1024]
 WAIT_S = 5.0
 
 
-def make_spec(farm_id: str, backend: str) -> CardSpec:
-    return CardSpec(
+def make_spec(farm_id: str, backend: str, **changes: object) -> CardSpec:
+    spec = CardSpec(
         farm_id=farm_id,
         device_id=DEVICE,
         epoch=EPOCH,
@@ -70,6 +70,7 @@ def make_spec(farm_id: str, backend: str) -> CardSpec:
         heartbeat_liveness=LIVENESS,
         seed=0,
     )
+    return CardSpec.from_dict({**spec.to_dict(), **changes})
 
 
 class ScriptedBroker:
@@ -195,7 +196,7 @@ class ScriptedBroker:
 class CardHarness:
     """A real card in a thread plus the scripted broker it talks to."""
 
-    def __init__(self) -> None:
+    def __init__(self, **spec_changes: object) -> None:
         self.tmpdir = tempfile.mkdtemp(dir="/tmp", prefix="ct")
         self.address = f"ipc://{self.tmpdir}/b.sock"
         self.farm_id = f"itest{os.getpid()}x{uuid.uuid4().hex[:6]}"
@@ -205,7 +206,7 @@ class CardHarness:
         self.errors: list[BaseException] = []
         self.shm: HbmSegment | None = None
         self.model_handle = 0
-        self.card = Card(make_spec(self.farm_id, self.address))
+        self.card = Card(make_spec(self.farm_id, self.address, **spec_changes))
         self.thread = threading.Thread(target=self._run, name="card-under-test", daemon=True)
         self.thread.start()
 
