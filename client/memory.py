@@ -11,6 +11,7 @@ queued ``memcpy_async`` to or from it; pageable host memory is only ever touched
 
 from __future__ import annotations
 
+import atexit
 import bisect
 import ctypes
 import functools
@@ -19,11 +20,13 @@ import logging
 import mmap
 import os
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from device.memory import HbmSegment, decode_ptr
+from farm.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, AclError
 
 __all__ = ["AllocationTable", "HostPool", "LocalShmMemory", "poison", "poison_fill", "host_view"]
 
@@ -103,20 +106,55 @@ class AllocationTable:
         return len(self._sizes)
 
 
-class HostPool:
-    """Pinned host memory: one shm segment per ``malloc_host`` call, named for the farm."""
+# Pinned segment names are unique for the life of the process (not per acl.init): a card keeps
+# the host segments it has mapped by name, so a name used twice would let it copy from the old,
+# unlinked mapping. The token tells apart two processes that reuse a pid (a container restart).
+_HOST_TOKEN = os.urandom(4).hex()
+_HOST_IDS = itertools.count(1)
+_HOST_IDS_LOCK = threading.Lock()
 
-    def __init__(self, farm_id: str) -> None:
-        self._prefix = f"npufarm-{farm_id}-h{os.getpid()}-"
-        self._ids = itertools.count(1)
+
+def _next_host_id() -> int:
+    with _HOST_IDS_LOCK:
+        return next(_HOST_IDS)
+
+
+_LIVE_POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _unlink_at_exit() -> None:
+    """A program that exits without acl.finalize leaves no pinned segment in /dev/shm."""
+    for pool in list(_LIVE_POOLS):
+        pool.unlink_all()
+
+
+class HostPool:
+    """Pinned host memory: one shm segment per ``malloc_host`` call, named for the farm.
+
+    ``on_free(name)`` runs after a segment is unlinked and closed here (the runtime tells the
+    cards that may have it mapped to let go of it)."""
+
+    def __init__(self, farm_id: str, on_free: Callable[[str], None] | None = None) -> None:
+        self._prefix = f"npufarm-{farm_id}-h{os.getpid()}-{_HOST_TOKEN}-"
         self._segments: dict[int, HbmSegment] = {}
         self._starts: list[int] = []
         self._lock = threading.Lock()
+        self._on_free = on_free
+        _LIVE_POOLS.add(self)
 
     def malloc(self, size: int) -> int:
         length = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-        segment = HbmSegment.create(f"{self._prefix}{next(self._ids)}", length)
-        segment.prefault(0, length)
+        try:
+            segment = HbmSegment.create(f"{self._prefix}{_next_host_id()}", length)
+        except OSError as exc:  # /dev/shm full, too many open files: an allocation failure
+            raise AclError(f"pinned host memory: {exc}", ACL_ERROR_RT_MEMORY_ALLOCATION) from None
+        try:
+            segment.prefault(0, length)
+        except BaseException:
+            segment.unlink()
+            segment.close()
+            raise
         with self._lock:
             self._segments[segment.base_address] = segment
             bisect.insort(self._starts, segment.base_address)
@@ -130,6 +168,11 @@ class HostPool:
             del self._starts[bisect.bisect_left(self._starts, ptr)]
         segment.unlink()
         segment.close()
+        if self._on_free is not None:
+            try:
+                self._on_free(segment.name)
+            except Exception:  # the segment is gone here whatever a card is told
+                logger.exception("telling the cards about freed host segment %s", segment.name)
         return True
 
     def locate(self, ptr: int, nbytes: int) -> tuple[str, int] | None:
@@ -142,8 +185,24 @@ class HostPool:
         offset = ptr - segment.base_address
         return (segment.name, offset) if offset + nbytes <= segment.size_bytes else None
 
+    def names(self) -> list[str]:
+        with self._lock:
+            return [segment.name for segment in self._segments.values()]
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def unlink_all(self) -> None:
+        """Remove every live segment's file (the mappings stay valid until closed)."""
+        with self._lock:
+            segments = list(self._segments.values())
+        for segment in segments:
+            segment.unlink()
+
     def close(self) -> None:
-        for ptr in list(self._segments):
+        with self._lock:
+            ptrs = list(self._segments)
+        for ptr in ptrs:
             self.free(ptr)
 
 
@@ -169,6 +228,11 @@ class LocalShmMemory:
             current = self._segments.pop(device_id, None)
         if current is not None:
             current[1].close()
+
+    def devices(self) -> list[int]:
+        """The devices whose HBM is attached now."""
+        with self._lock:
+            return list(self._segments)
 
     def segment_name(self, device_id: int) -> str:
         return self._segments[device_id][1].name

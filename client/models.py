@@ -78,28 +78,31 @@ class ModelApi:
             finally:
                 self.host.free(ptr)
         with self.lock:
-            model_id = len(self.models) + 1
-            while model_id in self.models or model_id in self.retired_model_ids:
-                model_id += 1
+            model_id = next(self.model_ids)
             self.models[model_id] = LoadedModel.of(
                 model_id, device_id, session.epochs[device_id], reply["handle"], spec
             )
         return model_id
 
+    # CANN's load path reads and parses the model (LoadDataFromFile, then LoadRootModel) before
+    # it asks for the current device: a missing file is 145002 and a bad one 145006 even on a
+    # thread with no context; only a good model meets the context check (107002).
     @api(1)
     def load_from_file(self, path: Any) -> int:
         if not isinstance(path, str) or not path:
             raise AclError("model path must be a non-empty str", ACL_ERROR_INVALID_PARAM)
+        spec = load_model_file(path)
         self.current_context()
-        return self._load(load_model_file(path))
+        return self._load(spec)
 
     @api(1)
     def load_from_mem(self, ptr: Any, size: Any) -> int:
         ptr, size = _int(ptr, "ptr"), _int(size, "size")
         if ptr == 0 or size <= 0 or is_device_ptr(ptr):
             raise AclError("load_from_mem needs a host buffer and a size", ACL_ERROR_INVALID_PARAM)
+        spec = parse_model(ctypes.string_at(ptr, size), source=f"memory@{ptr:#x}")
         self.current_context()
-        return self._load(parse_model(ctypes.string_at(ptr, size), source=f"memory@{ptr:#x}"))
+        return self._load(spec)
 
     def model(self, model_id: Any) -> LoadedModel:
         self.require()
@@ -113,7 +116,6 @@ class ModelApi:
         found = self.model(model_id)
         with self.lock:
             del self.models[found.model_id]
-            self.retired_model_ids.add(found.model_id)
         session = self.require()
         if found.device_id not in session.lost and found.epoch == session.epochs[found.device_id]:
             session.request(found.device_id, "unload", handle=found.card_handle)
@@ -224,12 +226,17 @@ class ModelApi:
 
     @api()
     def execute(self, model_id: Any, inputs: Any, outputs: Any) -> int:
+        self.model(model_id)  # CANN looks the model up before it needs a context
         track = self._sync_track()
-        task_id = self._submit_execute(model_id, inputs, outputs, track, None, "acl.mdl.execute")
-        return self._wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+        with self._one_sync_execute(track):  # its error is its own (client/streams.py)
+            task_id = self._submit_execute(
+                model_id, inputs, outputs, track, None, "acl.mdl.execute"
+            )
+            return self._wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
 
     @api()
     def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
+        self.model(model_id)  # CANN looks the model up before the stream and its context
         target = self.stream(stream)
         self._submit_execute(
             model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async"
@@ -238,6 +245,7 @@ class ModelApi:
     @api()
     def execute_v2(self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any) -> int:
         config = self._exec_config(handle)
+        self.model(model_id)  # before the context, as in CANN
         if _int(stream, "stream") == 0 and getattr(self._tls, "context", None) is None:
             self.current_context()
         target = self.stream(stream)
@@ -257,9 +265,9 @@ class ModelApi:
         self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any
     ) -> None:
         config = self._exec_config(handle)
+        self.model(model_id)  # before the stream and its context, as in CANN
         target = self.stream(stream)
-        self._submit_execute(
-            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async_v2"
-        )
-        target.sync_timeout_ms = config.stream_sync_timeout_ms
-        target.event_timeout_ms = config.event_sync_timeout_ms
+        with self._exec_config_applies(target, config):  # atomically (client/streams.py)
+            self._submit_execute(
+                model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async_v2"
+            )

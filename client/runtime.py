@@ -22,6 +22,7 @@ from typing import Any
 
 from client.handles import HandleTables, sync_timeout_error
 from client.memory import AllocationTable, HostPool, LocalShmMemory, poison_fill
+from client.poison import PendingReads, overlaps, spans_of
 from client.sanitizer import Sanitizer, SanitizerError
 from client.session import Session, StreamTrack
 from device.memory import decode_ptr
@@ -32,8 +33,8 @@ from farm.errors import (
     ACL_ERROR_REPEAT_INITIALIZE,
     ACL_ERROR_RT_CONTEXT_NULL,
     ACL_ERROR_RT_INVALID_DEVICEID,
+    ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_PARAM_INVALID,
-    ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
     ACL_ERROR_UNINITIALIZE,
     ACL_SUCCESS,
     AclError,
@@ -46,6 +47,7 @@ __all__ = ["Runtime", "api", "Context", "Stream", "Event"]
 logger = logging.getLogger(__name__)
 
 _RUN_MODE_HOST = 1
+_DEVICE_STATUS_NORMAL, _DEVICE_STATUS_ABNORMAL = 0, 1  # aclrtDeviceStatus
 
 
 def api(out: int | str = 0, *, default: Any = 0) -> Callable:
@@ -138,6 +140,7 @@ class DeviceState:
     streams: int = 0
     events: int = 0
     needs_restart: bool = False
+    opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 class Runtime:
@@ -163,7 +166,7 @@ class Runtime:
         self.events: dict[int, Event] = {}
         self.allocations = AllocationTable()
         self.models: dict[int, Any] = {}
-        self.retired_model_ids: set[int] = set()
+        self.model_ids = itertools.count(1)  # never reused in a session (no retired-id set)
         self.sync_tracks: dict[int, StreamTrack] = {}
         self.record_times: dict[int, float | None] = {}  # record task id -> card end time
         self.refs_cache: dict[tuple, tuple] = {}
@@ -171,9 +174,7 @@ class Runtime:
         self._callback_state()
         self.poison_outputs = False  # skip_sync == "poison" (set at init)
         self.sanitizer = Sanitizer("off")
-        self.task_lock = threading.Lock()  # pending_reads; taken inside session.cond only
-        self.pending_reads: dict[int, int] = {}  # allocation start -> pending tasks reading it
-        self.reads_of: dict[int, list[int]] = {}  # task id -> allocation starts it reads
+        self.pending_reads = PendingReads()  # byte ranges pending tasks read (poison)
         self.memory = LocalShmMemory()
         self.host: HostPool | None = None
         self.handles = HandleTables()
@@ -207,12 +208,13 @@ class Runtime:
             for card in self.session.farm["cards"].values():
                 extensions.update(card.get("exec_config_extensions", ()))
             self.handles = HandleTables(extensions)
-            self.host = HostPool(self.session.farm["farm_id"])
+            self.host = HostPool(self.session.farm["farm_id"], on_free=self._host_freed)
             self.poison_outputs = self.session.farm.get("skip_sync", "poison") == "poison"
             mode = os.environ.get("NPUFARM_SANITIZER") or self.session.farm.get("sanitizer")
             self.sanitizer = Sanitizer(mode or "off")
             self.session.on_settle = self._settled
             self.session.on_lost = self._device_lost
+            self.session.devices_in_use = self.memory.devices
 
     @api()
     def finalize(self) -> None:
@@ -223,13 +225,13 @@ class Runtime:
                     ACL_ERROR_REPEAT_FINALIZE if self.finalized_once else (ACL_ERROR_UNINITIALIZE)
                 )
                 raise AclError("acl.finalize without a live acl.init", code)
-            session, self.session = self.session, None
             self.finalized_once = True
             self._report_findings()
+            if self.host is not None:
+                self.host.close()  # the cards are told before the session ends
+            session, self.session = self.session, None
             session.close()  # the broker tells each card to drop this client's memory
             self.last_ledger = session.ledger.as_dict()
-            if self.host is not None:
-                self.host.close()
             self.memory.close()
             self.handles.clear()
             if self.embedded is not None:
@@ -250,41 +252,47 @@ class Runtime:
         if path:
             self.sanitizer.export(path)
 
+    def _host_freed(self, name: str) -> None:
+        """A pinned segment was unlinked and closed here: every card this process uses lets go
+        of its mapping (``detach_host``; one-way, the card answers 0)."""
+        session = self.session
+        if session is None:
+            return
+        for device_id in self.memory.devices():
+            session.notify_card(device_id, "detach_host", name=name)
+
     # -- task bookkeeping (poisoning, sanitizer) ---------------------------------------------
     def _task_plan(self, writes: list, reads: list, tensors: tuple = ()) -> tuple:
-        """``(allocation starts the task reads, [(start, poison fill)] of its outputs)`` for
-        these references; built once per distinct binding and kept until an allocation goes
-        away (a pipeline resubmits the same buffers task after task)."""
+        """``(byte ranges the task reads, [(range, poison fill)] of its outputs)`` for these
+        references; built once per distinct binding and kept until an allocation goes away
+        (a pipeline resubmits the same buffers task after task). See :mod:`client.poison`."""
         key = (
             tuple(x for ref in writes for x in ref), tuple(x for ref in reads for x in ref),
             tensors, self.allocations.generation,
         )  # fmt: skip
         plan = self.task_plans.get(key)
         if plan is None:
-            starts = tuple(self._allocation_start(ptr) for ptr, _ in reads)
+            spans = spans_of(reads)
             fills = []
             if tensors:
                 for (ptr, nbytes), tensor in zip(writes, tensors):
-                    start = self._allocation_start(ptr)
-                    if start not in starts:  # a task that reads its outputs keeps them
-                        fills.append((start, poison_fill(self.memory.address(ptr), nbytes,
-                                                         tensor.np_dtype)))  # fmt: skip
+                    span = (ptr, ptr + nbytes)
+                    if not overlaps(span, spans):  # a task that reads its outputs keeps them
+                        fills.append((span, poison_fill(self.memory.address(ptr), nbytes,
+                                                        tensor.np_dtype)))  # fmt: skip
             if len(self.task_plans) > 4096:
                 self.task_plans.clear()
-            plan = self.task_plans[key] = (starts, tuple(fills))
+            plan = self.task_plans[key] = (spans, tuple(fills))
         return plan
 
     def submit_task(self, track: StreamTrack, task: dict, reads: list, writes: list,
                     call: str, plan: tuple | None = None) -> int:  # fmt: skip
-        """Submit ``task`` and remember which allocations it reads until it completes
+        """Submit ``task`` and remember which byte ranges it reads until it completes
         (``plan``: its :meth:`_task_plan`, if the caller has it)."""
-        starts = (plan or self._task_plan(writes, reads))[0]
+        spans = (plan or self._task_plan(writes, reads))[0]
 
         def registered(task_id: int) -> None:  # under session.cond, before any completion
-            with self.task_lock:
-                self.reads_of[task_id] = starts
-                for start in starts:
-                    self.pending_reads[start] = self.pending_reads.get(start, 0) + 1
+            self.pending_reads.add(task_id, spans)
             self.sanitizer.task_submitted(
                 task_id, track.device_id, track.stream_id, reads, writes, call
             )
@@ -299,26 +307,13 @@ class Runtime:
             self.record_times[task_id] = end_s if code == ACL_SUCCESS else None
         if code != ACL_SUCCESS:
             self._task_failed(task_id, code, track)
-        with self.task_lock:
-            for start in self.reads_of.pop(task_id, ()):
-                left = self.pending_reads.get(start, 1) - 1
-                if left:
-                    self.pending_reads[start] = left
-                else:
-                    self.pending_reads.pop(start, None)
-
-    def _allocation_start(self, ptr: int) -> int:
-        with self.lock:
-            found = self.allocations.find(ptr)
-        return found[0] if found is not None else ptr
+        self.pending_reads.done(task_id)
 
     def poison_unread(self, plan: tuple) -> None:
         """skip_sync = "poison": fill a task's outputs with NaN / 0xA5 at enqueue (``plan``
         from :meth:`_task_plan` with the output tensors), so a read that skips the sync fails
-        every run, unless a pending task (or this one) reads them."""
-        with self.task_lock:
-            busy = self.pending_reads.keys()
-            todo = [fill for start, fill in plan[1] if start not in busy]
+        every run, unless a pending task (or this one) reads any of their bytes."""
+        todo = [fill for span, fill in plan[1] if not self.pending_reads.busy(span)]
         for fill in todo:
             fill()
 
@@ -340,27 +335,51 @@ class Runtime:
             raise AclError(f"no device {device_id}", ACL_ERROR_RT_INVALID_DEVICEID)
         return device_id
 
+    def _device_state(self, device_id: int) -> DeviceState:
+        with self.lock:
+            state = self.devices.get(device_id)
+            if state is None:
+                state = self.devices[device_id] = DeviceState(device_id)
+            return state
+
     def _open_device(self, device_id: int) -> DeviceState:
-        """The device's state, attaching its HBM (and restarting it after a loss + reset)."""
+        """The device's state, its HBM attached (the card restarted first after a loss + reset).
+
+        Never called with the runtime lock held: a restart waits for a new card process (up to
+        the request timeout), and other devices' calls go on meanwhile. One thread at a time
+        opens a given device (``DeviceState.opening``)."""
         session = self.require()
-        state = self.devices.get(device_id)
-        if state is None:
-            state = self.devices[device_id] = DeviceState(device_id)
-        if state.needs_restart or (state.refs == 0 and device_id in session.lost):
-            reply = session.request(BROKER_DEVICE, "restart", device_id=device_id)
-            session.attach_card(device_id, reply["card"])
-            state.needs_restart = False
-        session.check_device(device_id)
-        card = session.card(device_id)
-        self.memory.attach(device_id, card["epoch"], card["shm_name"])
+        state = self._device_state(device_id)
+        with state.opening:
+            card = session.card(device_id)
+            if state.needs_restart or (
+                card.get("state") == "starting" and device_id not in session.lost
+            ):  # a card another process is restarting: the broker answers once it is up
+                reply = session.request(BROKER_DEVICE, "restart", device_id=device_id)
+                session.attach_card(device_id, reply["card"])
+                with self.lock:
+                    state.needs_restart = False
+            session.check_device(device_id)
+            card = session.card(device_id)
+            try:
+                self.memory.attach(device_id, card["epoch"], card["shm_name"])
+            except (OSError, ValueError, KeyError) as exc:  # the card's memory is gone: lost
+                session.mark_lost(device_id, f"cannot attach its memory ({exc})")
+                raise AclError(
+                    f"device {device_id} is lost (its memory is gone)",
+                    ACL_ERROR_RT_LOST_HEARTBEAT,
+                    card=device_id,
+                ) from None
         return state
 
     @api()
     def set_device(self, device_id: Any) -> None:
         """Bind this thread to a card (its default context); restarts a lost card after a reset."""
+        device_id = self._device_id(device_id)
+        state = self._open_device(device_id)
         with self.lock:
-            device_id = self._device_id(device_id)
-            state = self._open_device(device_id)
+            if self.devices.get(device_id) is not state:  # finalized meanwhile
+                raise AclError("acl.finalize ran during set_device", ACL_ERROR_UNINITIALIZE)
             if state.default_context is None:
                 state.default_context = self._new_context(device_id)
             state.refs += 1
@@ -369,36 +388,54 @@ class Runtime:
     @api()
     def reset_device(self, device_id: Any) -> None:
         """Drop one reference; at zero wait for the default stream, release the card."""
+        # a lost device (whether this process opened it or not) restarts at the next set_device
+        device_id = self._device_id(device_id)
+        session = self.require()
         with self.lock:
-            device_id = self._device_id(device_id)
             state = self.devices.get(device_id)
             if state is None or state.refs == 0:
+                if device_id in session.lost:
+                    self._device_state(device_id).needs_restart = True
                 return
             state.refs -= 1
             if state.refs > 0:
                 return
-            session = self.require()
+            tracks = [
+                c.default_stream.track
+                for c in self.contexts.values()
+                if c.device_id == device_id and c.default_stream is not None
+            ]
+        if not (device_id in session.lost or session.broker_lost):
+            for track in tracks:  # without the lock: other devices' calls go on
+                session.wait(track, track.last_task, session.heartbeat_expiry_s * 4)
+        with self.lock:
+            if state.refs > 0 or self.devices.get(device_id) is not state:
+                return  # set again (or finalized) while this thread waited
+            offsets = self._release_device(device_id, state)
             lost = device_id in session.lost or session.broker_lost
-            for context in [c for c in self.contexts.values() if c.device_id == device_id]:
-                if not lost and context.default_stream is not None:
-                    track = context.default_stream.track
-                    session.wait(track, track.last_task, session.heartbeat_expiry_s * 4)
-                self._drop_context(context)
-            for ptr in self.allocations.on_device(device_id):
-                self.allocations.remove(ptr)
-                if not lost:
-                    try:
-                        session.request(device_id, "free", offset=decode_ptr(ptr)[2])
-                    except AclError as exc:
-                        logger.debug("free at reset failed: %s", exc)
-            for model_id in [m for m, model in self.models.items() if model.device_id == device_id]:
-                del self.models[model_id]
-            state.default_context = None
-            state.streams = state.events = 0
-            self.sanitizer.forget_device(device_id)
-            if lost:
+        if lost:
+            with state.opening:
                 state.needs_restart = True
                 self.memory.detach(device_id)
+            return
+        for offset in offsets:  # one-way, in order before any later request to the card
+            session.notify_card(device_id, "free", offset=offset)
+
+    def _release_device(self, device_id: int, state: DeviceState) -> list[int]:
+        """Drop the device's contexts, allocations and models here (caller holds the lock);
+        the card offsets to free."""
+        for context in [c for c in self.contexts.values() if c.device_id == device_id]:
+            self._drop_context(context)
+        offsets = []
+        for ptr in self.allocations.on_device(device_id):
+            self.allocations.remove(ptr)
+            offsets.append(decode_ptr(ptr)[2])
+        for model_id in [m for m, model in self.models.items() if model.device_id == device_id]:
+            del self.models[model_id]
+        state.default_context = None
+        state.streams = state.events = 0
+        self.sanitizer.forget_device(device_id)
+        return offsets
 
     @api(1)
     def get_device(self) -> int:
@@ -410,7 +447,8 @@ class Runtime:
         """0 normal, 1 abnormal (lost card or lost farm)."""
         device_id = self._device_id(device_id)
         session = self.require()
-        return 1 if (device_id in session.lost or session.broker_lost) else 0
+        abnormal = device_id in session.lost or session.broker_lost
+        return _DEVICE_STATUS_ABNORMAL if abnormal else _DEVICE_STATUS_NORMAL
 
     @api(1)
     def get_run_mode(self) -> int:
@@ -437,23 +475,6 @@ class Runtime:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
         return self._sync_device(int(timeout_ms))
 
-    def _sync_device(self, timeout_ms: int) -> int:
-        session = self.require()
-        device_id = self.current_context().device_id
-        with self.lock:
-            tracks = [s.track for s in self.streams.values() if s.track.device_id == device_id]
-        first_error = ACL_SUCCESS
-        for track in tracks:
-            code = self._wait_track(
-                track, track.last_task, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
-            )
-            if code == ACL_ERROR_RT_STREAM_SYNC_TIMEOUT:
-                return code
-            first_error = first_error or code
-        self.sanitizer.device_synced(device_id, first_error)
-        session.check_device(device_id)
-        return first_error
-
     # -- contexts --------------------------------------------------------------------------
     def _new_context(self, device_id: int) -> Context:
         context = Context(next(self._ids), device_id)
@@ -465,6 +486,9 @@ class Runtime:
         for stream in list(context.streams.values()):
             self.streams.pop(stream.handle, None)
         self.contexts.pop(context.handle, None)
+        sync_track = self.sync_tracks.pop(context.handle, None)  # its synchronous executes
+        tracks = [s.track for s in context.streams.values()]
+        self._forget_card_streams(tracks + ([sync_track] if sync_track else []))
         if getattr(self._tls, "context", None) is context:
             self._tls.context = None
 
@@ -480,9 +504,11 @@ class Runtime:
     @api(1)
     def create_context(self, device_id: Any) -> int:
         """A new context on the device (with its own default stream), made current."""
+        device_id = self._device_id(device_id)
+        state = self._open_device(device_id)
         with self.lock:
-            device_id = self._device_id(device_id)
-            self._open_device(device_id)
+            if self.devices.get(device_id) is not state:  # finalized meanwhile
+                raise AclError("acl.finalize ran during create_context", ACL_ERROR_UNINITIALIZE)
             context = self._new_context(device_id)
             self._tls.context = context
             return context.handle
@@ -501,10 +527,10 @@ class Runtime:
         """Make a context current for this thread (switches its device)."""
         with self.lock:
             found = self.contexts.get(_int(context, "context"))
-            if found is None:
-                raise AclError(f"unknown context {context}", ACL_ERROR_INVALID_PARAM)
-            self._open_device(found.device_id)
-            self._tls.context = found
+        if found is None:
+            raise AclError(f"unknown context {context}", ACL_ERROR_INVALID_PARAM)
+        self._open_device(found.device_id)
+        self._tls.context = found
 
     @api(1)
     def get_context(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 import zmq
 
+from client.membership import Membership, hello_body
 from farm import protocol as proto
 from farm.errors import (
     ACL_ERROR_RT_LOST_HEARTBEAT,
@@ -52,6 +53,10 @@ _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _REQUEST_TIMEOUT_S = 30.0
 _MAX_BATCH = 64
 _IO_THREAD = "io"  # the receiver marker of the I/O thread (waiting threads use their ident)
+HELD_FOR_RECORD = "record"
+"""The gate of a held ``stream_wait_event`` whose event record is itself still held in the client
+(behind a blocking callback): the stream's tasks stay held until the record is sent
+(``client.streams`` releases them)."""
 
 
 @dataclass(eq=False)
@@ -92,7 +97,7 @@ class Ledger:
         }
 
 
-class Session:
+class Session(Membership):
     """A connection to one farm. Thread-safe; create one per process."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0) -> None:
@@ -106,6 +111,8 @@ class Session:
         # (task id, code, track, end_s on the card's clock or None), called under cond
         self.on_settle: Callable[[int, int, StreamTrack, float | None], None] | None = None
         self.on_lost: Callable[[int], None] | None = None  # (device id) lost; outside cond
+        # the devices this process holds memory or streams on (None: every device)
+        self.devices_in_use: Callable[[], list[int]] | None = None
         self.sync_spans: deque[list] = deque()  # sync waits for the farm's trace (if tracing)
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
@@ -123,8 +130,10 @@ class Session:
         self._socket = self._dealer(identity)  # receives (under the receive lock)
         self._sender = self._dealer(identity + proto.SENDER_SUFFIX)  # sends (send lock)
         self._hello: dict | None = None
+        self._rejoining = False  # a HELLO was sent after a broker silence or a DISCONNECT
+        self.farm: dict = {}
         # HELLO leaves on the receive socket, so the broker knows that pipe before it answers
-        self._send(self._socket, Cmd.HELLO, _BROKER_ROUTE, proto.pack({"pid": os.getpid()}))
+        self._send(self._socket, Cmd.HELLO, _BROKER_ROUTE, hello_body())
         self._thread = threading.Thread(target=self._io_loop, name="npufarm-io", daemon=True)
         self._thread.start()
         self.farm = self._handshake(connect_timeout_s)
@@ -190,6 +199,15 @@ class Session:
             raise AclError(reply.get("error", f"{op} failed"), reply["code"], card=device_id)
         return reply
 
+    def notify_card(self, device_id: int, op: str, /, **args: Any) -> None:
+        """A request to a card whose reply nobody waits for (it is dropped on arrival); nothing
+        is sent to a lost card or through a lost broker."""
+        with self.cond:
+            if self.broker_lost or device_id in self.lost or device_id not in self.epochs:
+                return
+            route = self.route(device_id)
+        self._post(Cmd.REQUEST, route, {"rid": next(self._rids), "op": op, **args})
+
     def submit(
         self,
         track: StreamTrack,
@@ -228,6 +246,9 @@ class Session:
             if release and track.held is not None:
                 held, track.held = track.held, None
                 for index, (task, gate) in enumerate(held):
+                    if gate == HELD_FOR_RECORD:  # a wait on a record still held: stop before
+                        track.held = held[index:]
+                        break
                     send.append(task)
                     if gate:  # the next blocking callback closes the gate again
                         track.held = held[index + 1 :]
@@ -291,6 +312,7 @@ class Session:
         farm = self._hello
         farm["cards"] = {c["device_id"]: c for c in farm["cards"]}
         self.epochs = {d: c["epoch"] for d, c in farm["cards"].items()}
+        self._adopt_card_states(farm["cards"])
         return farm
 
     def _post(self, cmd: bytes, route: bytes, body: Any) -> None:
@@ -468,6 +490,8 @@ class Session:
             if frames is None:
                 return
             self._last_heard = time.monotonic()
+            if self.broker_lost and not self._rejoining:
+                self._rejoin("the broker answers again")
             try:
                 self._on_message(proto.parse_client_message(frames, with_identity=False))
             except (NpuFarmError, KeyError, TypeError, ValueError) as exc:
@@ -484,13 +508,19 @@ class Session:
                         self._replies[body["rid"]] = body
                         self.cond.notify_all()
         elif msg.cmd == Cmd.HELLO:
-            with self.cond:
-                self._hello = proto.unpack(msg.body)
-                self.cond.notify_all()
+            body = proto.unpack(msg.body)
+            if self._hello is None:
+                with self.cond:
+                    self._hello = body
+                    self.cond.notify_all()
+            else:
+                self._rejoined(body)
         elif msg.cmd == Cmd.CARD_EVENT:
             body = proto.unpack(msg.body)
             if isinstance(body, dict) and body.get("state") == "lost":
                 self._card_lost(int(body["device_id"]), int(body["epoch"]))
+        elif msg.cmd == Cmd.DISCONNECT:
+            self._expired()
         elif msg.cmd != Cmd.HEARTBEAT:
             logger.debug("ignored broker command %r", msg.cmd)
 
@@ -546,6 +576,7 @@ class Session:
 
     def _broker_gone(self, silent_s: float) -> None:
         with self.cond:
+            self._rejoining = False  # the next word from the broker sends a new HELLO
             if self.broker_lost:
                 return
             self.broker_lost = True
