@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from client import report
+from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,12 @@ class _Slot(threading.Thread):
 
     def setup(self) -> None:
         acl, w = self.w.acl, self.w
-        self._check(acl.rt.set_device(self.card), "set_device")
+        ret = acl.rt.set_device(self.card)
+        if ret == ACL_ERROR_RT_LOST_HEARTBEAT:
+            # a card lost before this process opened it is lost for it too, until its own
+            # reset (as on hardware); the next attempt's set_device restarts the card
+            acl.rt.reset_device(self.card)
+        self._check(ret, "set_device")
         self.holds_device = True
         self.context, ret = acl.rt.create_context(self.card)
         self._check(ret, "create_context")
