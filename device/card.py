@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 _MAX_DRAIN = 64  # inbound messages handled per loop turn before timers get a look in
 _LOAD_POLL_S = 0.002  # how often the loop looks for a finished model build while one runs
+#: body of the broker's heartbeats while the farm starts (farm.broker sends it)
+FARM_STARTING = proto.pack({"starting": True})
 _TURN_BUDGET = 0.25  # share of a heartbeat interval one turn may spend starting tasks
 _PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
 _WARN_EVERY_S = 1.0  # at most one malformed-input warning per second (the rest are counted)
@@ -127,6 +129,7 @@ class Card:
         self.stats = {"done": 0, "failed": 0, "submitted": 0, "malformed": 0}
         self._warned_s, self._unwarned = float("-inf"), 0  # malformed-input warnings
         self.reclaimed = dict.fromkeys(_RECLAIMED, 0)  # cumulative, from departed clients
+        self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
         self.running = True
         self.io_lock = threading.Lock()  # the socket's: held by the loop except while computing
         self.heartbeat = Heartbeat(
@@ -229,6 +232,7 @@ class Card:
         beat = self.heartbeat
         broker_seen = time.monotonic()
         welcomed = False  # the broker's silence counts only once it has spoken (READY welcome)
+        self.farm_starting = True
         while self.running:
             now = time.monotonic()
             deadline = min(beat.next_s, self.timers[0][0] if self.timers else beat.next_s)
@@ -261,7 +265,8 @@ class Card:
                 with self.io_lock:
                     if beat.due(now):  # (unless the keeper ticked meanwhile)
                         beat.loop_tick(now)
-                    limit_s = expiry_s if welcomed else max(60.0, 40.0 * expiry_s)
+                    lenient = not welcomed or self.farm_starting  # (a start loads the box)
+                    limit_s = max(60.0, 40.0 * expiry_s) if lenient else expiry_s
                     silent = (
                         self._tick_link_up
                         and now - broker_seen > limit_s
@@ -288,7 +293,9 @@ class Card:
                     self.drop_client(msg.client)
                 else:
                     self.running = False
-            elif msg.cmd != Cmd.HEARTBEAT:
+            elif msg.cmd == Cmd.HEARTBEAT:  # the broker's beats say whether the farm is starting
+                self.farm_starting = msg.body == FARM_STARTING
+            else:
                 self.malformed(f"unexpected command {msg.cmd!r}")
         except NpuFarmError as exc:
             self.malformed(f"dropped malformed message: {exc}")
@@ -452,6 +459,7 @@ class Card:
         if fault.fail_code:
             return fault.fail_code, 0.0, None
         if fault.hang_s is not None and fault.hang_code:
+            self.hung.add((task.client, task.task_id))
             return fault.hang_code, fault.hang_s, None  # the watchdog ends it, nothing written
         corrupt = fault.corrupt if task.kind == "exec" else None
         code, duration_s, commit = executor.start(self, task, defer or corrupt is not None)
@@ -490,6 +498,16 @@ class Card:
         logger.error("card %d: injected crash", self.spec.device_id)
         os._exit(70)
 
+    def end_hangs(self) -> None:
+        """``recover``: the sticky hangs that fired end now (with their fault's code: nothing
+        was computed), instead of at the watchdog's timeout."""
+        now = time.monotonic()
+        self.timers = [
+            (now, *entry[1:]) if (entry[2].client, entry[2].task_id) in self.hung else entry
+            for entry in self.timers
+        ]
+        heapq.heapify(self.timers)
+
     def fire_timers(self, now: float) -> None:
         while self.timers and self.timers[0][0] <= now:
             _, _, task, code, commit = heapq.heappop(self.timers)
@@ -502,6 +520,7 @@ class Card:
             else:  # its memory was freed meanwhile (and may be someone else's now)
                 code = ACL_ERROR_RT_DEVICE_MEM_ERROR
         self.scheduler.finish(task)
+        self.hung.discard((task.client, task.task_id))
         self.complete(task.client, task.task_id, code, task.started_s, now, task)
 
     def complete(self, client: bytes, task_id: int, code: int, start_s: float, end_s: float,

@@ -137,7 +137,11 @@ def op_inject(card: Card, client: bytes, body: dict) -> dict:
 
 
 def op_recover(card: Card, client: bytes, body: dict) -> dict:
-    return {"removed": card.faults.recover(body.get("kinds"))}
+    kinds = body.get("kinds")
+    removed = card.faults.recover(kinds)
+    if kinds is None or "hang" in kinds:  # hangs that already fired end too
+        card.end_hangs()
+    return {"removed": removed}
 
 
 def op_stats(card: Card, client: bytes, body: dict) -> dict:

@@ -12,6 +12,13 @@ identity; a COMPLETE/REPLY by its client-identity frame back to the client. Bodi
 decoded. Everything else (HELLO, STATUS, card READY/HEARTBEAT, losses, restarts) is control.
 A task routed to a lost card (or an old epoch) is answered by the broker with 507010, so every
 submitted task ends completed or failed-with-code.
+
+The loop never blocks: cards are spawned by a thread (a 256-card farm keeps heartbeating
+while it starts), a card is welcomed with a heartbeat as soon as it is READY (it
+judges the broker's silence only from then on), sends never wait (a full pipe queues the message
+in a per-peer backlog, flushed on later turns), and slow admin work runs in threads
+(:mod:`farm.broker_admin`). One bad message is counted and dropped; an exception while handling
+one is logged and the loop goes on.
 """
 
 from __future__ import annotations
@@ -20,34 +27,53 @@ import logging
 import math
 import os
 import signal
+import socket as pysocket
 import time
+from collections import deque
 from typing import Any
 
 import zmq
 
+from farm import broker_io, statefile
 from farm import protocol as proto
-from farm import statefile
+from farm.broker_admin import AdminRequests, Jobs
+from farm.broker_clients import ClientControl
 from farm.broker_faults import FaultControl
+from farm.broker_io import BACKLOG_POLL_MS, Counted, Outbox, send_now
+from farm.client_table import ClientTable, silence_limit_s
 from farm.config import FarmConfig
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from farm.errors import ACL_ERROR_RT_INTERNAL_ERROR, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
 from farm.faults import BROKER, FaultInjector, FaultPlan
 from farm.ledger import FarmLedger
 from farm.metrics import FarmMetrics
 from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
-from farm.supervisor import Supervisor, ipc_path
+from farm.supervisor import Spawner, Supervisor, ipc_path
 from farm.trace import TraceRecorder
 
-__all__ = ["Broker", "run_farm"]
+__all__ = ["Broker", "CardStartFailed", "run_farm", "card_start_timeout_s"]
 
 logger = logging.getLogger(__name__)
 
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _MAX_DRAIN = 512
-CLIENT_EXPIRY_FACTOR = 10  # clients: 10 × the heartbeat expiry (at least 2 s) before release
+#: body of the heartbeats to cards while the farm starts: until the farm is up, both sides judge
+#: silence by the start timeout, not the heartbeat expiry (starting many cards loads the box)
+FARM_STARTING = proto.pack({"starting": True})
 
 
-class Broker(FaultControl):
+def card_start_timeout_s(heartbeat_expiry_s: float) -> float:
+    """How long a started card may take to announce itself before it is lost: generous (a
+    busy box or a big farm starts slowly, never fails), yet well under a client's 30 s request
+    timeout, so a restart that hangs is answered with 507010."""
+    return max(20.0 * heartbeat_expiry_s, 10.0)
+
+
+class CardStartFailed(NpuFarmError):
+    """A card was lost before the farm was up: the farm cannot start."""
+
+
+class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
     def __init__(
         self,
         config: FarmConfig,
@@ -75,17 +101,30 @@ class Broker(FaultControl):
         broker_plan = self.plan.for_broker()
         self.route_faults = FaultInjector(broker_plan, BROKER) if broker_plan.rules else None
         self.fault_counts: dict[str, int] = {}
+        self.rule_first_s: dict[int, float] = {}  # rule id -> first fire (s since farm start)
         log_path = fault_log or str(runtime_dir / f"{config.name}-faults.jsonl")
         self.fault_log_path = log_path
         self.fault_log = None  # opened (truncated) at the first fault event
         self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
         self.pending_hello: list[bytes] = []
         self.clients: set[bytes] = set()  # every client that said HELLO and not DISCONNECT
-        self.client_seen: dict[bytes, float] = {}  # socket identity -> last message (monotonic)
+        self.client_table = ClientTable(pysocket.gethostname())
+        self.client_silence_s = silence_limit_s(config.heartbeat_expiry_s)
+        self.reclaimed_clients: dict[str, int] = {}  # cause -> clients reclaimed
         self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
+        self.start_timeout_s = card_start_timeout_s(config.heartbeat_expiry_s)
+        self.spawn_rules: dict[int, tuple[int, ...]] = {}  # device -> rule ids given at spawn
+        self.link_loss: dict[int, tuple[int, float]] = {}  # device -> (epoch, loss deadline)
+        self.card_backlog: dict[int, deque[list]] = {}  # device -> frames its pipe refused
+        self.client_backlog: dict[bytes, deque[list]] = {}
+        self.malformed = Counted("dropped malformed messages")
+        self.errors = Counted("messages whose handling failed (a farm bug)")
+        self.replies_dropped = Counted("replies dropped (client gone or its pipe full)")
         self.state_path = statefile.state_path(config)
         self.announced = False
         self.signal_fd: int | None = None  # read end of the signal wakeup pipe (run_farm)
+        self.jobs = Jobs()
+        self.spawner = Spawner(self.supervisor, self.jobs.wake)
         self.ledger = FarmLedger()
         self.trace_path = trace
         self.trace = TraceRecorder(self.started_s) if trace else None
@@ -95,7 +134,7 @@ class Broker(FaultControl):
         socket = self.ctx.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.SNDHWM, broker_io.PIPE_HWM)
         socket.setsockopt(zmq.RCVHWM, 100_000)
         path = ipc_path(address)
         if path is not None and path.exists():
@@ -105,11 +144,35 @@ class Broker(FaultControl):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start_cards(self) -> None:
+        """Start every card (spawned by the spawner thread; the loop runs meanwhile)."""
         self.supervisor.check_capacity()
         now = time.monotonic()
         for device_id in self.registry.cards:
-            entry = self.registry.starting(device_id, 0, now)
-            entry.pid = self.supervisor.start(device_id, entry.epoch)
+            self.registry.starting(device_id, 0, now)
+            self.request_start(device_id)
+
+    def request_start(self, device_id: int) -> None:
+        """Have this STARTING card's process spawned with the plan of now."""
+        entry = self.registry.cards[device_id]
+        self.spawn_rules[device_id] = self.supervisor.card_plan(device_id).rule_ids
+        spec = self.supervisor.card_spec(device_id, entry.epoch).to_dict()
+        self.spawner.request(device_id, entry.epoch, spec)
+
+    def adopt_spawned(self) -> None:
+        """Watch the processes the spawner started (a superseded epoch's is killed)."""
+        for device_id, epoch, process, exc in self.spawner.done():
+            entry = self.registry.cards[device_id]
+            current = entry.epoch == epoch and entry.state in (CardState.STARTING, CardState.READY)
+            if process is None:
+                if current:
+                    entry.spawned_s = time.monotonic()
+                    self.lose(device_id, f"cannot start its process: {exc}")
+            elif not current:
+                self.supervisor.park(process)
+            else:
+                self.supervisor.adopt(device_id, epoch, process)
+                entry.pid = process.pid
+                entry.spawned_s = time.monotonic()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -132,7 +195,16 @@ class Broker(FaultControl):
                 "log": self.fault_log_path,
                 "counts": dict(self.fault_counts),
                 "plan": self.plan.to_dict(),
+                "active": self.active_rules(),
             },
+            "reclaimed": self.describe_reclaimed(),
+            "malformed": self.malformed.count,
+            "handler_errors": self.errors.count,
+            "replies": {
+                "dropped": self.replies_dropped.count,
+                "queued": sum(len(q) for q in self.client_backlog.values()),
+            },
+            "card_backlog": sum(len(q) for q in self.card_backlog.values()),
         }
 
     def _describe_card(self, device_id: int) -> dict[str, Any]:
@@ -146,14 +218,23 @@ class Broker(FaultControl):
         return info
 
     def shutdown(self) -> None:
+        self.spawner.close()
+        try:
+            self.adopt_spawned()  # (so that stop_all ends them too)
+        except CardStartFailed:
+            pass
         self.registry.stop_all()
         for process_entry in self.registry.cards.values():
             if process_entry.identity is not None:
                 self._send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
         self.supervisor.stop_all()
         statefile.remove_state(self.state_path)
+        self.jobs.close()
         if self.trace is not None and self.trace_path:
-            self.trace.write(self.trace_path, list(self.registry.cards))
+            try:
+                self.trace.write(self.trace_path, list(self.registry.cards))
+            except OSError as exc:
+                logger.error("cannot write the trace to %s: %s", self.trace_path, exc)
         if self.metrics is not None:
             self.metrics.close()
         if self.fault_log is not None:
@@ -172,16 +253,19 @@ class Broker(FaultControl):
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        poller.register(self.jobs.wake_fd, zmq.POLLIN)
         watched: set[int] = set()
         if self.signal_fd is not None:
             poller.register(self.signal_fd, zmq.POLLIN)  # SIGINT/SIGTERM end the poll at once
         next_beat = time.monotonic()
         while self.running:
-            for fd in set(self.supervisor.sentinels) - watched:
+            for fd in (self.supervisor.sentinels.keys() | self.supervisor.reaping.keys()) - watched:
                 poller.register(fd, zmq.POLLIN)
                 watched.add(fd)
             # whole ms, rounded up: zmq_poll truncates, which would wake early and spin
             timeout_ms = max(0, math.ceil((next_beat - time.monotonic()) * 1000.0))
+            if self.card_backlog or self.client_backlog:
+                timeout_ms = min(timeout_ms, BACKLOG_POLL_MS)
             for item, _ in poller.poll(timeout_ms):
                 if item is self.frontend:
                     self._drain(self.frontend, self.on_client)
@@ -189,14 +273,32 @@ class Broker(FaultControl):
                     self._drain(self.backend, self.on_card)
                 elif item == self.signal_fd:
                     os.read(self.signal_fd, 512)
+                elif item == self.jobs.wake_fd:
+                    self.jobs.finish()
+                    self._guarded(self.adopt_spawned)
                 elif isinstance(item, int):
                     poller.unregister(item)
                     watched.discard(item)
-                    self.on_sentinel(item)
+                    if item in self.supervisor.sentinels:
+                        self.on_sentinel(item)
+                    else:
+                        self.supervisor.reap(item)
+            if self.card_backlog or self.client_backlog:
+                self.flush_backlogs()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + interval_s
-                self.heartbeat(now, expiry_s)
+                self._guarded(self.heartbeat, now, expiry_s)
+
+    def _guarded(self, step, *args) -> None:
+        """Run one loop step; a bug in it is logged and counted, the loop goes on (a card that
+        fails to start still ends the farm's start)."""
+        try:
+            step(*args)
+        except CardStartFailed:
+            raise
+        except Exception as exc:
+            self.errors.add(repr(exc), time.monotonic(), exc)
 
     def _drain(self, socket: zmq.Socket, handler) -> None:
         for _ in range(_MAX_DRAIN):
@@ -205,59 +307,65 @@ class Broker(FaultControl):
                 return
             try:
                 handler(frames)
+            except CardStartFailed:
+                raise
             except NpuFarmError as exc:
-                logger.warning("dropped malformed message: %s", exc)
+                self.malformed.add(str(exc), time.monotonic())
+                if self.metrics is not None:
+                    self.metrics.malformed("client" if socket is self.frontend else "card")
+            except Exception as exc:  # one message's failure must never end the farm
+                self.errors.add(repr(exc), time.monotonic(), exc)
 
     # -- clients ---------------------------------------------------------------------------
     def on_client(self, frames: list) -> None:
-        self.client_seen[proto.reply_identity(frames[0])] = time.monotonic()
+        client = proto.reply_identity(frames[0])
+        self.client_seen(client)
         if len(frames) == 6 and frames[2] == proto.CLIENT_HEADER and frames[1] == b"":
             cmd = frames[3]
             if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
                 card = self.registry.routes.get(frames[4])
                 if card is not None:
-                    client = proto.reply_identity(frames[0])
                     device_id = proto.unpack_route(frames[4])[0]
-                    body = frames[5]
-                    if self.route_faults is not None and cmd == Cmd.SUBMIT:
-                        body = self._drop_faults(device_id, client, frames[4], body)
-                        if body is None:
-                            return
-                    try:
-                        proto.send_frames(
-                            self.backend, [card, b"", proto.WORKER_HEADER, cmd, client, body]
-                        )
-                        self.clients_of[device_id].add(client)
-                        if cmd == Cmd.SUBMIT:
-                            self.ledger.routed(device_id, proto.batch_length(body))
+                    barred = self.client_table.expired and self.barred(client, device_id)
+                    if not barred and self._route(card, device_id, client, cmd, *frames[4:]):
                         return
-                    except zmq.ZMQError:
-                        pass  # card vanished between its last message and now
         msg = proto.parse_client_message(frames, with_identity=True)
-        msg = proto.ClientFrame(proto.reply_identity(msg.identity), msg.cmd, msg.route, msg.body)
+        msg = proto.ClientFrame(client, msg.cmd, msg.route, msg.body)
         device_id, _ = proto.unpack_route(msg.route)
         if msg.cmd in (Cmd.SUBMIT, Cmd.REQUEST) and device_id != BROKER_DEVICE:
             self.refuse(msg, device_id)
         elif msg.cmd == Cmd.HELLO:
-            self.clients.add(msg.identity)
-            if self.announced:
-                self.reply(msg.identity, Cmd.HELLO, _BROKER_ROUTE, self.describe())
-            else:
-                self.pending_hello.append(msg.identity)
+            self.on_hello(client, msg.body, time.monotonic())
         elif msg.cmd == Cmd.STATUS:
-            self.reply(msg.identity, Cmd.STATUS, _BROKER_ROUTE, self.describe())
+            self.reply(client, Cmd.STATUS, _BROKER_ROUTE, self.describe())
         elif msg.cmd == Cmd.HEARTBEAT:
-            self.reply(msg.identity, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
+            self.tell_reclaimed(client)
+            self.reply(client, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
         elif msg.cmd == Cmd.DISCONNECT:
-            self.client_left(msg.identity)
+            self.client_left(client)
         elif msg.cmd == Cmd.TRACE:
             rows = proto.unpack(msg.body)
             if self.trace is not None and isinstance(rows, list):
-                self.trace.syncs(msg.identity, rows)
+                self.trace.syncs(client, rows)
         elif msg.cmd == Cmd.REQUEST:
-            self.on_broker_request(msg.identity, proto.unpack(msg.body))
+            self.on_broker_request(client, proto.unpack(msg.body))
         else:
-            logger.warning("unexpected client command %r dropped", msg.cmd)
+            raise NpuFarmError(f"unexpected client command {msg.cmd!r}")
+
+    def _route(
+        self, card: bytes, device_id: int, client: bytes, cmd: bytes, route: bytes, body: bytes
+    ) -> bool:
+        """Forward work to a live card; False if the card is unreachable (refused instead)."""
+        if self.route_faults is not None and cmd == Cmd.SUBMIT:
+            body = self._drop_faults(device_id, client, route, body)
+            if body is None:
+                return True
+        if not self.to_card(device_id, [card, b"", proto.WORKER_HEADER, cmd, client, body]):
+            return False  # card vanished between its last message and now
+        self.clients_of[device_id].add(client)
+        if cmd == Cmd.SUBMIT:
+            self.ledger.routed(device_id, proto.batch_length(body))
+        return True
 
     def refuse(self, msg: proto.ClientFrame, device_id: int) -> None:
         """Answer work for a lost card (or an old epoch) with 507010, task by task."""
@@ -275,62 +383,8 @@ class Broker(FaultControl):
         elif msg.cmd == Cmd.REQUEST and isinstance(body, dict) and "rid" in body:
             self.reply(msg.identity, Cmd.REPLY, msg.route, {"rid": body["rid"], "code": code})
 
-    def on_broker_request(self, client: bytes, body: Any) -> None:
-        if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
-            raise NpuFarmError("broker request without rid")
-        rid = body["rid"]
-        device_id = body.get("device_id")
-        if (
-            body.get("op") == "restart"
-            and isinstance(device_id, int)
-            and (device_id in self.registry.cards)
-        ):
-            device_id = body["device_id"]
-            entry = self.registry.cards[device_id]
-            if entry.state is CardState.READY:
-                self.reply(
-                    client,
-                    Cmd.REPLY,
-                    _BROKER_ROUTE,
-                    {"rid": rid, "code": 0, "card": self._describe_card(device_id)},
-                )
-                return
-            self.pending_restart.setdefault(device_id, []).append((client, rid))
-            if entry.state is CardState.LOST:
-                self.restart(device_id)
-            elif entry.state is CardState.FAILED:
-                self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
-            return
-        if body.get("op") == "trace" and isinstance(body.get("path"), str):
-            self.trace = self.trace or TraceRecorder(self.started_s)
-            count = self.trace.write(body["path"], list(self.registry.cards))
-            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": 0, "events": count})
-            return
-        if body.get("op") == "inject":
-            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.inject(body)})
-            return
-        if body.get("op") == "recover":
-            self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, **self.recover(body)})
-            return
-        self.reply(client, Cmd.REPLY, _BROKER_ROUTE, {"rid": rid, "code": ACL_ERROR_INVALID_PARAM})
-
     def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
-        try:
-            proto.send_frames(
-                self.frontend, proto.client_message(cmd, route, proto.pack(body), client)
-            )
-        except zmq.ZMQError:
-            logger.debug("client %r gone; reply dropped", client)
-
-    def client_left(self, client: bytes) -> None:
-        self.clients.discard(client)
-        self.client_seen.pop(client, None)
-        for device_id, clients in self.clients_of.items():
-            if client in clients:
-                clients.discard(client)
-                entry = self.registry.cards[device_id]
-                if entry.state is CardState.READY and entry.identity is not None:
-                    self._send_card(entry.identity, Cmd.DISCONNECT, client, b"")
+        self.to_client(client, proto.client_message(cmd, route, proto.pack(body), client))
 
     # -- cards -----------------------------------------------------------------------------
     def on_card(self, frames: list) -> None:
@@ -342,13 +396,9 @@ class Broker(FaultControl):
                     body = self._count_completions(entry, frames[4], body)
                     if body is None:
                         return
-                try:
-                    proto.send_frames(
-                        self.frontend,
-                        [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, body],
-                    )
-                except zmq.ZMQError:
-                    logger.debug("client gone; completion dropped")
+                self.to_client(
+                    frames[4], [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, body]
+                )
                 return
         msg = proto.parse_worker_message(frames, with_identity=True)
         now = time.monotonic()
@@ -357,7 +407,7 @@ class Broker(FaultControl):
         elif msg.cmd == Cmd.CARD_EVENT:
             body = proto.unpack(msg.body)
             if isinstance(body, dict) and isinstance(body.get("faults"), list):
-                self.log_faults([e for e in body["faults"] if isinstance(e, dict) and "kind" in e])
+                self.on_fault_events(msg.identity, body["faults"], now)
         elif msg.cmd == Cmd.REPLY and not msg.client:
             pass  # a card acknowledging an inject/recover from the broker
         elif msg.cmd == Cmd.HEARTBEAT:
@@ -369,18 +419,24 @@ class Broker(FaultControl):
                 if isinstance(body, dict):
                     entry.stats = body
                     if self.metrics is not None:
-                        self.metrics.card_stats(entry.device_id, body)
+                        self.metrics.card_stats(entry.device_id, body, entry.reclaimed())
+        elif msg.cmd in (Cmd.COMPLETE, Cmd.REPLY):
+            logger.debug("late %r from a card no longer routed; dropped", msg.cmd)
         else:
-            logger.warning("unexpected card message %r from %r", msg.cmd, msg.identity)
+            raise NpuFarmError(f"unexpected card message {msg.cmd!r} from {msg.identity!r}")
 
     def _count_completions(self, entry, client: bytes, body: bytes) -> bytes | None:
         """Count a card's COMPLETE (ledger, trace, metrics); return the body to forward to the
         client (None: every row dropped by a ``drop`` fault on completions)."""
         try:
             rows = proto.unpack(body)
-            codes = [row[1] for row in rows if isinstance(row, list) and len(row) >= 4]
+            codes = [
+                row[1] if isinstance(row[1], int) else ACL_ERROR_RT_INTERNAL_ERROR
+                for row in rows
+                if isinstance(row, list) and len(row) >= 4
+            ]
         except (NpuFarmError, TypeError):
-            logger.warning("card %d sent a malformed COMPLETE; not counted", entry.device_id)
+            self.malformed.add(f"card {entry.device_id}: COMPLETE not a list", time.monotonic())
             return body
         if self.trace is not None:
             self.trace.tasks(entry.device_id, entry.epoch, client, rows)
@@ -403,7 +459,11 @@ class Broker(FaultControl):
             logger.warning("READY from unexpected card %r; disconnecting it", identity)
             self._send_card(identity, Cmd.DISCONNECT, b"", b"")
             return
+        # welcome: the card's liveness counts from now (leniently while the farm starts)
+        beat = b"" if self.announced else FARM_STARTING
+        self._send_card(identity, Cmd.HEARTBEAT, b"", beat)
         logger.info("card %d epoch %d ready", entry.device_id, entry.epoch)
+        self.sync_card_rules(entry)
         if self.trace is not None:
             self.trace.instant("card ready", entry.device_id, now, {"epoch": entry.epoch})
         if self.metrics is not None:
@@ -419,7 +479,11 @@ class Broker(FaultControl):
         state = self.describe()
         statefile.write_state(self.state_path, state)
         logger.info(
-            "farm %s up at %s with %d cards", self.farm_id, state["endpoint"], len(state["cards"])
+            "farm %s up at %s with %d cards in %.2fs",
+            self.farm_id,
+            state["endpoint"],
+            len(state["cards"]),
+            time.monotonic() - self.started_s,
         )
         for client in self.pending_hello:
             self.reply(client, Cmd.HELLO, _BROKER_ROUTE, state)
@@ -427,9 +491,9 @@ class Broker(FaultControl):
 
     def _send_card(self, identity: bytes, cmd: bytes, client: bytes, body: bytes) -> None:
         try:
-            proto.send_frames(self.backend, proto.worker_message(cmd, client, body, identity))
+            send_now(self.backend, proto.worker_message(cmd, client, body, identity))
         except zmq.ZMQError:
-            logger.debug("card %r unreachable", identity)
+            logger.debug("card %r unreachable or not reading; %r not sent", identity, cmd)
 
     def on_sentinel(self, fd: int) -> None:
         device_id = self.supervisor.sentinels.get(fd)
@@ -437,8 +501,7 @@ class Broker(FaultControl):
             return
         process = self.supervisor.processes[device_id]
         if process.is_alive():
-            # a stale event: the card was restarted earlier in this poll round and its new
-            # sentinel reuses the old fd number (the loop watches that fd again next round)
+            # a spurious wake-up: the loop watches this fd again next round
             logger.debug("card %d: sentinel %d fired for a live process; ignored", device_id, fd)
             return
         self.lose(device_id, f"process exited (exit code {process.exitcode})")
@@ -450,6 +513,8 @@ class Broker(FaultControl):
             return
         logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
         self.ledger.card_lost(device_id)
+        self.link_loss.pop(device_id, None)
+        self.drop_card_backlog(device_id)
         if self.trace is not None:
             self.trace.instant(
                 "card lost", device_id, time.monotonic(), {"epoch": entry.epoch, "reason": reason}
@@ -463,8 +528,9 @@ class Broker(FaultControl):
                 pass
         self.notify(device_id, "lost", ACL_ERROR_RT_LOST_HEARTBEAT, epoch=entry.epoch)
         self.supervisor.kill(device_id)
+        self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)  # it died while restarting
         if not self.announced:
-            raise NpuFarmError(f"card {device_id} failed to start: {reason}")
+            raise CardStartFailed(f"card {device_id} failed to start: {reason}")
 
     def notify(self, device_id: int, state: str, code: int, epoch: int | None = None) -> None:
         entry = self.registry.cards[device_id]
@@ -478,16 +544,19 @@ class Broker(FaultControl):
         for client in list(self.clients):
             self.reply(client, Cmd.CARD_EVENT, proto.pack_route(device_id, body["epoch"]), body)
 
-    def restart(self, device_id: int) -> None:
+    def restart(self, device_id: int) -> bool:
+        """Start a new epoch of a LOST card (queued for the loop to spawn). False if it flaps
+        (left FAILED; pending restarts answered 507010)."""
         if not self.registry.may_restart(
             device_id, time.monotonic(), self.config.restart_max, self.config.restart_window_s
         ):
             logger.error("card %d is flapping; left FAILED", device_id)
             self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
-            return
+            return False
         self.supervisor.forget(device_id)
-        entry = self.registry.starting(device_id, 0, time.monotonic())
-        entry.pid = self.supervisor.start(device_id, entry.epoch)
+        self.registry.starting(device_id, 0, time.monotonic())
+        self.request_start(device_id)
+        return True
 
     def answer_restart(self, device_id: int, code: int) -> None:
         for client, rid in self.pending_restart.pop(device_id, []):
@@ -498,25 +567,27 @@ class Broker(FaultControl):
                 {"rid": rid, "code": code, "card": self._describe_card(device_id)},
             )
 
-    def expire_clients(self, now: float) -> None:
-        """Release the cards' resources of clients silent for the client expiry (a client
-        killed without acl.finalize). Clients ping every heartbeat interval."""
-        client_expiry_s = max(CLIENT_EXPIRY_FACTOR * self.config.heartbeat_expiry_s, 2.0)
-        for client, seen in list(self.client_seen.items()):
-            if now - seen > client_expiry_s:
-                if client in self.clients:
-                    logger.warning(
-                        "client %r silent for %.1fs: releasing its resources", client, now - seen
-                    )
-                self.client_left(client)
-
     def heartbeat(self, now: float, expiry_s: float) -> None:
+        # until the farm is up, a READY card's silence is judged by the start timeout: the
+        # start of many cards loads the box (a slower start, never a failed one)
+        if not self.announced:
+            expiry_s = max(expiry_s, self.start_timeout_s)
         for entry in self.registry.expired(now, expiry_s):
             self.lose(entry.device_id, f"no heartbeat for {now - entry.last_seen_s:.2f}s")
+        for entry in self.registry.start_expired(now, self.start_timeout_s):
+            self.lose(entry.device_id, f"did not start within {self.start_timeout_s:g}s")
+        for device_id, (epoch, deadline) in list(self.link_loss.items()):
+            if now >= deadline:
+                del self.link_loss[device_id]
+                if self.registry.cards[device_id].epoch == epoch:
+                    self.lose(device_id, "link dropped (injected disconnect): messages lost")
+        beat = b"" if self.announced else FARM_STARTING
         for entry in self.registry.cards.values():
             if entry.state is CardState.READY and entry.identity is not None:
-                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", b"")
+                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", beat)
         self.expire_clients(now)
+        for counted in (self.malformed, self.errors, self.replies_dropped):
+            counted.flush(now)
         if self.watch_parent is not None and os.getppid() != self.watch_parent:
             logger.warning("parent process %d exited; shutting down", self.watch_parent)
             self.running = False

@@ -1,21 +1,30 @@
 """The broker's part in fault experiments: ``broker.route`` and ``broker.complete`` drops, the
-fault log, and the
-``inject`` / ``recover`` requests of a running farm. A mixin of :class:`farm.broker.Broker`.
+fault log, the rules in force, and the ``inject`` / ``recover`` requests of a running farm. A
+mixin of :class:`farm.broker.Broker`.
 
 Cards report the faults they inject (CARD_EVENT); the broker appends every event to the fault
 log (JSONL), counts them for status and metrics, marks them on the trace, and tells the
 supervisor how often each rule fired per card, so a rule's ``count`` holds across restarts.
+
+An injected ``disconnect`` is a card loss: a link drop loses the messages in flight (tasks and
+completions), so the broker declares the card lost one heartbeat expiry after the drop, as it
+would for a longer one (a transient drop is never a silent loss of work). ``recover`` removes
+the rules and restarts the cards that are down, so the farm is healthy again (clients of the old
+epoch still get 507010 until their own reset: the epoch changed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from typing import Any
 
 from farm import protocol as proto
-from farm.errors import ACL_ERROR_INVALID_PARAM, NpuFarmError
-from farm.faults import API_BY_TASK_KIND, BROKER, FaultInjector, FaultPlan, FaultRule
+from farm.errors import ConfigError
+from farm.fault_plan import check_kinds
+from farm.faults import API_BY_TASK_KIND, BROKER, KINDS, FaultInjector, FaultPlan, FaultRule
 from farm.protocol import Cmd
 from farm.registry import CardState
 
@@ -36,8 +45,10 @@ class FaultControl:
         now_s = time.monotonic() - self.started_s
         kept = []
         for task in tasks:
-            stream = task.get("s") if isinstance(task, dict) else None
-            api = API_BY_TASK_KIND.get(task.get("k")) if isinstance(task, dict) else None
+            task = task if isinstance(task, dict) else {}
+            stream = task.get("s") if _is_int(task.get("s")) else None
+            kind = task.get("k")
+            api = API_BY_TASK_KIND.get(kind) if isinstance(kind, str) else None
             fired = self.route_faults.evaluate(
                 "broker.route", now_s, stream=stream, api=api, card=device_id
             )
@@ -59,6 +70,7 @@ class FaultControl:
         kept = []
         for row in rows:
             stream = row[4] if isinstance(row, list) and len(row) > 4 else None
+            stream = stream if _is_int(stream) else None
             fired = self.route_faults.evaluate("broker.complete", now_s, stream=stream,
                                                card=device_id)  # fmt: skip
             self.log_faults([f.event.to_dict() for f in fired])
@@ -84,41 +96,112 @@ class FaultControl:
         if events and self.fault_log is None:
             self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
         for event in events:
-            key = (event.get("rule", -1), event.get("card", -1))
+            rule_id = event.get("rule", -1)
+            t_s = event.get("t_s", 0.0)
+            if rule_id not in self.rule_first_s or t_s < self.rule_first_s[rule_id]:
+                self.rule_first_s[rule_id] = t_s
+            key = (rule_id, event.get("card", -1))
             self.supervisor.fired[key] = self.supervisor.fired.get(key, 0) + 1
-            self.fault_log.write(json.dumps(event, sort_keys=True) + "\n")
+            self.fault_log.write(json.dumps(event, sort_keys=True, default=repr) + "\n")
             self.fault_counts[event["kind"]] = self.fault_counts.get(event["kind"], 0) + 1
         if events:
             self.fault_log.flush()
 
+    def on_fault_events(self, identity: bytes, events: list, now: float) -> None:
+        """A card's CARD_EVENT: the faults it injected (malformed events are dropped)."""
+        valid = [e for e in events if _valid_event(e)]
+        if len(valid) != len(events):
+            self.malformed.add(f"{len(events) - len(valid)} bad fault events", now)
+        self.log_faults(valid)
+        entry = self.registry.by_identity.get(identity)
+        if entry is not None and any(e["kind"] == "disconnect" for e in valid):
+            deadline = now + self.config.heartbeat_expiry_s
+            self.link_loss.setdefault(entry.device_id, (entry.epoch, deadline))
+
     def inject(self, body: dict) -> dict:
         """``npufarm inject``: add a rule to the running farm (and to cards started later)."""
-        try:
-            rule = FaultRule.from_dict(body.get("rule"), label="injected fault")
-        except NpuFarmError as exc:
-            return {"code": ACL_ERROR_INVALID_PARAM, "error": str(exc)}
+        rule = FaultRule.from_dict(body.get("rule"), label="injected fault")
+        if rule.card is not None and rule.card not in self.registry.cards:
+            last = max(self.registry.cards)
+            raise ConfigError(f"injected fault.card: no card {rule.card} in this farm (0..{last})")
         self.plan = self.plan.with_rule(rule)
         self.supervisor.plan = self.plan
         rule_id = self.plan.rule_ids[-1]
-        if rule.hook == "broker.route":
+        if rule.hook.startswith("broker."):
             if self.route_faults is None:
                 self.route_faults = FaultInjector(FaultPlan(seed=self.plan.seed), BROKER)
             self.route_faults.add_rule(rule, rule_id)
-        else:
+        else:  # READY cards now; STARTING ones when they are READY (sync_card_rules)
             request = {"op": "inject", "rule": rule.to_dict(), "rule_id": rule_id}
             self._tell_cards(rule.card, request)
         logger.warning("fault injected at runtime: %s", rule.to_dict())
         return {"code": 0, "rule": rule_id}
 
     def recover(self, body: dict) -> dict:
-        """``npufarm recover``: clear injected faults (of ``kinds``, or all)."""
-        kinds = body.get("kinds") or None
+        """``npufarm recover``: clear injected faults (of ``kinds``, or all) and restart the
+        cards that are down."""
+        kinds = body.get("kinds")
+        if kinds is not None and not (
+            isinstance(kinds, list | tuple) and all(isinstance(k, str) for k in kinds)
+        ):
+            raise ConfigError(f"kinds: expected a list of fault kinds, got {kinds!r}")
+        kinds = list(kinds) if kinds else None
+        check_kinds(kinds)
+        before = len(self.plan.rules)
         self.plan = self.plan.without(kinds)
         self.supervisor.plan = self.plan
         if self.route_faults is not None:
             self.route_faults.clear(kinds)
         self._tell_cards(None, {"op": "recover", "kinds": kinds})
-        return {"code": 0}
+        restarted = []
+        for device_id, entry in self.registry.cards.items():
+            if entry.state is CardState.FAILED:  # flapped under the faults just removed
+                entry.state = CardState.LOST
+                entry.restarts.clear()
+            if entry.state is CardState.LOST and self.restart(device_id):
+                restarted.append(device_id)
+        logger.warning("recover: %d fault rules removed; cards restarted: %s",
+                       before - len(self.plan.rules), restarted)  # fmt: skip
+        return {"code": 0, "removed": before - len(self.plan.rules), "restarted": restarted}
+
+    def sync_card_rules(self, entry) -> None:
+        """A card just READY got the plan of its spawn time; bring it to the plan of now (rules
+        injected or recovered while it was starting)."""
+        given = self.spawn_rules.pop(entry.device_id, None)
+        plan = self.supervisor.card_plan(entry.device_id)
+        if given is None or tuple(given) == plan.rule_ids:
+            return
+        if set(given) - set(plan.rule_ids):
+            self._tell_cards(entry.device_id, {"op": "recover", "kinds": None})
+            missing = plan.rule_ids
+        else:
+            missing = tuple(i for i in plan.rule_ids if i not in set(given))
+        for rule, rule_id in zip(plan.rules, plan.rule_ids):
+            if rule_id in missing:
+                request = {"op": "inject", "rule": rule.to_dict(), "rule_id": rule_id}
+                self._tell_cards(entry.device_id, request)
+
+    def active_rules(self) -> list[dict[str, Any]]:
+        """The rules in force now (plan + injected, minus recovered, expired or used up)."""
+        now_s = time.monotonic() - self.started_s
+        active = []
+        for rule_id, rule in zip(self.plan.rule_ids, self.plan.rules):
+            start = rule.at_s if rule.at_s is not None else self.rule_first_s.get(rule_id)
+            ended = start is not None and now_s >= start + (rule.duration_s or math.inf)
+            if ended:
+                continue
+            fired = {card: n for (rid, card), n in self.supervisor.fired.items() if rid == rule_id}
+            if rule.count is not None:
+                if rule.hook.startswith("broker."):
+                    used_up = sum(fired.values()) >= rule.count
+                else:
+                    targets = [rule.card] if rule.card is not None else list(self.registry.cards)
+                    used_up = all(fired.get(card, 0) >= rule.count for card in targets)
+                if used_up:
+                    continue
+            active.append({"rule_id": rule_id, **rule.to_dict(), "card": rule.card,
+                           "hook": rule.hook, "fired": sum(fired.values())})  # fmt: skip
+        return active
 
     def _tell_cards(self, device_id: int | None, request: dict) -> None:
         for entry in self.registry.cards.values():
@@ -126,3 +209,17 @@ class FaultControl:
                 continue
             if device_id is None or entry.device_id == device_id:
                 self._send_card(entry.identity, Cmd.REQUEST, b"", proto.pack({"rid": 0, **request}))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_event(event: Any) -> bool:
+    return (
+        isinstance(event, dict)
+        and event.get("kind") in KINDS
+        and _is_int(event.get("rule", -1))
+        and _is_int(event.get("card", -1))
+        and isinstance(event.get("t_s", 0.0), int | float)
+    )

@@ -18,6 +18,15 @@ logger = logging.getLogger(__name__)
 _TIME_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
 
 
+def _number(value: Any) -> float:
+    """A card-reported figure as a gauge value (0 for anything that is not a number)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _numbers(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+
+
 class FarmMetrics:
     """The farm's metric families on a private registry, and the HTTP server exposing them."""
 
@@ -90,6 +99,24 @@ class FarmMetrics:
             ("card", "kind"),
             registry=self.registry,
         )
+        self.reclaimed_clients = Counter(
+            "npufarm_clients_reclaimed",
+            "Clients whose resources the farm reclaimed, by cause (exited, silent)",
+            ("cause",),
+            registry=self.registry,
+        )
+        self.reclaimed = Gauge(
+            "npufarm_card_reclaimed",
+            "Resources a card reclaimed from departed clients, cumulative over its epochs",
+            ("card", "what"),
+            registry=self.registry,
+        )
+        self.malformed_frames = Counter(
+            "npufarm_malformed_messages",
+            "Malformed messages the broker dropped, by sender",
+            ("peer",),
+            registry=self.registry,
+        )
         self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
         self.port = self.server.server_port
         logger.info("farm %s metrics at http://127.0.0.1:%d/metrics", farm, self.port)
@@ -97,21 +124,29 @@ class FarmMetrics:
     def tasks_ended(self, card: int, rows: list) -> None:
         label = str(card)
         for row in rows:
-            if not isinstance(row, list) or len(row) < 6:
+            if not isinstance(row, list) or len(row) < 6 or not _numbers(row[2], row[3], row[5]):
                 continue
             self.tasks.labels(label, str(row[1])).inc()
             self.task_seconds.labels(label).observe(max(0.0, row[3] - row[2]))
             self.queue_seconds.labels(label).observe(max(0.0, row[2] - row[5]))
 
-    def card_stats(self, card: int, stats: dict[str, Any]) -> None:
+    def card_stats(
+        self, card: int, stats: dict[str, Any], reclaimed: dict[str, int] | None = None
+    ) -> None:
         label = str(card)
-        self.queued.labels(label).set(stats.get("queued", 0))
-        self.running.labels(label).set(stats.get("running", 0))
-        self.streams.labels(label).set(stats.get("streams", 0))
-        self.hbm_used.labels(label).set(stats.get("hbm_used", 0))
-        self.hbm_total.labels(label).set(stats.get("hbm_total", 0))
-        depths = stats.get("stream_queues") or {}
-        current = {f"{int(stream) & 0xFFFFFFFF:#x}": depth for stream, depth in depths.items()}
+        for what, value in (reclaimed or {}).items():
+            self.reclaimed.labels(label, what).set(value)
+        self.queued.labels(label).set(_number(stats.get("queued")))
+        self.running.labels(label).set(_number(stats.get("running")))
+        self.streams.labels(label).set(_number(stats.get("streams")))
+        self.hbm_used.labels(label).set(_number(stats.get("hbm_used")))
+        self.hbm_total.labels(label).set(_number(stats.get("hbm_total")))
+        depths = stats.get("stream_queues")
+        current = {
+            f"{stream & 0xFFFFFFFF:#x}": _number(depth)
+            for stream, depth in (depths.items() if isinstance(depths, dict) else ())
+            if isinstance(stream, int)
+        }
         for stream in self._stream_labels.get(label, set()) - current.keys():
             self.stream_queued.remove(label, stream)
         for stream, depth in current.items():
@@ -121,6 +156,12 @@ class FarmMetrics:
     def card_state(self, card: int, healthy: bool, epoch: int) -> None:
         self.healthy.labels(str(card)).set(1 if healthy else 0)
         self.epoch.labels(str(card)).set(epoch)
+
+    def client_reclaimed(self, cause: str) -> None:
+        self.reclaimed_clients.labels(cause).inc()
+
+    def malformed(self, peer: str) -> None:
+        self.malformed_frames.labels(peer).inc()
 
     def fault(self, card: int, kind: str) -> None:
         self.faults.labels(str(card), kind).inc()

@@ -20,9 +20,14 @@ from typing import Any
 
 from farm.protocol import pack_route
 
-__all__ = ["CardState", "CardEntry", "Registry"]
+__all__ = ["CardState", "CardEntry", "Registry", "RECLAIM_KEYS"]
 
 logger = logging.getLogger(__name__)
+
+
+#: cumulative counters a card reports in its heartbeat stats when it reclaims a client's
+#: resources (the broker sums them over the card's epochs, farm-wide and per card)
+RECLAIM_KEYS = ("reclaimed_clients", "reclaimed_hbm_bytes", "reclaimed_models", "reclaimed_streams")
 
 
 def _is_int(value: Any) -> bool:
@@ -42,7 +47,8 @@ class CardEntry:
     device_id: int
     epoch: int
     state: CardState = CardState.STARTING
-    pid: int = 0
+    pid: int = 0  # 0: no process (not spawned yet, or gone)
+    spawned_s: float | None = None  # when this epoch's process was started (None: queued)
     identity: bytes | None = None
     shm_name: str = ""
     hbm_bytes: int = 0
@@ -51,23 +57,38 @@ class CardEntry:
     stats: dict[str, Any] = field(default_factory=dict)
     lost_reason: str = ""
     restarts: deque[float] = field(default_factory=deque)
+    reclaimed_before: dict[str, int] = field(default_factory=dict)  # earlier epochs' counts
 
     @property
     def route(self) -> bytes:
         return pack_route(self.device_id, self.epoch)
 
+    def reclaimed(self) -> dict[str, int]:
+        """What this card reclaimed from departed clients, over all its epochs."""
+        totals = {}
+        for key in RECLAIM_KEYS:
+            value = self.stats.get(key, 0)
+            current = value if _is_int(value) and value >= 0 else 0
+            totals[key.removeprefix("reclaimed_")] = self.reclaimed_before.get(key, 0) + current
+        return totals
+
     def describe(self) -> dict[str, Any]:
+        down = self.state in (CardState.LOST, CardState.FAILED, CardState.STOPPED)
         return {
             "device_id": self.device_id,
             "epoch": self.epoch,
             "state": self.state.value,
-            "pid": self.pid,
+            "pid": None if down or not self.pid else self.pid,
             "shm_name": self.shm_name,
             "hbm_bytes": self.hbm_bytes,
             "soc_name": self.soc_name,
-            "lost_reason": self.lost_reason,
+            "lost_reason": self.lost_reason if self.state in _DOWN_WITH_REASON else "",
             "stats": dict(self.stats),
+            "reclaimed": self.reclaimed(),
         }
+
+
+_DOWN_WITH_REASON = (CardState.LOST, CardState.FAILED)
 
 
 class Registry:
@@ -86,6 +107,7 @@ class Registry:
         old = self.cards[device_id]
         entry = CardEntry(device_id, old.epoch + 1, pid=pid, last_seen_s=now)
         entry.restarts = old.restarts
+        entry.reclaimed_before = dict(zip(RECLAIM_KEYS, old.reclaimed().values()))
         self._unroute(old)
         self.cards[device_id] = entry
         return entry
@@ -133,6 +155,17 @@ class Registry:
             c
             for c in self.cards.values()
             if c.state is CardState.READY and now - c.last_seen_s > expiry_s
+        ]
+
+    def start_expired(self, now: float, start_timeout_s: float) -> list[CardEntry]:
+        """STARTING cards whose process was started longer than ``start_timeout_s`` ago and
+        never announced itself (a card that hangs while starting)."""
+        return [
+            c
+            for c in self.cards.values()
+            if c.state is CardState.STARTING
+            and c.spawned_s is not None
+            and now - c.spawned_s > start_timeout_s
         ]
 
     def mark_lost(self, device_id: int, reason: str, now: float) -> CardEntry | None:

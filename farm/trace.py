@@ -4,21 +4,30 @@ The broker already decodes each COMPLETE (for the ledger); with tracing on it al
 complete-event per task: the card is the process, the (client, stream) pair the thread, the span
 the task's run on the card, with its queueing time and code as arguments. Faults and card state
 changes are instant events. Open the file in ui.perfetto.dev or chrome://tracing.
+
+Writing a trace can take seconds (a million events); the broker takes a :meth:`snapshot` on its
+loop (a list of references, milliseconds) and :func:`write_trace_events` it in a thread. Events
+are encoded one by one, so the writing thread gives the loop the GIL between events.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TraceRecorder"]
+__all__ = ["TraceRecorder", "write_trace_events"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MAX_EVENTS = 1_000_000  # oldest task events are dropped beyond this (a ring buffer)
+
+
+def _times(*values: Any) -> bool:
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in values)
 
 
 class TraceRecorder:
@@ -50,6 +59,8 @@ class TraceRecorder:
             if not isinstance(row, list) or len(row) < 6:
                 continue
             task_id, code, start_s, end_s, stream, queued_s = row[:6]
+            if not (isinstance(stream, int) and _times(start_s, end_s, queued_s)):
+                continue
             event = {
                 "ph": "X",
                 "name": "task" if code == 0 else f"task failed {code}",
@@ -73,7 +84,7 @@ class TraceRecorder:
             if not isinstance(row, list) or len(row) != 6:
                 continue
             device, stream, start_s, end_s, code, what = row
-            if not all(isinstance(v, int | float) for v in (device, stream, start_s, end_s)):
+            if not (isinstance(device, int) and isinstance(stream, int) and _times(start_s, end_s)):
                 continue
             self.events.append(
                 {
@@ -111,16 +122,32 @@ class TraceRecorder:
             }
         )
 
-    def to_json(self, cards: list[int]) -> dict[str, Any]:
+    def snapshot(self, cards: list[int]) -> list[dict[str, Any]]:
+        """Every event now (metadata first); recorded events are never changed afterwards, so
+        the list can be written by another thread while recording goes on."""
         processes = [
             {"ph": "M", "name": "process_name", "pid": card, "args": {"name": f"card {card}"}}
             for card in cards
         ]
-        return {"traceEvents": [*processes, *self._names, *self.events], "displayTimeUnit": "ms"}
+        return [*processes, *self._names, *self.events]
+
+    def to_json(self, cards: list[int]) -> dict[str, Any]:
+        return {"traceEvents": self.snapshot(cards), "displayTimeUnit": "ms"}
 
     def write(self, path: str | Path, cards: list[int]) -> int:
         """Write the trace; return the number of events."""
-        data = self.to_json(cards)
-        Path(path).write_text(json.dumps(data), encoding="utf-8")
-        logger.info("trace with %d events written to %s", len(data["traceEvents"]), path)
-        return len(data["traceEvents"])
+        return write_trace_events(path, self.snapshot(cards))
+
+
+def write_trace_events(path: str | Path, events: list[dict[str, Any]]) -> int:
+    """Write ``events`` as a Chrome trace file; return how many. Raises ``OSError`` (a path
+    that cannot be written) before writing anything elsewhere."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"traceEvents": [')
+        for index, event in enumerate(events):
+            if index:
+                f.write(",\n")
+            f.write(json.dumps(event))
+        f.write('], "displayTimeUnit": "ms"}\n')
+    logger.info("trace with %d events written to %s", len(events), path)
+    return len(events)

@@ -36,11 +36,16 @@ WAIT_S = 5.0
 class Peer:
     """A scripted DEALER: a card (worker frames) or a client (client frames)."""
 
-    def __init__(self, ctx: zmq.Context, address: str, identity: bytes, is_card: bool) -> None:
+    def __init__(
+        self, ctx: zmq.Context, address: str, identity: bytes, is_card: bool, rcvhwm: int = 0
+    ) -> None:
         self.identity = identity
         self.is_card = is_card
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if rcvhwm:
+            self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
+            self.socket.setsockopt(zmq.RCVBUF, 4096)
         self.socket.setsockopt(zmq.IDENTITY, identity)
         self.socket.connect(address)
         self.inbox: list = []
@@ -118,10 +123,9 @@ class BrokerHarness:
         assert leftovers == [], f"broker left files behind: {leftovers}"
 
     # -- peers
-    def card(self, device_id: int, epoch: int = 1) -> Peer:
-        peer = Peer(
-            self.ctx, self.broker.backend_address, f"card{device_id}.{epoch}".encode(), True
-        )
+    def card(self, device_id: int, epoch: int = 1, rcvhwm: int = 0) -> Peer:
+        identity = f"card{device_id}.{epoch}".encode()
+        peer = Peer(self.ctx, self.broker.backend_address, identity, True, rcvhwm)
         self.peers.append(peer)
         return peer
 
@@ -284,10 +288,9 @@ def test_submit_request_complete_reply_are_routed(harness):
     client.send(Cmd.HEARTBEAT, BROKER_ROUTE, {})
     assert h.expect(client, Cmd.HEARTBEAT).route == BROKER_ROUTE
     client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": 9, "op": "no-such-op"})
-    assert proto.unpack(h.expect(client, Cmd.REPLY).body) == {
-        "rid": 9,
-        "code": ACL_ERROR_INVALID_PARAM,
-    }
+    unknown = proto.unpack(h.expect(client, Cmd.REPLY).body)
+    assert (unknown["rid"], unknown["code"]) == (9, ACL_ERROR_INVALID_PARAM)
+    assert "no-such-op" in unknown["error"] and "\n" not in unknown["error"]
     client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": 10, "op": "restart", "device_id": 0})
     restart = proto.unpack(h.expect(client, Cmd.REPLY).body)
     assert restart["rid"] == 10 and restart["code"] == 0  # READY: nothing to restart
@@ -507,3 +510,104 @@ def test_a_stale_sentinel_event_never_loses_the_restarted_card():
     dead = types.SimpleNamespace(is_alive=lambda: False, exitcode=-9)
     Broker.on_sentinel(broker_with(dead), 7)
     assert lost == [(0, "process exited (exit code -9)")] and forgotten == [0]
+
+
+# --------------------------------------------------------------------------- issue 9
+
+
+def test_a_restart_that_never_becomes_ready_is_answered_with_507010(harness):
+    """A card that hangs (or dies) while it restarts: the pending restart gets 507010 once the
+    start timeout passes, not the client's 30 s request timeout."""
+    h = harness
+    card0, card1, client, _ = up(h)
+    started: list[int] = []
+    h.broker.request_start = started.append  # no process: the new epoch never says READY
+    h.broker.start_timeout_s = 0.3
+    card0.beating = False
+    h.pump_for(lambda: h.state(0) is CardState.LOST)
+    client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": 5, "op": "restart", "device_id": 0})
+    h.pump_for(lambda: started == [0])
+    assert h.state(0) is CardState.STARTING and client.find(Cmd.REPLY) == []
+    h.broker.registry.cards[0].spawned_s = time.monotonic()  # "spawned" now
+    sent_s = time.monotonic()
+    reply = proto.unpack(h.expect(client, Cmd.REPLY).body)
+    assert time.monotonic() - sent_s >= 0.3
+    assert (reply["rid"], reply["code"]) == (5, ACL_ERROR_RT_LOST_HEARTBEAT)
+    assert reply["card"]["state"] == "lost" and "did not start" in reply["card"]["lost_reason"]
+    assert reply["card"]["pid"] is None
+    assert h.alive(), h.errors
+
+
+def test_a_starting_card_gets_the_rules_injected_meanwhile(harness):
+    h = harness
+    card0, card1 = h.card(0), h.card(1)
+    client = h.client(b"client-A")
+    h.broker.spawn_rules = {0: (), 1: ()}  # both were spawned with an empty plan
+    h.ready(card1, 1)
+    h.pump_for(lambda: h.state(1) is CardState.READY)
+    rule = {"kind": "slow", "factor": 3.0, "card": 0}
+    client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": 1, "op": "inject", "rule": rule})
+    assert proto.unpack(h.expect(client, Cmd.REPLY).body) == {"rid": 1, "code": 0, "rule": 0}
+    assert card0.find(Cmd.REQUEST) == []  # still starting: nothing to tell yet
+    h.ready(card0, 0)
+    told = proto.unpack(h.expect(card0, Cmd.REQUEST).body)
+    assert (told["op"], told["rule_id"], told["rule"]) == ("inject", 0, rule)
+    assert card1.find(Cmd.REQUEST) == []  # not its rule
+    active = h.broker.describe()["faults"]["active"]
+    assert [(a["rule_id"], a["kind"], a["card"], a["factor"]) for a in active] == [
+        (0, "slow", 0, 3.0)
+    ]
+
+
+def test_garbage_floods_are_counted_and_logged_once_a_second(harness, caplog):
+    h = harness
+    card0, card1, client, _ = up(h)
+    caplog.set_level("WARNING", logger="farm.broker_io")
+    started = time.monotonic()
+    for index in range(2000):
+        client.send_raw([b"", b"junk", bytes([index % 256])])
+    client.send(Cmd.STATUS, BROKER_ROUTE, {})
+    h.pump_for(lambda: client.find(Cmd.STATUS))
+    status = proto.unpack(h.expect(client, Cmd.STATUS).body)
+    assert status["malformed"] == 2000
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert 1 <= len(lines) <= 2 + int(time.monotonic() - started), lines
+    roundtrip(h, client, card0, ROUTE0, 1)
+
+
+def test_a_full_pipe_to_a_live_card_queues_its_work_in_order(monkeypatch):
+    """A live card that reads slowly: the broker's sends to it meet the high-water mark; the
+    work waits in the broker and reaches the card in order, none failed with 507010."""
+    import farm.broker_io
+
+    monkeypatch.setattr(farm.broker_io, "PIPE_HWM", 4)
+    h = BrokerHarness()
+    card0 = h.card(0, rcvhwm=4)
+    try:
+        card1, client = h.card(1), h.client(b"client-A")
+        h.ready(card0, 0)
+        h.ready(card1, 1)
+        client.send(Cmd.HELLO, BROKER_ROUTE, {})
+        h.expect(client, Cmd.HELLO)
+        h.peers.remove(card0)  # card 0 stops reading (it still beats, below)
+        pad = "x" * 4096
+        count = 600
+        for task_id in range(1, count + 1):
+            client.send(Cmd.SUBMIT, ROUTE0, [{"k": "record", "t": task_id, "s": 0, "pad": pad}])
+
+        def backlog() -> int:
+            card0.send(Cmd.HEARTBEAT, b"", {})
+            return h.broker.describe()["card_backlog"]
+
+        h.pump_for(backlog)
+        h.peers.append(card0)
+        h.pump_for(lambda: len(card0.find(Cmd.SUBMIT)) == count, 20.0)
+        ids = [proto.unpack(m.body)[0]["t"] for m in card0.find(Cmd.SUBMIT)]
+        assert ids == list(range(1, count + 1))
+        assert client.find(Cmd.COMPLETE) == []  # nothing refused
+        assert h.state(0) is CardState.READY
+        h.pump_for(lambda: h.broker.describe()["card_backlog"] == 0)  # (its last pop)
+    finally:
+        if card0 not in h.peers:
+            h.peers.append(card0)
+        h.close()

@@ -330,3 +330,29 @@ def test_stop_all_clears_routes_and_stops_every_card():
     assert registry.on_seen(b"card0.1", T0 + 1.0) is None
     # identities stay on the entries so the broker can still tell each card to DISCONNECT
     assert registry.cards[0].identity == b"card0.1"
+
+
+def test_status_shows_no_dead_pid_nor_stale_loss_text():
+    from farm.registry import CardState, Registry
+
+    registry = Registry([0])
+    entry = registry.starting(0, 0, now=0.0)
+    assert entry.describe()["pid"] is None  # not spawned yet
+    entry.pid, entry.spawned_s = 4242, 0.0
+    assert registry.start_expired(now=5.0, start_timeout_s=10.0) == []
+    assert registry.start_expired(now=10.5, start_timeout_s=10.0) == [entry]
+    registry.mark_lost(0, "did not start within 10s", now=10.5)
+    lost = entry.describe()
+    assert (lost["state"], lost["pid"], lost["lost_reason"]) == (
+        "lost",
+        None,
+        "did not start within 10s",
+    )
+    entry.stats = {"reclaimed_hbm_bytes": 100, "reclaimed_clients": 1, "reclaimed_models": "x"}
+    again = registry.starting(0, 0, now=11.0)
+    again.pid = 4343
+    again.stats = {"reclaimed_hbm_bytes": 5}
+    shown = again.describe()
+    assert (shown["pid"], shown["lost_reason"], shown["state"]) == (4343, "", "starting")
+    assert shown["reclaimed"] == {"clients": 1, "hbm_bytes": 105, "models": 0, "streams": 0}
+    assert again.state is CardState.STARTING

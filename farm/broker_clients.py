@@ -1,0 +1,164 @@
+"""The broker's clients: HELLO, departures, and reclaiming what dead or silent clients held.
+A mixin of :class:`farm.broker.Broker`; the liveness decisions are :mod:`farm.client_table`'s.
+
+Reclaiming a client = a DISCONNECT for it at every card it used: the card frees its HBM,
+models, streams and host-segment mappings and counts them (``reclaimed_*`` in its heartbeat
+stats). The broker counts the clients it reclaimed (by cause: ``exited`` or ``silent``) and
+unlinks the host segments a dead local client left in /dev/shm.
+
+A reclaimed client that speaks again (it was only silent) is told, not served: each device it
+had used is lost for it (a CARD_EVENT ``lost`` with the card's epoch, and a DISCONNECT with the
+reason), its work there is answered with 507010, and a second HELLO shows those cards lost. Its
+``reset_device`` + ``set_device`` (a ``restart`` request) gives it a fresh start on the card.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from farm import protocol as proto
+from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from farm.protocol import BROKER_DEVICE, Cmd
+from farm.registry import CardState
+
+__all__ = ["ClientControl"]
+
+logger = logging.getLogger(__name__)
+
+_BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
+
+
+class ClientControl:
+    """Client lifecycle of the broker (state lives on the broker: clients, client_table, ...)."""
+
+    def on_hello(self, identity: bytes, raw_body: bytes, now: float) -> None:
+        try:
+            body = proto.unpack(raw_body) if raw_body else {}
+        except NpuFarmError:
+            body = {}
+        self.clients.add(identity)
+        self.client_table.hello(identity, body, now)
+        if not self.announced:
+            self.pending_hello.append(identity)
+            return
+        state = self.describe()
+        devices = self.client_table.expired.get(identity)
+        if devices:  # a reclaimed client joining again: those cards are lost for it
+            self.tell_reclaimed(identity)
+            for card in state["cards"]:
+                if card["device_id"] in devices:
+                    card.update(state="lost", lost_reason="this client's resources were reclaimed")
+        self.reply(identity, Cmd.HELLO, _BROKER_ROUTE, state)
+
+    def client_left(self, client: bytes) -> set[int]:
+        """A client is gone (DISCONNECT, or reclaimed): every card it used is told to release
+        what it holds. Returns those device ids."""
+        self.clients.discard(client)
+        self.client_table.forget(client)
+        used = set()
+        for device_id, clients in self.clients_of.items():
+            if client in clients:
+                clients.discard(client)
+                used.add(device_id)
+                entry = self.registry.cards[device_id]
+                if entry.state is CardState.READY and entry.identity is not None:
+                    self._send_card(entry.identity, Cmd.DISCONNECT, client, b"")
+        return used
+
+    def expire_clients(self, now: float) -> None:
+        """Reclaim the resources of clients that exited or went silent (each heartbeat tick)."""
+        for client, cause, reason in self.client_table.due(now, self.client_silence_s):
+            info = self.client_table.clients.get(client)
+            said_hello = client in self.clients
+            used = self.client_left(client)
+            if not said_hello and not used:
+                continue  # a one-shot admin peer (status, inject): nothing to reclaim
+            self.reclaimed_clients[cause] = self.reclaimed_clients.get(cause, 0) + 1
+            if self.metrics is not None:
+                self.metrics.client_reclaimed(cause)
+            logger.warning(
+                "client %r %s: reclaiming its resources on cards %s",
+                client,
+                reason,
+                sorted(used) or "(none)",
+            )
+            if cause == "silent":
+                self.client_table.expire(client, used)
+            elif info is not None and info.pid is not None:
+                self.sweep_host_segments(info.pid)
+
+    def sweep_host_segments(self, pid: int) -> int:
+        """Unlink the pinned host segments an exited local client left in /dev/shm (unless a
+        live client has that pid again)."""
+        if pid in self.client_table.pids_alive():
+            return 0
+        prefix = f"npufarm-{self.farm_id}-h{pid}-"
+        removed = 0
+        try:
+            names = os.listdir("/dev/shm")
+        except OSError:
+            return 0
+        for name in names:
+            if name.startswith(prefix):
+                try:
+                    os.unlink(f"/dev/shm/{name}")
+                    removed += 1
+                except OSError:
+                    pass
+        if removed:
+            logger.info("unlinked %d host segments of exited client pid %d", removed, pid)
+        return removed
+
+    def barred(self, client: bytes, device_id: int) -> bool:
+        """Whether ``client`` was reclaimed and has not reset ``device_id`` since."""
+        devices = self.client_table.expired.get(client)
+        if devices is None or device_id not in devices:
+            return False
+        self.tell_reclaimed(client)
+        return True
+
+    def tell_reclaimed(self, client: bytes) -> None:
+        """Tell a reclaimed client (once) that its devices are lost for it."""
+        devices = self.client_table.expired.get(client)
+        if not devices or client in self.client_table.told:
+            return
+        self.client_table.told.add(client)
+        reason = "this client was silent too long; its resources were reclaimed"
+        for device_id in sorted(devices):
+            entry = self.registry.cards[device_id]
+            body: dict[str, Any] = {
+                "device_id": device_id,
+                "epoch": entry.epoch,
+                "state": "lost",
+                "code": ACL_ERROR_RT_LOST_HEARTBEAT,
+                "reason": reason,
+                "card": self._describe_card(device_id),
+            }
+            self.reply(client, Cmd.CARD_EVENT, entry.route, body)
+        self.reply(
+            client,
+            Cmd.DISCONNECT,
+            _BROKER_ROUTE,
+            {"reason": reason, "code": ACL_ERROR_RT_LOST_HEARTBEAT},
+        )
+
+    def describe_reclaimed(self) -> dict[str, Any]:
+        """What was reclaimed from departed clients, farm-wide and per card."""
+        cards = {str(d): e.reclaimed() for d, e in self.registry.cards.items()}
+        totals = {
+            key: sum(c[key] for c in cards.values()) for key in ("hbm_bytes", "models", "streams")
+        }
+        return {
+            "clients": sum(self.reclaimed_clients.values()),
+            "by_cause": dict(self.reclaimed_clients),
+            "card_clients": sum(c["clients"] for c in cards.values()),
+            **totals,
+            "cards": cards,
+            "silence_limit_s": self.client_silence_s,
+        }
+
+    def client_seen(self, client: bytes) -> None:
+        self.client_table.seen(client, time.monotonic())
