@@ -14,9 +14,12 @@ the loop meanwhile, which is why every socket call here holds ``io_lock``.
 A card whose broker has been silent for the heartbeat expiry exits and unlinks its segment.
 
 Request ops are the table of device/requests.py. When a client leaves (DISCONNECT naming it)
-the card reclaims everything it held — HBM, models, stream entries, timers and unsent
-completions, host-segment mappings, model builds — and counts it in its stats
-(``reclaimed_*``).
+the card reclaims everything it held — HBM, models, stream entries, host-segment mappings,
+model builds — and counts it in its stats (``reclaimed_*``). Every task of that client it still
+held (queued, running on a timer) ends with a completion row carrying 107023
+(ACL_ERROR_RT_STREAM_ABORT: the tasks of an aborted stream are discarded, never run), and those
+rows and the client's unsent ones still go out: the broker's ledger counts every submitted task
+as ended, so a killed client leaves nothing in flight.
 """
 
 from __future__ import annotations
@@ -49,11 +52,12 @@ from farm.errors import (
     ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_INTERNAL_ERROR,
     ACL_ERROR_RT_PARAM_INVALID,
+    ACL_ERROR_RT_STREAM_ABORT,
     ACL_SUCCESS,
     NpuFarmError,
 )
 from farm.faults import corrupt_bytes
-from farm.protocol import Cmd
+from farm.protocol import Cmd, TaskKind
 
 __all__ = ["CardSpec", "Card", "run_card"]
 
@@ -66,7 +70,13 @@ FARM_STARTING = proto.pack({"starting": True})
 _TURN_BUDGET = 0.25  # share of a heartbeat interval one turn may spend starting tasks
 _PREFAULT_CHUNK = 8 << 20  # bytes of fresh HBM committed per loop turn (~4 ms), between beats
 _WARN_EVERY_S = 1.0  # at most one malformed-input warning per second (the rest are counted)
-_RECLAIMED = ("reclaimed_clients", "reclaimed_hbm_bytes", "reclaimed_models", "reclaimed_streams")
+_RECLAIMED = (
+    "reclaimed_clients",
+    "reclaimed_hbm_bytes",
+    "reclaimed_models",
+    "reclaimed_streams",
+    "reclaimed_tasks",
+)
 
 
 @dataclass(frozen=True)
@@ -285,7 +295,13 @@ class Card:
         try:
             msg = proto.parse_worker_message(frames, with_identity=False)
             if msg.cmd == Cmd.SUBMIT:
-                self.on_submit(msg.client, proto.unpack(msg.body))
+                answered = 0
+                try:
+                    answered = self.on_submit(msg.client, proto.unpack(msg.body))
+                finally:  # the broker counted the batch by its header: tell it what never ends
+                    refused = proto.batch_length(msg.body) - answered
+                    if refused > 0:
+                        self.send(Cmd.CARD_EVENT, b"", {"refused": refused})
             elif msg.cmd == Cmd.REQUEST:
                 self.on_request(msg.client, proto.unpack(msg.body))
             elif msg.cmd == Cmd.DISCONNECT:
@@ -314,20 +330,27 @@ class Card:
                        self.spec.device_id, what, self._unwarned)  # fmt: skip
         self._warned_s, self._unwarned = now, 0
 
-    def on_submit(self, client: bytes, tasks: Any) -> None:
+    def on_submit(self, client: bytes, tasks: Any) -> int:
+        """Queue a batch; return how many of its tasks will be answered (ended or failed)."""
         if not isinstance(tasks, list):
             self.malformed("SUBMIT body is not a list; dropped")
-            return
+            return 0
         now = time.monotonic()
+        answered = 0
         for body in tasks:
             problem = proto.validate_task(body)
+            if problem is None and body["k"] == TaskKind.WAIT:  # a wait must not deadlock
+                problem = self.scheduler.bad_wait(client, body)
             if problem is not None:
                 self.malformed(f"bad task dropped: {problem}")
                 if isinstance(body, dict) and isinstance(body.get("t"), int):
                     self.complete(client, body["t"], ACL_ERROR_RT_PARAM_INVALID, now, now)
+                    answered += 1
                 continue
             self.stats["submitted"] += 1
             self.scheduler.submit(Task(client, body["s"], body["t"], body, now))
+            answered += 1
+        return answered
 
     def on_request(self, client: bytes, body: Any) -> None:
         if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
@@ -398,25 +421,36 @@ class Card:
         for handle in handles:
             del self.models[handle]
         streams = sum(1 for key in self.scheduler.streams if key[0] == client)
-        self.scheduler.drop_client(client)
-        kept = [t for t in self.timers if t[2].client != client]
-        if len(kept) != len(self.timers):
-            self.timers = kept
-            heapq.heapify(self.timers)
-        self.outbox.pop(client, None)
+        ended = self.end_tasks(client)
         self.loader.drop_client(client)
         segments = [key for key in self.attached if key[0] == client]
         for key in segments:
             self.attached.pop(key).close()
-        if hbm_bytes or handles or streams or segments:
+        if hbm_bytes or handles or streams or segments or ended:
             counts = self.reclaimed
             counts["reclaimed_clients"] += 1
             counts["reclaimed_hbm_bytes"] += hbm_bytes
             counts["reclaimed_models"] += len(handles)
             counts["reclaimed_streams"] += streams
-            logger.info("card %d: reclaimed %d bytes, %d models, %d streams, %d mappings of a "
-                        "departed client", self.spec.device_id, hbm_bytes, len(handles), streams,
-                        len(segments))  # fmt: skip
+            counts["reclaimed_tasks"] += ended
+            logger.info("card %d: reclaimed %d bytes, %d models, %d streams, %d tasks, %d mappings "
+                        "of a departed client", self.spec.device_id, hbm_bytes, len(handles),
+                        streams, ended, len(segments))  # fmt: skip
+
+    def end_tasks(self, client: bytes) -> int:
+        """End every task of a departed ``client`` still queued or running here with 107023
+        (nothing more is computed or written), rows sent at the loop's next flush; how many."""
+        now = time.monotonic()
+        tasks = [entry[2] for entry in self.timers if entry[2].client == client]
+        if tasks:
+            self.timers = [entry for entry in self.timers if entry[2].client != client]
+            heapq.heapify(self.timers)
+        tasks += self.scheduler.drop_client(client)
+        for task in tasks:
+            self.hung.discard((client, task.task_id))
+            start_s = task.started_s or now
+            self.complete(client, task.task_id, ACL_ERROR_RT_STREAM_ABORT, start_s, now, task)
+        return len(tasks)
 
     # -- execution -------------------------------------------------------------------------
     def start_ready(self, budget_end: float = float("inf")) -> bool:

@@ -1,8 +1,12 @@
 """Starting one stream task on a card: resolve its buffer references, compute, model latency.
 
 Every address a task names is checked against the card's allocator before a byte is touched: a
-pointer of another card or an old epoch, a freed block or a range running past its block fails
-the task with 107000 instead of reading or writing outside what the caller owns.
+pointer of another card or an old epoch fails the task with 107000; a freed block, a range
+running past its block, or a block another client allocated (``card.owners``) fails it with
+507053 (ACL_ERROR_RT_DEVICE_MEM_ERROR), the code of a freed range: to a client, memory it does
+not own is memory it never had, and reading or writing it would break isolation between the
+processes sharing the card. Exec bindings are checked once and cached per (client, model,
+buffers) until any free or a client's departure clears the cache.
 
 A deferred result (modelled latency: computed at start, written at completion) carries a
 *lease* on each destination: the allocation's serial number, or the very host mapping it views.
@@ -68,16 +72,28 @@ class FreedUnderTask(BadAddress):
     code = ACL_ERROR_RT_DEVICE_MEM_ERROR
 
 
-def device_view(card: Card, ptr: int, nbytes: int) -> np.ndarray:
+def device_view(card: Card, client: bytes, ptr: int, nbytes: int) -> np.ndarray:
     decoded = decode_ptr(ptr)
     if decoded is None:
         raise BadAddress(f"{ptr:#x} is not a device pointer")
     device_id, epoch, offset = decoded
     if device_id != card.spec.device_id or epoch != card.spec.epoch & 0xFF:
         raise BadAddress(f"{ptr:#x} belongs to device {device_id} epoch {epoch}")
-    if nbytes and not card.allocator.contains(offset, nbytes):
-        raise FreedUnderTask(f"{ptr:#x}+{nbytes} is not inside a live allocation")
+    check_owned(card, client, offset, nbytes)
     return _view(card.segment, offset, nbytes)
+
+
+def check_owned(card: Card, client: bytes, offset: int, nbytes: int) -> None:
+    """Raise unless ``[offset, offset + nbytes)`` lies inside one live allocation of ``client``
+    (a zero-byte reference touches nothing and is not checked)."""
+    if not nbytes:
+        return
+    block = card.allocator.block_at(offset)
+    if block is None or nbytes < 0 or offset + nbytes > block[0] + block[1]:
+        raise FreedUnderTask(f"{offset:#x}+{nbytes} is not inside a live allocation")
+    owner = card.owners.get(block[0])
+    if owner is None or owner[0] != client:
+        raise FreedUnderTask(f"{offset:#x}+{nbytes} is another client's allocation")
 
 
 def _view(segment: HbmSegment, offset: int, nbytes: int) -> np.ndarray:
@@ -109,13 +125,14 @@ def segment_view(card: Card, client: bytes, ref: list, nbytes: int) -> np.ndarra
     memory (mapped on first use, until the client detaches it or leaves)."""
     name, offset = ref
     if name == card.segment.name:
-        if nbytes and not card.allocator.contains(offset, nbytes):
-            raise FreedUnderTask(f"{name}+{offset:#x}+{nbytes} is not inside a live allocation")
+        check_owned(card, client, offset, nbytes)
         return _view(card.segment, offset, nbytes)
-    if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
-        raise BadAddress(f"segment {name!r} is not part of this farm")
     segment = card.attached.get((client, name))
     if segment is None:
+        if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
+            raise BadAddress(f"segment {name!r} is not part of this farm")
+        if name.startswith(f"npufarm-{card.spec.farm_id}-card"):  # another card's HBM
+            raise BadAddress(f"segment {name!r} is not host memory")
         try:
             segment = card.attached[(client, name)] = HbmSegment.attach(name)
         except (OSError, ValueError) as exc:  # ValueError: a malformed or empty segment
@@ -149,7 +166,7 @@ def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
     """Typed input/output arrays for an exec task, checked once per distinct binding and cached
     until the card frees memory (pipelines reuse the same buffers task after task)."""
     body = task.body
-    key = (body["m"], tuple(x for ref in body["i"] for x in ref),
+    key = (task.client, body["m"], tuple(x for ref in body["i"] for x in ref),
            tuple(x for ref in body["o"] for x in ref))  # fmt: skip
     bound = card.bindings.get(key)
     if bound is not None:
@@ -163,7 +180,7 @@ def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
             if nbytes < tensor.nbytes:
                 return None
             try:
-                typed.append(typed_view(device_view(card, ptr, nbytes), tensor))
+                typed.append(typed_view(device_view(card, task.client, ptr, nbytes), tensor))
             except BadAddress as exc:
                 logger.warning("card %d: task %d: %s", card.spec.device_id, task.task_id, exc)
                 return exc

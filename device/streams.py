@@ -6,6 +6,14 @@ to ``slots`` tasks at once (the card's AI cores). A ``wait`` task (stream_wait_e
 stream until no task with an id at or below the awaited record is queued or running on the other
 stream; ``record`` and ``wait`` tasks take no slot.
 
+A client's task ids increase, and its runtime sends a record before any wait on it, so a wait
+only ever depends on tasks with smaller ids: that is what makes waits deadlock-free.
+:meth:`StreamScheduler.bad_wait` refuses a wait that breaks it (a record id at or above the
+wait's own, or one never submitted on the awaited stream) before it is queued; two waits on
+each other's streams would otherwise hold both streams silently for ever. The scheduler knows
+what a stream has seen only while its entry lives: a wait on a stream already destroyed (its
+entry retired, everything drained) passes when the client has submitted a task with that id.
+
 A stream entry lives from its first task until its client destroys the stream (``retire``: at
 once when idle, else when its last queued task finishes) or leaves, so entries do not pile up
 over a long client's life.
@@ -56,6 +64,7 @@ class CardStream:
     running: Task | None = None
     last_done: int = 0
     done: int = 0
+    last_seen: int = 0  # highest task id submitted on this stream
 
     def blocks(self, task_id: int) -> bool:
         """True while a task with id <= ``task_id`` is still queued or running here."""
@@ -76,6 +85,7 @@ class StreamScheduler:
         self._ready: deque[StreamKey] = deque()
         self._waiters: dict[StreamKey, list[StreamKey]] = {}
         self._retiring: set[StreamKey] = set()  # destroyed by the client, not drained yet
+        self._highest: dict[bytes, int] = {}  # client -> highest task id it submitted
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -107,8 +117,24 @@ class StreamScheduler:
         elif self._retiring:
             self._retiring.discard(task.key)  # the id is in use again
         stream.queue.append(task)
+        if task.task_id > stream.last_seen:
+            stream.last_seen = task.task_id
+        if task.task_id > self._highest.get(task.client, 0):
+            self._highest[task.client] = task.task_id
         if stream.running is None and len(stream.queue) == 1:
             self._ready.append(task.key)
+
+    def bad_wait(self, client: bytes, body: dict[str, Any]) -> str | None:
+        """Why a (valid-looking) wait task must be refused, or None: its record ``wt`` must be
+        an earlier task of the client, already submitted on stream ``ws``."""
+        task_id, awaited, record = body["t"], body["ws"], body["wt"]
+        if record >= task_id:
+            return f"wait {task_id} names record {record}, not an earlier task"
+        stream = self.streams.get((client, awaited))
+        seen = stream.last_seen if stream is not None else self._highest.get(client, 0)
+        if record > seen:
+            return f"wait {task_id}: record {record} was never submitted on stream {awaited}"
+        return None
 
     def take_startable(self) -> list[Task]:
         """Pop every task that may start now, in a fair round-robin over ready streams."""
@@ -181,7 +207,8 @@ class StreamScheduler:
         return True
 
     def drop_client(self, client: bytes) -> list[Task]:
-        """Forget every stream of a departed client; return the tasks that were queued."""
+        """Forget every stream of a departed client; return the tasks that were queued (the
+        running ones are the card's: its timers)."""
         dropped: list[Task] = []
         for key in [k for k in self.streams if k[0] == client]:
             stream = self.streams.pop(key)
@@ -191,6 +218,7 @@ class StreamScheduler:
             self._waiters.pop(key, None)
             self._retiring.discard(key)
         self._ready = deque(k for k in self._ready if k[0] != client)
+        self._highest.pop(client, None)
         return dropped
 
     def _wait_satisfied(self, task: Task) -> bool:

@@ -261,6 +261,7 @@ def test_a_departed_clients_resources_are_reclaimed_and_counted(make_harness, ho
         "reclaimed_hbm_bytes": held_bytes,
         "reclaimed_models": 1,
         "reclaimed_streams": 3,
+        "reclaimed_tasks": 0,  # both execs had completed
     }
     assert _mapped(segment.name) == 1
     b.send(Cmd.DISCONNECT, CLIENT, b"")  # nothing left to reclaim: not counted again
