@@ -179,14 +179,7 @@ class FuzzRun:
         else:
             frames = [b"", proto.CLIENT_HEADER, draft.cmd, self._route(draft), body]
         if draft.mutate is not None:
-            index, replacement = draft.mutate
-            index %= len(frames)
-            if replacement is None:
-                del frames[index]
-            elif replacement == b"+":
-                frames.append(b"\x00junk")
-            else:
-                frames[index] = replacement
+            fi.mutate(frames, draft.mutate)
         return frames
 
     # -- one batch -------------------------------------------------------------------------

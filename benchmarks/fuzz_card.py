@@ -168,14 +168,7 @@ def _frames(draft: fi.Draft, ids, shm: str) -> list[bytes] | None:
             body = proto.pack(_fill(body, ids, shm))
         frames = [b"", proto.WORKER_HEADER, draft.cmd, draft.route, body]
         if draft.mutate is not None:
-            index, replacement = draft.mutate
-            index %= len(frames)
-            if replacement is None:
-                del frames[index]
-            elif replacement == b"+":
-                frames.append(b"\x00junk")
-            else:
-                frames[index] = replacement
+            fi.mutate(frames, draft.mutate)
     try:
         msg = proto.parse_worker_message(frames, with_identity=False)
     except ProtocolError:

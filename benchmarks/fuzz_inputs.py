@@ -319,6 +319,19 @@ class Expectation:
 _ANSWERED_CONTROL = (Cmd.HELLO, Cmd.STATUS, Cmd.HEARTBEAT)
 
 
+def mutate(frames: list[bytes], mutation: tuple[int, bytes | None]) -> None:
+    """Apply a draft's mutation to its frames in place: drop one frame (None), append a junk
+    frame (b"+"), or replace one frame."""
+    index, replacement = mutation
+    index %= len(frames)
+    if replacement is None:
+        del frames[index]
+    elif replacement == b"+":
+        frames.append(b"\x00junk")
+    else:
+        frames[index] = replacement
+
+
 def _unpack(body: bytes) -> Any:
     try:
         return proto.unpack(body)

@@ -76,13 +76,15 @@ def fault_farm(tmp_path: Path, *rules: dict, cards: int = 2, extra=(), config: P
         stop_and_check(farm)
 
 
-def scale_model_file(tmp_path: Path, fixed_s: float = 0.0005) -> Path:
-    """A ``y = SCALE * x`` model over N float32 values with a fixed modelled latency."""
-    path = tmp_path / f"scale-{fixed_s:g}.toml"
+def scale_model_file(
+    tmp_path: Path, fixed_s: float = 0.0005, name: str = "scale2", n: int = N
+) -> Path:
+    """A ``y = SCALE * x`` model over ``n`` float32 values with a fixed modelled latency."""
+    path = tmp_path / f"{name}-{n}-{fixed_s:g}.toml"
     path.write_text(
         f"""
 [model]
-name = "scale2"
+name = "{name}"
 kind = "scale"
 seed = 1
 [model.params]
@@ -90,11 +92,11 @@ scale = {SCALE}
 [[inputs]]
 name = "x"
 dtype = "float32"
-shape = [1, {N}]
+shape = [1, {n}]
 [[outputs]]
 name = "y"
 dtype = "float32"
-shape = [1, {N}]
+shape = [1, {n}]
 [latency]
 fixed_s = {fixed_s}
 """

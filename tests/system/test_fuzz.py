@@ -23,7 +23,9 @@ INPUTS, CARD_INPUTS, BATCH, SEED = 2000, 500, 250, 20269
 
 def test_two_thousand_generated_inputs_leave_the_farm_whole():
     result = run_fuzz(INPUTS, SEED, BATCH, answer_wait_s=3.0, card_inputs=CARD_INPUTS)
-    assert result["inputs_sent"] >= INPUTS + CARD_INPUTS or result["violations"], result
+    # (a card's "shut down" DISCONNECT is drawn but never sent: it would end the fuzzed card)
+    skipped = result.get("card", {}).get("skipped_shutdowns", 0)
+    assert result["inputs_sent"] + skipped >= INPUTS + CARD_INPUTS or result["violations"], result
     kinds = {*fi.FRAME_KINDS, "card.direct", "card.framing"}
     assert set(result["per_frame_kind"]) == kinds or result["violations"], result
     report = "\n".join(f"batch {v['batch']}: {v['violation']}" for v in result["violations"])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import poll_for
-from tests.system.test_faults import fault_farm, timed
+from tests.system.test_faults import fault_farm, scale_model_file, timed
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
@@ -27,37 +27,13 @@ TIMEOUT = 507046
 BAD_RULE = {"kind": "error", "card": 0, "api": "execute", "model": "bad", "code": FAIL}
 
 
-def _model_file(tmp_path, name: str, fixed_s: float):
-    path = tmp_path / f"{name}-{fixed_s:g}.toml"
-    path.write_text(
-        f"""
-[model]
-name = "{name}"
-kind = "scale"
-seed = 1
-[model.params]
-scale = 2.0
-[[inputs]]
-name = "x"
-dtype = "float32"
-shape = [1, {N}]
-[[outputs]]
-name = "y"
-dtype = "float32"
-shape = [1, {N}]
-[latency]
-fixed_s = {fixed_s}
-"""
-    )
-    return path
-
-
 class Runner:
     """A model loaded on the current device with its own input and output buffers."""
 
     def __init__(self, acl, tmp_path, name: str = "good", fixed_s: float = 0.001) -> None:
         self.acl = acl
-        self.model_id, ret = acl.mdl.load_from_file(str(_model_file(tmp_path, name, fixed_s)))
+        model_file = scale_model_file(tmp_path, fixed_s, name, N)
+        self.model_id, ret = acl.mdl.load_from_file(str(model_file))
         assert ret == 0, acl.get_recent_err_msg()
         self.d_in, _ = acl.rt.malloc(NBYTES, 0)
         self.d_out, _ = acl.rt.malloc(NBYTES, 0)
