@@ -405,9 +405,7 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
         if msg.cmd == Cmd.READY:
             self.on_ready(msg.identity, proto.unpack(msg.body), now)
         elif msg.cmd == Cmd.CARD_EVENT:
-            body = proto.unpack(msg.body)
-            if isinstance(body, dict) and isinstance(body.get("faults"), list):
-                self.on_fault_events(msg.identity, body["faults"], now)
+            self.on_card_event(msg.identity, proto.unpack(msg.body), now)
         elif msg.cmd == Cmd.REPLY and not msg.client:
             pass  # a card acknowledging an inject/recover from the broker
         elif msg.cmd == Cmd.HEARTBEAT:
@@ -455,8 +453,8 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
         if not isinstance(body, dict):
             raise NpuFarmError("READY body is not a map")
         entry = self.registry.on_ready(identity, body, now)
-        if entry is None:
-            logger.warning("READY from unexpected card %r; disconnecting it", identity)
+        if entry is None:  # counted (a flood is one line a second), and told to go
+            self.malformed.add(f"READY from unexpected card {identity!r}; disconnected", now)
             self._send_card(identity, Cmd.DISCONNECT, b"", b"")
             return
         # welcome: the card's liveness counts from now (leniently while the farm starts)
@@ -476,6 +474,11 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
 
     def announce(self) -> None:
         self.announced = True
+        # end the cards' start lenience before anyone can find the farm: a broker that stalls
+        # right after its start must be judged by the heartbeat expiry, not the start timeout
+        for entry in self.registry.cards.values():
+            if entry.state is CardState.READY and entry.identity is not None:
+                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", b"")
         state = self.describe()
         statefile.write_state(self.state_path, state)
         logger.info(

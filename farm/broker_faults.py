@@ -107,14 +107,42 @@ class FaultControl:
         if events:
             self.fault_log.flush()
 
-    def on_fault_events(self, identity: bytes, events: list, now: float) -> None:
-        """A card's CARD_EVENT: the faults it injected (malformed events are dropped)."""
-        valid = [e for e in events if _valid_event(e)]
+    def on_card_event(self, identity: bytes, body: Any, now: float) -> None:
+        """A card's CARD_EVENT: ``faults`` it injected and/or ``refused``, the items of a
+        SUBMIT it could never answer. Believed only from the identity of a card's current epoch
+        (a crash report may arrive just after the loss of the card that sent it)."""
+        entry = self.registry.by_identity.get(identity) or self._lost_sender(identity)
+        if entry is None or not isinstance(body, dict):
+            self.malformed.add(f"CARD_EVENT from {identity!r} dropped (not a card's)", now)
+            return
+        refused = body.get("refused")
+        if refused is not None:
+            if not (_is_int(refused) and refused > 0):
+                self.malformed.add(f"card {entry.device_id}: bad refused {refused!r}", now)
+            elif entry.state is CardState.READY:
+                self.ledger.malformed_tasks(entry.device_id, refused)
+        faults = body.get("faults")
+        if faults is not None:
+            if isinstance(faults, list):
+                self.on_fault_events(entry, faults, now)
+            else:
+                self.malformed.add(f"card {entry.device_id}: faults not a list", now)
+
+    def _lost_sender(self, identity: bytes):
+        for entry in self.registry.cards.values():
+            if entry.identity == identity and entry.state is CardState.LOST:
+                return entry
+        return None
+
+    def on_fault_events(self, entry, events: list, now: float) -> None:
+        """The faults a card injected: only well-formed events about that card are logged and
+        counted; the rest are dropped as malformed."""
+        valid = [e for e in events if _valid_event(e, entry.device_id, entry.epoch)]
         if len(valid) != len(events):
-            self.malformed.add(f"{len(events) - len(valid)} bad fault events", now)
+            bad = len(events) - len(valid)
+            self.malformed.add(f"card {entry.device_id}: {bad} bad fault events", now)
         self.log_faults(valid)
-        entry = self.registry.by_identity.get(identity)
-        if entry is not None and any(e["kind"] == "disconnect" for e in valid):
+        if entry.state is CardState.READY and any(e["kind"] == "disconnect" for e in valid):
             deadline = now + self.config.heartbeat_expiry_s
             self.link_loss.setdefault(entry.device_id, (entry.epoch, deadline))
 
@@ -215,11 +243,22 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _valid_event(event: Any) -> bool:
+def _valid_event(event: Any, device_id: int, epoch: int) -> bool:
+    """A fault event as a card's injector writes it, about the card (and epoch) that sent it."""
+    if not isinstance(event, dict):
+        return False
+    kind, t_s = event.get("kind"), event.get("t_s", 0.0)
     return (
-        isinstance(event, dict)
-        and event.get("kind") in KINDS
+        isinstance(kind, str)
+        and kind in KINDS
+        and _is_int(event.get("card"))
+        and event["card"] == device_id
+        and event.get("epoch", epoch) == epoch
         and _is_int(event.get("rule", -1))
-        and _is_int(event.get("card", -1))
-        and isinstance(event.get("t_s", 0.0), int | float)
+        and all(_is_int(event.get(key, 0)) for key in ("epoch", "call", "code"))
+        and isinstance(event.get("hook", ""), str)
+        and isinstance(event.get("detail", {}), dict)
+        and isinstance(t_s, int | float)
+        and not isinstance(t_s, bool)
+        and math.isfinite(t_s)
     )

@@ -3,6 +3,12 @@
 ``submitted = completed + sum(failed) + dropped + in flight`` at every moment; after a run has
 drained, in flight is 0. A card lost with tasks in flight fails them with 507010 here, exactly
 as the client fails them when it hears of the loss, so the two ledgers agree.
+
+The broker counts a SUBMIT from its msgpack array header (it never decodes the hot path's
+bodies), so a header can claim tasks no card will ever complete (``[5]``, or a bare header of
+65,535). The card answers every task with an int ``t`` (completed, or failed with a code) and
+reports how many of a batch it could not answer at all; those are taken back out of submitted
+and in flight and counted as ``malformed``: they never were tasks.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ class FarmLedger:
         self.submitted = 0
         self.completed = 0
         self.dropped = 0
+        self.malformed = 0  # header-counted items the card refused (no task id, undecodable)
         self.failed: dict[int, int] = {}
         self.in_flight: dict[int, int] = {}  # device id -> tasks routed, not yet ended
 
@@ -44,6 +51,16 @@ class FarmLedger:
         self.dropped += count
         self.in_flight[device_id] = self.in_flight.get(device_id, 0) - count
 
+    def malformed_tasks(self, device_id: int, count: int) -> int:
+        """Items of routed batches the card reports it could never answer: uncount them (at
+        most what is in flight on that card, so a late or lying report cannot go negative)."""
+        count = max(0, min(count, self.in_flight.get(device_id, 0)))
+        if count:
+            self.submitted -= count
+            self.in_flight[device_id] -= count
+            self.malformed += count
+        return count
+
     def card_lost(self, device_id: int) -> int:
         """Fail what was in flight on a lost card with 507010; return how many."""
         lost = max(0, self.in_flight.pop(device_id, 0))
@@ -59,5 +76,6 @@ class FarmLedger:
             "completed": self.completed,
             "failed": {str(code): n for code, n in sorted(self.failed.items())},
             "dropped": self.dropped,
+            "malformed": self.malformed,
             "in_flight": sum(self.in_flight.values()),
         }

@@ -25,7 +25,7 @@ from farm.errors import (
 )
 from farm.protocol import BROKER_DEVICE, Cmd
 from tests.conftest import npufarm_segments, poll_for
-from tests.system.conftest import REPO, start_farm, stop_and_check
+from tests.system.conftest import REPO, _alive, start_farm, stop_and_check
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -329,11 +329,16 @@ def test_a_card_hanging_while_it_restarts_answers_the_restart_with_507010(fresh,
     try:
         reply = proto.unpack(admin.expect(Cmd.REPLY, timeout_s=30.0).body)
     finally:
-        os.kill(pid, signal.SIGCONT)
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # the farm killed (and reaped) the card that did not start: as it should
     if reply["code"] == 0:
         pytest.skip("the card was READY before SIGSTOP reached it")
     assert reply["code"] == ACL_ERROR_RT_LOST_HEARTBEAT
     assert "did not start" in reply["card"]["lost_reason"]
+    # the hung start is ended by the farm, never left behind
+    poll_for(lambda: not _alive(pid), 5.0)
 
 
 def test_malformed_frames_are_counted(fresh, raw):
@@ -363,3 +368,47 @@ def test_recover_ends_a_sticky_hang_that_already_fired(fresh, raw, acl_on):
         assert acl.rt.destroy_event(event) == 0
         assert acl.rt.destroy_stream(stream) == 0
         assert acl.rt.reset_device(0) == 0
+
+
+# --------------------------------------------------------------------------- fuzz findings
+
+
+def test_submit_items_no_card_can_answer_never_stay_in_flight(fresh, raw):
+    """The broker counts a SUBMIT by its msgpack header; the card reports the items it can
+    never answer, so garbage is counted malformed and the ledger settles exactly."""
+    farm = fresh(cards=1)
+    client = raw(farm)
+    route = proto.pack_route(0, client.status()["cards"][0]["epoch"])
+    client.send(Cmd.SUBMIT, route, b"\xdc\xff\xff")  # a header claiming 65,535 tasks
+    client.send(Cmd.SUBMIT, route, [5])
+    client.send(Cmd.SUBMIT, route, [{"k": "record", "t": 1, "s": 0}, "junk", {"t": 2}])
+    rows = []
+    while len(rows) < 2:
+        rows += proto.unpack(client.expect(Cmd.COMPLETE).body)
+    assert sorted(row[0] for row in rows) == [1, 2]
+
+    def settled():
+        ledger = client.status()["ledger"]
+        return ledger if ledger["in_flight"] == 0 and ledger["malformed"] == 65537 else None
+
+    ledger = poll_for(settled, 5.0)
+    assert ledger["submitted"] == 2 == ledger["completed"] + sum(ledger["failed"].values())
+
+
+def test_a_fake_card_event_never_becomes_a_fault(fresh, raw):
+    farm = fresh(cards=1)
+    client = raw(farm)
+    backend = f"ipc://{farm.runtime_dir}/{farm.farm_id}-cards.sock"
+    impostor = RawClient(backend)
+    try:
+        event = {"kind": "crash", "card": 0, "rule": 0, "t_s": 0.1}
+        frames = proto.worker_message(Cmd.CARD_EVENT, b"", proto.pack({"faults": [event]}))
+        impostor.socket.send_multipart(frames)
+        frames = proto.worker_message(Cmd.CARD_EVENT, b"", proto.pack({"refused": 3}))
+        impostor.socket.send_multipart(frames)
+        poll_for(lambda: client.status()["malformed"] >= 2, 5.0)
+    finally:
+        impostor.close()
+    status = client.status()
+    assert status["faults"]["counts"] == {} and status["ledger"]["malformed"] == 0
+    assert status["cards"][0]["state"] == "ready" and farm.process.poll() is None
