@@ -335,7 +335,7 @@ def test_client_recovers_when_a_stalled_broker_speaks_again(fresh_farm, acl_on, 
 
 def test_contexts_and_models_leave_no_bookkeeping_behind(fresh_farm, acl_on, tmp_path):
     from client import RUNTIME
-    from tests.system.test_faults import Model
+    from tests.system.test_faults import Model, scale_model_file
 
     with acl_on(fresh_farm) as acl:
         ret = acl.rt.set_device(0)
@@ -351,7 +351,7 @@ def test_contexts_and_models_leave_no_bookkeeping_behind(fresh_farm, acl_on, tmp
         assert acl.rt.set_context(default) == 0
         ids = []
         for _ in range(3):
-            model_id, ret = acl.mdl.load_from_file(str(tmp_path / "scale-0.0005.toml"))
+            model_id, ret = acl.mdl.load_from_file(str(scale_model_file(tmp_path)))
             assert ret == 0
             ids.append(model_id)
             assert acl.mdl.unload(model_id) == 0
