@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from client import RUNTIME
-from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED
+from core.errors import ACL_ERROR_FEATURE_UNSUPPORTED
 
 __all__ = ["runtime_call", "handle_call", "Unsupported", "unsupported", "module_getattr"]
 

@@ -1,7 +1,7 @@
 """Constants users import from ``acl``: plain module-level ints with their CANN names.
 
 pyACL samples usually define these themselves and the emulator accepts raw ints everywhere;
-exporting the same names is a convenience. Error codes are re-exported from :mod:`farm.errors`
+exporting the same names is a convenience. Error codes are re-exported from :mod:`core.errors`
 so there is a single source of truth for them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_FEATURE_UNSUPPORTED,
     ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
     ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID,

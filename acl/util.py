@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
 
 __all__ = [
     "numpy_to_ptr",

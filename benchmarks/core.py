@@ -14,11 +14,11 @@ markdown summary table on stderr; ``--markdown`` prints only the table, on stdou
 * ``farm.latency`` - one task at a time (``execute_async`` + ``synchronize_stream``) vs raw RTT.
 * ``farm.sync_finished`` - ``synchronize_stream`` on a stream with nothing pending.
 * ``farm.memcpy`` - ``acl.rt.memcpy`` H2D / D2H GB/s vs warm ``np.copyto`` into shm.
-* ``farm.start`` - ``python -m farm up`` to state file for 4/16/64 cards (plus the broker's own
+* ``farm.start`` - ``python -m npufarm up`` to state file for 4/16/64 cards (plus the broker's own
   ``uptime_s`` at announce, and SIGTERM-to-exit time).
 * ``farm.idle_cpu`` - CPU of each card of an idle 4-card farm.
 
-Every farm is a ``python -m farm up`` subprocess with a private temp config (``time_scale`` 0,
+Every farm is a ``python -m npufarm up`` subprocess with a private temp config (``time_scale`` 0,
 default heartbeats), a private runtime dir and ``--watch-parent``; it is SIGTERMed and waited for
 (killed after a timeout), its temp dir removed, and its ``/dev/shm`` segments checked (and swept
 if anything was left). ``acl.finalize()`` always runs before a farm is stopped.
@@ -238,7 +238,7 @@ def _shm_free() -> int:
 
 
 class FarmProcess:
-    """A ``python -m farm up`` subprocess with its own temp config and runtime dir.
+    """A ``python -m npufarm up`` subprocess with its own temp config and runtime dir.
 
     ``start()`` returns once the state file exists; ``stop()`` SIGTERMs, waits (kills after a
     timeout), sweeps leftover shm segments of this farm and removes the temp dir. Idempotent.
@@ -290,7 +290,7 @@ class FarmProcess:
             cmd = [
                 sys.executable,
                 "-m",
-                "farm",
+                "npufarm",
                 "up",
                 "--config",
                 str(config),

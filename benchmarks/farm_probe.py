@@ -2,7 +2,7 @@
 
 Why here and not in tests/: ``python -m benchmarks.fuzz`` and ``python -m benchmarks.soak`` run
 outside pytest and must start, watch and stop a farm the same way the system tests do
-(``python -m farm up`` on an ipc endpoint in a short temp dir). The farm's stderr goes to a log
+(``python -m npufarm up`` on an ipc endpoint in a short temp dir). The farm's stderr goes to a log
 file: the soak reads the broker's "card N epoch E lost: ..." lines from it to tell every loss
 the farm declared.
 
@@ -101,12 +101,12 @@ def start_farm(
     log_path: Path | None = None,
     timeout_s: float = 60.0,
 ) -> FarmProcess:
-    """``python -m farm up`` in a fresh runtime dir; returns once its state file exists."""
+    """``python -m npufarm up`` in a fresh runtime dir; returns once its state file exists."""
     runtime_dir = Path(tempfile.mkdtemp(prefix="nfz", dir="/tmp"))
     name = f"z{os.getpid()}"
     log_path = log_path or runtime_dir / "farm.log"
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in stop())
-    cmd = [sys.executable, "-m", "farm", "up", "--config", str(config), "--runtime-dir",
+    cmd = [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
            str(runtime_dir), "--name", name, "--cards", str(cards), *(extra or [])]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
     process = subprocess.Popen(

@@ -34,7 +34,7 @@ def _start_farm(runtime_dir: Path) -> subprocess.Popen:
     config = runtime_dir / "bench.toml"  # ci.toml, but a card may restart as often as we kill it
     config.write_text(_CONFIG.read_text().replace("restart_max = 3", "restart_max = 1000"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "farm", "up", "--config", str(config), "--runtime-dir",
+        [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
          str(runtime_dir), "--name", "fb", "--cards", "2", "--watch-parent", str(os.getpid())],
         cwd=_REPO, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -74,7 +74,7 @@ def _wait_lost(acl, timeout_s: float = 10.0) -> float:
 def measure(rounds: int = 5) -> dict[str, Any]:
     import acl
     from client import RUNTIME
-    from farm.cli import broker_request
+    from farm.admin import broker_request
 
     runtime_dir = Path(tempfile.mkdtemp(prefix="nfb", dir="/tmp"))
     farm = _start_farm(runtime_dir)

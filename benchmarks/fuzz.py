@@ -53,11 +53,11 @@ from benchmarks.farm_probe import (
     start_farm,
 )
 from benchmarks.fuzz_card import CARD_DRAFTS, fuzz_card
-from farm import protocol as proto
-from farm.cli import broker_request, query_status
-from farm.errors import NpuFarmError
-from farm.fault_plan import FaultRule
-from farm.protocol import BROKER_DEVICE, Cmd
+from core import protocol as proto
+from core.errors import NpuFarmError
+from core.fault_plan import FaultRule
+from core.protocol import BROKER_DEVICE, Cmd
+from farm.admin import broker_request, query_status
 
 __all__ = ["FuzzRun", "generate", "main"]
 

@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 
 from benchmarks import fuzz_inputs as fi
 from benchmarks.farm_probe import REPO, pid_alive
-from farm import protocol as proto
-from farm.errors import ProtocolError
-from farm.protocol import Cmd
+from core import protocol as proto
+from core.errors import ProtocolError
+from core.protocol import Cmd
 
 __all__ = ["CardRig", "CARD_DRAFTS", "fuzz_card"]
 

@@ -6,7 +6,7 @@ every task a unique ``t`` before packing. Unique ids are what make "none silentl
 "none answered twice" checkable. :func:`expectation` is the oracle: from the final frames alone
 it says which rids / task ids / control replies the farm must send back and whether the
 framing is malformed (the broker must count it). It mirrors the protocol's documented rules
-(farm/protocol.py), not the broker's code, so a broker that drops a request it should answer
+(core/protocol.py), not the broker's code, so a broker that drops a request it should answer
 is caught. :class:`Answers` tallies what came back, so the harness can name what was owed and
 never answered, or answered twice.
 
@@ -24,10 +24,10 @@ from typing import Any
 import zmq
 from hypothesis import strategies as st
 
-from farm import protocol as proto
-from farm.errors import ProtocolError
-from farm.fault_plan import KINDS
-from farm.protocol import BROKER_DEVICE, Cmd
+from core import protocol as proto
+from core.errors import ProtocolError
+from core.fault_plan import KINDS
+from core.protocol import BROKER_DEVICE, Cmd
 
 __all__ = [
     "Draft",

@@ -53,7 +53,7 @@ def _convert(work: Path) -> tuple[Path, Path]:
     source = build_cnn(work / "cnn.onnx", image=IMAGE)
     shape = ",".join(map(str, (BATCH, *IMAGE)))
     subprocess.run(
-        [sys.executable, "-m", "farm", "atc", f"--model={source}", "--framework=5",
+        [sys.executable, "-m", "npufarm", "atc", f"--model={source}", "--framework=5",
          f"--output={work / 'cnn'}", "--soc_version=Ascend910B", f"--input_shape=x:{shape}"],
         cwd=REPO, check=True, capture_output=True,
     )  # fmt: skip

@@ -46,8 +46,8 @@ from benchmarks.soak_io import (
     write_plan,
 )
 from benchmarks.soak_plan import Action, build_plan, build_schedule, replay_keys
-from farm.cli import broker_request, query_status
-from farm.errors import NpuFarmError
+from core.errors import NpuFarmError
+from farm.admin import broker_request, query_status
 
 __all__ = ["run_soak", "main"]
 

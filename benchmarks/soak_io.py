@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.soak_checks import Session
-from farm.faults import FaultPlan
+from core.faults import FaultPlan
 
 __all__ = ["write_config", "write_models", "write_plan", "read_journals", "resource_sample"]
 

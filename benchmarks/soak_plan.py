@@ -5,7 +5,7 @@
 Why separate: "the same seed gives the same fault log" is checkable only for what the seed
 decides. The farm's live fault log also depends on which task reaches which card when (the
 workload's timing), so the soak proves determinism where it can be exact: the schedule built
-twice is identical, and the plan replayed through :class:`farm.faults.FaultInjector` on a fixed
+twice is identical, and the plan replayed through :class:`core.faults.FaultInjector` on a fixed
 synthetic call sequence gives the same events twice (:func:`replay_keys`).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from farm.faults import HOOK_NAMES, FaultInjector, FaultPlan, FaultRule
+from core.faults import HOOK_NAMES, FaultInjector, FaultPlan, FaultRule
 
 __all__ = ["Action", "build_plan", "build_schedule", "replay_keys"]
 WARMUP_FRACTION = 0.15  # no kills or injections before this share of the run

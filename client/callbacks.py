@@ -30,7 +30,7 @@ from typing import Any
 
 from client.runtime import _int, api
 from client.session import HELD_FOR_RECORD, StreamTrack
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_REPEAT_SUBSCRIBE,
     ACL_ERROR_RT_REPORT_TIMEOUT,
@@ -39,7 +39,7 @@ from farm.errors import (
     ACL_SUCCESS,
     AclError,
 )
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
 
 __all__ = ["CallbackApi"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from client.handle_table import UINT64_MAX, HandleTable, as_int
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
 
 __all__ = [
     "EXEC_CONFIG_EXTENSION_ATTRS",

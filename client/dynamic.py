@@ -29,7 +29,7 @@ from typing import Any
 
 from client.handle_table import as_int
 from client.runtime import _int, api
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
     ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID,
     ACL_ERROR_INVALID_PARAM,

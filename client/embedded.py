@@ -1,7 +1,7 @@
 """Finding a farm for ``acl.init()``: ``NPUFARM_ADDRESS``, a running default farm, or an
 embedded one started for this process.
 
-The embedded farm is a child process (``python -m farm up --watch-parent PID``) on an ipc
+The embedded farm is a child process (``python -m npufarm up --watch-parent PID``) on an ipc
 endpoint in a private temporary directory; it stops at ``acl.finalize()``, at interpreter exit,
 or by itself when this process dies.
 """
@@ -17,8 +17,8 @@ import sys
 import tempfile
 
 from client.session import Session
-from farm import statefile
-from farm.errors import FarmUnavailable
+from core import statefile
+from core.errors import FarmUnavailable
 
 __all__ = ["EmbeddedFarm", "connect"]
 
@@ -42,7 +42,7 @@ class EmbeddedFarm:
         cmd = [
             sys.executable,
             "-m",
-            "farm",
+            "npufarm",
             "up",
             "--endpoint",
             self.address,

@@ -45,7 +45,7 @@ from typing import Any
 from client.handle_table import as_int
 from client.runtime import api
 from client.session import StreamTrack
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, AclError
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, AclError
 
 __all__ = ["ExceptionApi", "ExceptionInfo", "ExceptionReporter", "INFO_INVALID", "INFO_HISTORY"]
 

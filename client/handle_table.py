@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
 
 __all__ = [
     "HANDLE_BASE",

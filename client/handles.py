@@ -25,7 +25,7 @@ from typing import Any
 
 from client.descriptors import EXEC_CONFIG_EXTENSION_ATTRS, ExecConfig, ModelDescTables, _Desc
 from client.handle_table import HANDLE_BASE, HANDLE_STEP, UINT64_MAX, HandleTable, as_int
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,

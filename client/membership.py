@@ -19,9 +19,9 @@ import os
 import socket
 from typing import Any
 
-from farm import protocol as proto
-from farm.errors import NpuFarmError
-from farm.protocol import BROKER_DEVICE, Cmd
+from core import protocol as proto
+from core.errors import NpuFarmError
+from core.protocol import BROKER_DEVICE, Cmd
 
 __all__ = ["Membership", "hello_body"]
 

@@ -10,15 +10,15 @@ from typing import Any
 
 from client.runtime import _int, api
 from client.session import StreamTrack
-from device.memory import decode_ptr, encode_ptr, is_device_ptr
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
     AclError,
 )
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
+from device.memory import decode_ptr, encode_ptr, is_device_ptr
 
 __all__ = ["MemoryApi"]
 

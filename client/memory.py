@@ -25,8 +25,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, AclError
 from device.memory import HbmSegment, decode_ptr
-from farm.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, AclError
 
 __all__ = ["AllocationTable", "HostPool", "LocalShmMemory", "poison", "poison_fill", "host_view"]
 

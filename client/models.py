@@ -15,9 +15,7 @@ from typing import Any
 from client.handles import ExecConfig, sync_timeout_error
 from client.runtime import Stream, _int, api
 from client.session import StreamTrack
-from device.memory import decode_ptr, is_device_ptr
-from device.models import ModelSpec, load_model_file, parse_model
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_PARAM_INVALID,
@@ -26,7 +24,9 @@ from farm.errors import (
     ACL_SUCCESS,
     AclError,
 )
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
+from device.memory import decode_ptr, is_device_ptr
+from device.models import ModelSpec, load_model_file, parse_model
 
 __all__ = ["LoadedModel", "ModelApi"]
 

@@ -25,8 +25,7 @@ from client.memory import AllocationTable, HostPool, LocalShmMemory, poison_fill
 from client.poison import PendingReads, overlaps, spans_of
 from client.sanitizer import Sanitizer, SanitizerError
 from client.session import Session, StreamTrack
-from device.memory import decode_ptr
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_FILE,
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_REPEAT_FINALIZE,
@@ -40,7 +39,8 @@ from farm.errors import (
     AclError,
     NpuFarmError,
 )
-from farm.protocol import BROKER_DEVICE
+from core.protocol import BROKER_DEVICE
+from device.memory import decode_ptr
 
 __all__ = ["Runtime", "api", "Context", "Stream", "Event"]
 

@@ -68,8 +68,8 @@ from client.sanitizer_report import (
     json_text,
     summary_text,
 )
-from farm import errors
-from farm.errors import ACL_SUCCESS, ConfigError, code_name
+from core import errors
+from core.errors import ACL_SUCCESS, ConfigError, code_name
 
 __all__ = [
     "FINDINGS_LIMIT",

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 Frame = tuple[str, int, str]  # (filename, line, function)
 
-_PACKAGES = ("acl", "client", "farm", "device")
+_PACKAGES = ("acl", "client", "farm", "device", "core", "loadtest", "npufarm")
 STACK_DEPTH = 6
 """User frames kept per stack (the site first)."""
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from farm import errors
-from farm.errors import NpuFarmError
+from core import errors
+from core.errors import NpuFarmError
 
 __all__ = ["FINDING_KINDS", "Finding", "SanitizerError", "json_text", "summary_text"]
 

@@ -34,8 +34,8 @@ from typing import Any
 import zmq
 
 from client.membership import Membership, hello_body
-from farm import protocol as proto
-from farm.errors import (
+from core import protocol as proto
+from core.errors import (
     ACL_ERROR_RT_LOST_HEARTBEAT,
     ACL_ERROR_RT_SOCKET_CLOSE,
     ACL_SUCCESS,
@@ -43,7 +43,7 @@ from farm.errors import (
     FarmUnavailable,
     NpuFarmError,
 )
-from farm.protocol import BROKER_DEVICE, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, Cmd
+from core.protocol import BROKER_DEVICE, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, Cmd
 
 __all__ = ["Session", "StreamTrack", "Ledger"]
 

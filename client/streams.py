@@ -22,7 +22,7 @@ import numpy as np
 from client.handles import sync_timeout_error
 from client.runtime import Context, Event, Stream, _int, api
 from client.session import StreamTrack
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,
     ACL_ERROR_RT_EVENT_TIMESTAMP_INVALID,
@@ -36,7 +36,7 @@ from farm.errors import (
     ACL_SUCCESS,
     AclError,
 )
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
 
 __all__ = ["StreamApi"]
 

@@ -38,16 +38,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from device import executor
-from device.heartbeat import Heartbeat
-from device.injection import CardFaults, TaskFault
-from device.loader import ModelLoader
-from device.memory import Allocator, HbmSegment, segment_name
-from device.models import ModelSpec
-from device.requests import OPS
-from device.streams import StreamScheduler, Task
-from farm import protocol as proto
-from farm.errors import (
+from core import protocol as proto
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_INTERNAL_ERROR,
@@ -56,8 +48,16 @@ from farm.errors import (
     ACL_SUCCESS,
     NpuFarmError,
 )
-from farm.faults import corrupt_bytes
-from farm.protocol import Cmd, TaskKind
+from core.faults import corrupt_bytes
+from core.protocol import Cmd, TaskKind
+from device import executor
+from device.heartbeat import Heartbeat
+from device.injection import CardFaults, TaskFault
+from device.loader import ModelLoader
+from device.memory import Allocator, HbmSegment, segment_name
+from device.models import ModelSpec
+from device.requests import OPS
+from device.streams import StreamScheduler, Task
 
 __all__ = ["CardSpec", "Card", "run_card"]
 

@@ -26,17 +26,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from device.kernels import typed_view
-from device.memory import HbmSegment, decode_ptr
-from device.models import modelled_duration_s
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_MODEL_EXECUTE,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
 )
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
+from device.kernels import typed_view
+from device.memory import HbmSegment, decode_ptr
+from device.models import modelled_duration_s
 
 if TYPE_CHECKING:
     from device.card import Card

@@ -1,6 +1,6 @@
 """Injected faults on one card: what the card does when a fault plan's rule fires.
 
-The decisions come from :class:`farm.faults.FaultInjector` (pure, seeded per hook point); this
+The decisions come from :class:`core.faults.FaultInjector` (pure, seeded per hook point); this
 module turns the fired rules of a call into one effect, in a fixed precedence, and keeps the
 fault events the card reports to the broker's fault log.
 
@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from farm.faults import (
+from core.faults import (
     API_BY_TASK_KIND,
     FaultInjector,
     FaultPlan,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
     ACL_ERROR_INVALID_PARAM,
     AclError,

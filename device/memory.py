@@ -28,7 +28,7 @@ import sys
 
 import numpy as np
 
-from farm.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, NpuFarmError
+from core.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, NpuFarmError
 
 __all__ = [
     "PTR_TAG",

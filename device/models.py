@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from device.kernels import Compute as Compute  # re-exported: device/onnx_kernel.py uses it
-from device.kernels import Kernel, build_kernel, reference, typed_view
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
     ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID,
     AclError,
 )
+from device.kernels import Compute as Compute  # re-exported: device/onnx_kernel.py uses it
+from device.kernels import Kernel, build_kernel, reference, typed_view
 
 __all__ = [
     "KINDS",

@@ -16,9 +16,9 @@ import logging
 
 import numpy as np
 
+from core.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
 from device.kernels import Compute
 from device.models import ModelFormatError, ModelSpec
-from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
 
 __all__ = ["make_session", "make_onnx_compute"]
 

@@ -28,15 +28,15 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from device import executor
-from device.kernels import build_kernel
-from device.memory import prefault_preserves_contents
-from device.models import ModelSpec
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_MEMORY_ALLOCATION,
     ACL_ERROR_RT_PARAM_INVALID,
 )
+from device import executor
+from device.kernels import build_kernel
+from device.memory import prefault_preserves_contents
+from device.models import ModelSpec
 
 if TYPE_CHECKING:
     from device.card import Card

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.protocol import TaskKind
+from core.protocol import TaskKind
 
 __all__ = ["Task", "CardStream", "StreamScheduler"]
 

@@ -34,19 +34,20 @@ from typing import Any
 
 import zmq
 
-from farm import broker_io, statefile
-from farm import protocol as proto
+from core import protocol as proto
+from core import statefile
+from core.config import FarmConfig
+from core.errors import ACL_ERROR_RT_INTERNAL_ERROR, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from core.faults import BROKER, FaultInjector, FaultPlan
+from core.protocol import BROKER_DEVICE, Cmd
+from farm import broker_io
 from farm.broker_admin import AdminRequests, Jobs
 from farm.broker_clients import ClientControl
 from farm.broker_faults import FaultControl
 from farm.broker_io import BACKLOG_POLL_MS, Counted, Outbox, send_now
 from farm.client_table import ClientTable, silence_limit_s
-from farm.config import FarmConfig
-from farm.errors import ACL_ERROR_RT_INTERNAL_ERROR, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
-from farm.faults import BROKER, FaultInjector, FaultPlan
 from farm.ledger import FarmLedger
 from farm.metrics import FarmMetrics
-from farm.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState, Registry
 from farm.supervisor import Spawner, Supervisor, ipc_path
 from farm.trace import TraceRecorder

@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from farm import protocol as proto
-from farm.errors import (
+from core import protocol as proto
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_INTERNAL_ERROR,
     ACL_ERROR_RT_INVALID_DEVICEID,
@@ -27,7 +27,7 @@ from farm.errors import (
     ConfigError,
     NpuFarmError,
 )
-from farm.protocol import BROKER_DEVICE, Cmd
+from core.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState
 from farm.trace import TraceRecorder, write_trace_events
 

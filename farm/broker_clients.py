@@ -19,9 +19,9 @@ import os
 import time
 from typing import Any
 
-from farm import protocol as proto
-from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
-from farm.protocol import BROKER_DEVICE, Cmd
+from core import protocol as proto
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from core.protocol import BROKER_DEVICE, Cmd
 from farm.registry import CardState
 
 __all__ = ["ClientControl"]

@@ -21,11 +21,11 @@ import math
 import time
 from typing import Any
 
-from farm import protocol as proto
-from farm.errors import ConfigError
-from farm.fault_plan import check_kinds
-from farm.faults import API_BY_TASK_KIND, BROKER, KINDS, FaultInjector, FaultPlan, FaultRule
-from farm.protocol import Cmd
+from core import protocol as proto
+from core.errors import ConfigError
+from core.fault_plan import check_kinds
+from core.faults import API_BY_TASK_KIND, BROKER, KINDS, FaultInjector, FaultPlan, FaultRule
+from core.protocol import Cmd
 from farm.registry import CardState
 
 __all__ = ["FaultControl"]

@@ -18,9 +18,9 @@ from collections import deque
 
 import zmq
 
-from farm import protocol as proto
-from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT
-from farm.protocol import Cmd
+from core import protocol as proto
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT
+from core.protocol import Cmd
 
 __all__ = ["Outbox", "Counted", "send_now", "PIPE_HWM", "BACKLOG_POLL_MS"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT, ACL_SUCCESS
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT, ACL_SUCCESS
 
 __all__ = ["FarmLedger"]
 

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from farm.protocol import pack_route
+from core.protocol import pack_route
 
 __all__ = ["CardState", "CardEntry", "Registry", "RECLAIM_KEYS"]
 

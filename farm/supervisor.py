@@ -22,10 +22,10 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from core.config import FarmConfig
+from core.faults import FaultPlan
 from device.card import CardSpec, run_card
 from device.memory import check_shm_capacity
-from farm.config import FarmConfig
-from farm.faults import FaultPlan
 
 __all__ = ["Supervisor", "Spawner", "sweep_segments"]
 

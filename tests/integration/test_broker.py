@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from farm import protocol as proto
+from core import protocol as proto
+from core.config import load_config
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT
+from core.protocol import BROKER_DEVICE, CLIENT_HEADER, WORKER_HEADER, Cmd, pack, pack_route
 from farm.broker import Broker
-from farm.config import load_config
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT
-from farm.protocol import BROKER_DEVICE, CLIENT_HEADER, WORKER_HEADER, Cmd, pack, pack_route
 from farm.registry import CardState
 
 pytestmark = pytest.mark.timeout(30)

@@ -2,7 +2,7 @@
 
 The test owns a ROUTER socket on a short ipc path and plays the broker: it receives the card's
 READY and HEARTBEATs, keeps the card alive with its own HEARTBEATs, and sends REQUEST / SUBMIT
-frames built with farm.protocol. Tensor bytes go through the card's shm segment, as a client's
+frames built with core.protocol. Tensor bytes go through the card's shm segment, as a client's
 would.
 """
 
@@ -22,11 +22,8 @@ import numpy as np
 import pytest
 import zmq
 
-from device.card import Card, CardSpec
-from device.memory import MAX_OFFSET, HbmSegment, encode_ptr, segment_name
-from device.models import load_model_file
-from farm import protocol as proto
-from farm.errors import (
+from core import protocol as proto
+from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_INVALID_PARAM,
@@ -35,7 +32,10 @@ from farm.errors import (
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
 )
-from farm.protocol import WORKER_HEADER, Cmd
+from core.protocol import WORKER_HEADER, Cmd
+from device.card import Card, CardSpec
+from device.memory import MAX_OFFSET, HbmSegment, encode_ptr, segment_name
+from device.models import load_model_file
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import ACL_SUCCESS
+from core.protocol import Cmd
 from device.requests import OPS
-from farm.errors import ACL_SUCCESS
-from farm.protocol import Cmd
 from tests.integration.test_card import CLIENT, TENSOR_BYTES, CardHarness
 
 pytestmark = pytest.mark.timeout(120)

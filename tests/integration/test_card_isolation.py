@@ -11,14 +11,14 @@ import time
 import numpy as np
 import pytest
 
-from device.memory import HbmSegment, segment_name
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_ERROR_RT_STREAM_ABORT,
     ACL_SUCCESS,
 )
-from farm.protocol import Cmd
+from core.protocol import Cmd
+from device.memory import HbmSegment, segment_name
 from tests.integration.test_card import (
     CLIENT,
     OTHER_CLIENT,

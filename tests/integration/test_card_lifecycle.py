@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.memory import HbmSegment
-from device.models import load_model_file
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_DEVICE_MEM_ERROR,
     ACL_SUCCESS,
 )
-from farm.protocol import WORKER_HEADER, Cmd
+from core.protocol import WORKER_HEADER, Cmd
+from device.memory import HbmSegment
+from device.models import load_model_file
 from tests.integration.test_card import (
     CLIENT,
     EXPIRY_S,

@@ -18,9 +18,9 @@ import pytest
 import zmq
 
 from client.session import Session
-from farm import protocol as proto
-from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT, AclError
-from farm.protocol import BROKER_DEVICE, Cmd, pack_route
+from core import protocol as proto
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT, AclError
+from core.protocol import BROKER_DEVICE, Cmd, pack_route
 from tests.conftest import poll_for
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""A real farm for system tests: ``python -m farm up`` on an ipc endpoint in a short temp dir.
+"""A real farm for system tests: ``python -m npufarm up`` on an ipc endpoint in a short temp dir.
 
 Each farm fixture checks on teardown that the farm's card processes are gone and its /dev/shm
 segments and socket files were swept.
@@ -42,7 +42,7 @@ class RunningFarm:
 
     def card_pids(self) -> list[int]:
         """Pids of the cards now (restarts change them), as the farm reports them."""
-        from farm.cli import query_status
+        from farm.admin import query_status
 
         try:
             return [c["pid"] for c in query_status(self.address, timeout_s=2.0)["cards"]]
@@ -63,7 +63,7 @@ class RunningFarm:
 def start_farm(cards: int = 2, extra: list[str] | None = None, config: Path = CI_CONFIG):
     runtime_dir = Path(tempfile.mkdtemp(prefix="nf", dir="/tmp"))
     name = f"t{os.getpid()}"
-    cmd = [sys.executable, "-m", "farm", "up", "--config", str(config), "--runtime-dir",
+    cmd = [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
            str(runtime_dir), "--name", name, "--cards", str(cards), *(extra or [])]  # fmt: skip
     process = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL)
     state_file = runtime_dir / f"{name}.json"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import zmq
 
-from farm import protocol as proto
-from farm.cli import query_status
+from core import protocol as proto
+from farm.admin import query_status
 from tests.system.conftest import MODELS
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import zmq
 
-from farm import protocol as proto
-from farm.errors import (
+from core import protocol as proto
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_INVALID_DEVICEID,
     ACL_ERROR_RT_LOST_HEARTBEAT,
 )
-from farm.protocol import BROKER_DEVICE, Cmd
+from core.protocol import BROKER_DEVICE, Cmd
 from tests.conftest import npufarm_segments, poll_for
 from tests.system.conftest import REPO, _alive, start_farm, stop_and_check
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.cli import query_status
+from farm.admin import query_status
 from tests.conftest import poll_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from farm.cli import query_status
+from farm.admin import query_status
 from tests.conftest import npufarm_segments, poll_for
 from tests.system.conftest import CI_CONFIG, REPO, _alive
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
 def _npufarm(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "farm", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "npufarm", *args], cwd=REPO, capture_output=True, text=True,
         timeout=30, **kwargs,
     )  # fmt: skip
 
@@ -45,7 +45,7 @@ def test_up_status_down_over_tcp(runtime_dir):
     port = _free_port()
     common = ["--config", str(CI_CONFIG), "--runtime-dir", str(runtime_dir), "--name", "cli"]
     farm = subprocess.Popen(
-        [sys.executable, "-m", "farm", "up", *common, "--endpoint", f"tcp://127.0.0.1:{port}"],
+        [sys.executable, "-m", "npufarm", "up", *common, "--endpoint", f"tcp://127.0.0.1:{port}"],
         cwd=REPO, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -74,7 +74,7 @@ def test_up_status_down_over_tcp(runtime_dir):
 def test_ctrl_c_to_the_process_group_stops_cleanly(runtime_dir):
     """A terminal's Ctrl-C signals the farm, its forkserver and every card at once."""
     farm = subprocess.Popen(
-        [sys.executable, "-m", "farm", "up", "--config", str(CI_CONFIG), "--runtime-dir",
+        [sys.executable, "-m", "npufarm", "up", "--config", str(CI_CONFIG), "--runtime-dir",
          str(runtime_dir), "--name", "cc", "--cards", "3"],
         cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
@@ -200,7 +200,7 @@ def test_a_killed_client_has_its_memory_released(farm):
 
 def test_status_watch_refreshes_until_ctrl_c(farm):
     watch = subprocess.Popen(
-        [sys.executable, "-m", "farm", "status", "--watch", "--interval-s", "0.1",
+        [sys.executable, "-m", "npufarm", "status", "--watch", "--interval-s", "0.1",
          "--runtime-dir", str(farm.runtime_dir), "--name", farm.name],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -252,7 +252,7 @@ def test_up_makes_a_missing_runtime_dir_and_says_when_ready_and_stopped(runtime_
     missing = runtime_dir / "new" / "dir"
     common = ["--config", str(CI_CONFIG), "--runtime-dir", str(missing), "--name", "rd"]
     farm = subprocess.Popen(
-        [sys.executable, "-m", "farm", "up", *common], cwd=REPO, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "npufarm", "up", *common], cwd=REPO, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

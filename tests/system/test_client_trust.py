@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from farm.cli import query_status
+from farm.admin import query_status
 from tests.conftest import npufarm_segments, poll_for
 from tests.system.conftest import REPO, _alive
 

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 def test_demo_experiment_writes_a_full_report(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "farm", "demo", "--out", str(out), "--duration-s", "7",
+        [sys.executable, "-m", "npufarm", "demo", "--out", str(out), "--duration-s", "7",
          "--rate", "200"],
         cwd=REPO, capture_output=True, text=True, timeout=110,
     )  # fmt: skip

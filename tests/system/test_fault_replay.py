@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from farm.cli import query_status
-from farm.faults import read_fault_log
+from core.faults import read_fault_log
+from farm.admin import query_status
 from tests.system.conftest import MODELS, start_farm, stop_and_check
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(90)]

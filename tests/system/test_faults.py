@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.cli import query_status
-from farm.faults import read_fault_log
+from core.faults import read_fault_log
+from farm.admin import query_status
 from tests.conftest import poll_for
 from tests.system.conftest import CI_CONFIG, REPO, start_farm, stop_and_check
 
@@ -163,7 +163,7 @@ def timed(call):
 def npufarm_cli(farm, *args: str) -> subprocess.CompletedProcess:
     """``npufarm ARGS`` against ``farm``, found by runtime dir + name (not NPUFARM_ADDRESS)."""
     env = {k: v for k, v in os.environ.items() if k != "NPUFARM_ADDRESS"}
-    command = [sys.executable, "-m", "farm", *args, "--runtime-dir", str(farm.runtime_dir),
+    command = [sys.executable, "-m", "npufarm", *args, "--runtime-dir", str(farm.runtime_dir),
                "--name", farm.name]  # fmt: skip
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
 

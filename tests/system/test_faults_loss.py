@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from farm.cli import query_status
+from farm.admin import query_status
 from tests.conftest import SHM_DIR, npufarm_segments, poll_for
 from tests.system.conftest import _alive, start_farm
 from tests.system.test_faults import (

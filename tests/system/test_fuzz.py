@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks import fuzz_inputs as fi
 from benchmarks.fuzz import generate, run_fuzz
-from farm import protocol as proto
-from farm.protocol import BROKER_DEVICE, Cmd
+from core import protocol as proto
+from core.protocol import BROKER_DEVICE, Cmd
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(150)]
 

@@ -1,4 +1,4 @@
-"""``npufarm bench`` (client.loadgen) against a real farm: closed and open loop, a stalled card,
+"""``npufarm bench`` (loadtest.loadgen) against a real farm: closed and open loop, a stalled card,
 the output files, the CLI with an embedded farm, and Ctrl-C."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.loadgen import BenchConfig, arrival_offsets, bench_main, parse_sweep, run_bench
-from client.report import SCHEMA
-from farm.cli import query_status
+from farm.admin import query_status
+from loadtest.loadgen import BenchConfig, arrival_offsets, bench_main, parse_sweep, run_bench
+from loadtest.report import SCHEMA
 from tests.conftest import poll_for
 from tests.system.conftest import CI_CONFIG, MODELS, REPO, start_farm, stop_and_check
 
@@ -144,7 +144,7 @@ def _inject_hang_once_running(address: str, errors: list) -> None:
         time.sleep(0.3)
         env = {**os.environ, "NPUFARM_ADDRESS": address}
         rule = ["kind=hang", "card=1", "api=execute", f"duration_s={STALL_S}", "name=stall"]
-        done = subprocess.run([sys.executable, "-m", "farm", "inject", *rule], env=env, cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "npufarm", "inject", *rule], env=env, cwd=REPO,
                               capture_output=True, text=True, timeout=30)  # fmt: skip
         assert done.returncode == 0, done.stderr
     except BaseException as exc:  # reported by the test
@@ -220,7 +220,7 @@ def _orphaned_workers(parent: int) -> set[int]:
 def test_ctrl_c_stops_cleanly_and_writes_the_report(farm, model, tmp_path):
     before = _orphaned_workers(1)
     code = (
-        "import sys; from client.loadgen import bench_main; "
+        "import sys; from loadtest.loadgen import bench_main; "
         f"sys.exit(bench_main(['--address', {farm.address!r}, '--model', {model!r}, "
         f"'--concurrency', '2', '--duration-s', '30', '--warmup-s', '0.2', "
         f"'--out', {str(tmp_path)!r}, '--quiet']))"

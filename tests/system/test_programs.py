@@ -34,7 +34,7 @@ def cnn(tmp_path_factory):
     work = tmp_path_factory.mktemp("cnn")
     onnx_path = build_cnn(work / "tiny_cnn.onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "farm", "atc", f"--model={onnx_path}", "--framework=5",
+        [sys.executable, "-m", "npufarm", "atc", f"--model={onnx_path}", "--framework=5",
          f"--output={work / 'out' / 'tiny_cnn'}", "--soc_version=Ascend310",
          f"--input_shape=x:{BATCH},{','.join(map(str, IMAGE))}"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
@@ -119,7 +119,7 @@ def test_plain_python_prog_starts_an_embedded_farm(cnn):
 def test_atc_mode_1_dumps_the_metadata(cnn):
     om, _, _, work = cnn
     done = subprocess.run(
-        [sys.executable, "-m", "farm", "atc", "--mode=1", f"--om={om}",
+        [sys.executable, "-m", "npufarm", "atc", "--mode=1", f"--om={om}",
          f"--json={work / 'meta.json'}"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -165,7 +165,7 @@ def test_a_long_model_build_never_silences_the_card(farm, acl_on, tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from device.atc import convert
-    from farm.cli import query_status
+    from farm.admin import query_status
 
     steps, width = 30_000, 16
     nodes = [helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", "c"], [f"a{i}"])

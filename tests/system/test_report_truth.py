@@ -4,7 +4,7 @@ One short real run of ``npufarm bench`` (the CLI, in this process) on the ci con
 latency: two open-loop phases on two cards, card 1 a 3× straggler for the whole run (a fault
 plan) and card 0's link dropped once mid-run (injected at run time: lost, reset by the clients,
 restarted). Then, for each table and plot, the numbers shown are checked against numbers computed
-here, independently of :mod:`client.report`, from ``requests.jsonl`` and the farm's own fault log
+here, independently of :mod:`loadtest.report`, from ``requests.jsonl`` and the farm's own fault log
 ``faults.jsonl`` (with the measured windows and the clock of ``result.json``).
 """
 
@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client import plots, render
-from client.loadgen import bench_main
-from farm.cli import broker_request, query_status
+from farm.admin import broker_request, query_status
+from loadtest import plots, render
+from loadtest.loadgen import bench_main
 from tests.conftest import poll_for
 from tests.system.conftest import start_farm, stop_and_check
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
 SLO_MS = 12.0  # the straggler (5 ms × 3) misses it, the healthy card (5 ms) does not
-RUN = 5  # good requests in a row that count as a recovery (client.report.RECOVERY_RUN)
+RUN = 5  # good requests in a row that count as a recovery (loadtest.report.RECOVERY_RUN)
 
 
 @pytest.fixture(scope="module")

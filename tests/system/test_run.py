@@ -104,7 +104,7 @@ def short_tmp():
 
 
 def _start(tmp: Path, *options: str, command: list[str], **kwargs) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "farm", "run", *options, "--", *command]
+    cmd = [sys.executable, "-m", "npufarm", "run", *options, "--", *command]
     env = {**os.environ, "TMPDIR": str(tmp)}
     return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, start_new_session=True, **kwargs)
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from farm.cli import query_status
+from farm.admin import query_status
 from tests.conftest import poll_for
 from tests.system.conftest import start_farm, stop_and_check
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import acl
-from farm.errors import ACL_ERROR_FEATURE_UNSUPPORTED
+from core.errors import ACL_ERROR_FEATURE_UNSUPPORTED
 
 
 def test_unknown_calls_return_feature_unsupported_and_log_once(caplog):

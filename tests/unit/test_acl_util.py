@@ -9,9 +9,9 @@ import threading
 import numpy as np
 import pytest
 
-import farm.errors
+import core.errors
 from acl import constants, util
-from farm.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
 
 logger = logging.getLogger(__name__)
 
@@ -344,9 +344,9 @@ def test_constants_npy_numbers_match_numpy() -> None:
 
 
 def test_constants_reexport_every_error_code() -> None:
-    for name in farm.errors.__all__:
+    for name in core.errors.__all__:
         if name.startswith("ACL_"):
-            assert getattr(constants, name) == getattr(farm.errors, name)
+            assert getattr(constants, name) == getattr(core.errors, name)
             assert name in constants.__all__
     for name in constants.__all__:
         value = getattr(constants, name)

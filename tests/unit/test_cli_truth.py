@@ -16,11 +16,11 @@ import threading
 import pytest
 import zmq
 
-from farm import cli
-from farm import protocol as proto
-from farm.config import load_config
-from farm.errors import ConfigError
-from farm.status_view import active_rules, status_lines, status_view
+from core import protocol as proto
+from core.config import load_config
+from core.errors import ConfigError
+from npufarm import cli
+from npufarm.status_view import active_rules, status_lines, status_view
 
 _TRACE_ERROR = "cannot write /no/dir/t.json: No such file or directory"
 

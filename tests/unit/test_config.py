@@ -1,4 +1,4 @@
-"""Unit tests for farm.config: defaults, precedence, validation, profiles, round trips."""
+"""Unit tests for core.config: defaults, precedence, validation, profiles, round trips."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from farm import config as cfg
-from farm.config import (
+from core import config as cfg
+from core.config import (
     CardConfig,
     CardProfile,
     FarmConfig,
@@ -20,7 +20,7 @@ from farm.config import (
     load_config,
     parse_size,
 )
-from farm.errors import ConfigError
+from core.errors import ConfigError
 
 __all__: list[str] = []
 

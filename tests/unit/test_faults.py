@@ -1,4 +1,4 @@
-"""Unit tests for farm.faults: plan parsing and validation, filtering, the injector's triggers,
+"""Unit tests for core.faults: plan parsing and validation, filtering, the injector's triggers,
 determinism, targets, runtime inject/recover, the fault log and corruption patterns."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from farm.errors import ConfigError
-from farm.faults import (
+from core.errors import ConfigError
+from core.faults import (
     API_BY_TASK_KIND,
     APIS,
     BROKER,

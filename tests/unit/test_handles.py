@@ -17,7 +17,7 @@ from client.handles import (
     HandleTables,
     sync_timeout_error,
 )
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from client.memory import HostPool
-from farm.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, AclError
+from core.errors import ACL_ERROR_RT_MEMORY_ALLOCATION, AclError
 
 
 def test_names_never_repeat_across_pools_and_free_reports_them():

@@ -10,6 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
+from core.errors import NpuFarmError
 from device import memory
 from device.memory import (
     Allocator,
@@ -22,7 +23,6 @@ from device.memory import (
     segment_name,
     shm_free_bytes,
 )
-from farm.errors import NpuFarmError
 
 __all__: list[str] = []
 

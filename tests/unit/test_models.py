@@ -10,6 +10,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from core.errors import (
+    ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
+    ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID,
+    ACL_ERROR_INVALID_PARAM,
+    AclError,
+)
 from device.models import (
     MAX_MODEL_FILE_BYTES,
     LatencyProfile,
@@ -21,12 +27,6 @@ from device.models import (
     modelled_duration_s,
     parse_model,
     reference,
-)
-from farm.errors import (
-    ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
-    ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID,
-    ACL_ERROR_INVALID_PARAM,
-    AclError,
 )
 
 __all__: list[str] = []

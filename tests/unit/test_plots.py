@@ -1,6 +1,6 @@
-"""client.plots and client.render: PNGs from a synthetic bench result, the report CLI, the tables.
+"""loadtest.plots, loadtest.render: PNGs from a synthetic bench result, the report CLI, the tables.
 
-The result is synthetic but built with :mod:`client.report` (the ``npufarm.bench/1`` source of
+The result is synthetic but built with :mod:`loadtest.report` (the ``npufarm.bench/1`` source of
 truth), from per-request samples on a fake monotonic clock: two closed-loop phases (``c4``,
 ``c16``), two cards, and a ``slow`` fault on card 1 (a fault window) with a few 507015 errors
 while it lasts; a second rule fires only during warm-up, so no window covers it.
@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from client import plots, render, report  # noqa: E402
+from loadtest import plots, render, report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = 1200, 700
@@ -194,7 +194,7 @@ def test_import_is_lazy():
     import subprocess
     import sys
 
-    code = "import sys, client.plots, client.render; print('matplotlib' in sys.modules)"
+    code = "import sys, loadtest.plots, loadtest.render; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -311,7 +311,7 @@ def test_bench_says_where_it_wrote_and_why_there_are_no_pngs(tmp_path, monkeypat
     assert render.write_bench_plots(result, None, per_request=False).startswith(
         "npufarm bench: no files written"
     )
-    monkeypatch.setitem(sys.modules, "client.plots", None)  # as without matplotlib
+    monkeypatch.setitem(sys.modules, "loadtest.plots", None)  # as without matplotlib
     line = render.write_bench_plots(result, str(out), per_request=False)
     assert line.startswith(f"npufarm bench: wrote result.json, summary.csv to {out}; no PNGs: ")
 

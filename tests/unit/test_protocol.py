@@ -1,12 +1,12 @@
-"""Unit tests for farm.protocol: the msgpack codec, frame parsing and task validation."""
+"""Unit tests for core.protocol: the msgpack codec, frame parsing and task validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from farm import protocol as proto
-from farm.errors import ProtocolError
-from farm.protocol import (
+from core import protocol as proto
+from core.errors import ProtocolError
+from core.protocol import (
     BROKER_DEVICE,
     CLIENT_HEADER,
     WORKER_HEADER,
@@ -302,8 +302,8 @@ def test_wait_readable_sees_queued_messages(select_limit, monkeypatch):
     wake-up (the card's loop then waits again)."""
     import zmq
 
-    from farm import protocol
-    from farm.protocol import wait_readable
+    from core import protocol
+    from core.protocol import wait_readable
 
     monkeypatch.setattr(protocol, "_SELECT_FD_LIMIT", select_limit)
     ctx = zmq.Context()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from farm.protocol import pack_route
+from core.protocol import pack_route
 from farm.registry import CardState, Registry
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""client.report: figures from synthetic samples, fault windows, and the output files."""
+"""loadtest.report: figures from synthetic samples, fault windows, and the output files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from client import report
-from client.report import SAMPLE_DTYPE, as_samples, fault_windows, summarize
+from loadtest import report
+from loadtest.report import SAMPLE_DTYPE, as_samples, fault_windows, summarize
 
 LOST, TIMEOUT = 507010, 507046
 

@@ -12,7 +12,7 @@ import pytest
 
 import client
 from client.sanitizer import FINDING_KINDS, Finding, Sanitizer, SanitizerError
-from farm.errors import (
+from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_AICORE_EXCEPTION,
     ACL_ERROR_RT_EVENT_SYNC_TIMEOUT,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.sanitizer import Sanitizer, SanitizerError
-from farm.errors import ACL_SUCCESS
+from core.errors import ACL_SUCCESS
 
 DEV = 0
 STREAMS = 2

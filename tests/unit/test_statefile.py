@@ -1,4 +1,4 @@
-"""Unit tests for farm.statefile: atomic write/read, stale pids, address resolution."""
+"""Unit tests for core.statefile: atomic write/read, stale pids, address resolution."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from farm.config import FarmConfig
-from farm.statefile import (
+from core.config import FarmConfig
+from core.statefile import (
     STATE_VERSION,
     find_farm,
     make_state,

@@ -1,8 +1,8 @@
 """Shared validation helpers for the farm's config files and fault plans.
 
-Every helper raises :class:`~farm.errors.ConfigError` with a message that starts with the
+Every helper raises :class:`~core.errors.ConfigError` with a message that starts with the
 ``label`` it is given (a file and key, an environment variable, an override or a dataclass
-field), so :mod:`farm.config` and :mod:`farm.faults` report problems the same way.
+field), so :mod:`core.config` and :mod:`core.faults` report problems the same way.
 
 A converter (``to_*``) takes ``(label, value, text)``; ``text`` accepts numbers given as strings
 (environment, CLI). A check (``ge``, ``gt``, ``between``, ``one_of``, ``check_*``) takes the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.errors import ConfigError
+from core.errors import ConfigError
 
 __all__ = [
     "read_toml",

@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from farm.errors import ProtocolError
+from core.errors import ProtocolError
 
 __all__ = [
     "CLIENT_HEADER",

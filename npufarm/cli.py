@@ -13,14 +13,13 @@ from typing import Any
 
 import zmq
 
-from farm import protocol as proto
-from farm import statefile
-from farm.config import FarmConfig, load_config
-from farm.errors import NpuFarmError
-from farm.protocol import BROKER_DEVICE, Cmd
-from farm.status_view import status_view
+from core import statefile
+from core.config import FarmConfig, load_config
+from core.errors import NpuFarmError
+from farm.admin import broker_request, find_address, query_status
+from npufarm.status_view import status_view
 
-__all__ = ["main", "query_status", "broker_request", "status_view"]
+__all__ = ["main", "status_view"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,40 +47,8 @@ def _load(args: argparse.Namespace) -> FarmConfig:
     )
 
 
-def _ask_broker(address: str, cmd: bytes, body: dict[str, Any], timeout_s: float) -> dict:
-    """One request/reply with a farm's broker on a short-lived DEALER."""
-    ctx = zmq.Context()
-    socket = ctx.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(address)
-        route = proto.pack_route(BROKER_DEVICE, 0)
-        socket.send_multipart(proto.client_message(cmd, route, proto.pack(body)))
-        if not socket.poll(timeout_s * 1000):
-            raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
-        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
-        return proto.unpack(reply.body)
-    finally:
-        socket.close(0)
-        ctx.term()
-
-
-def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Ask a running farm for its description (cards, states, live stats, ledger, faults)."""
-    return _ask_broker(address, Cmd.STATUS, {}, timeout_s)
-
-
 def _find_address(args: argparse.Namespace) -> str:
-    if os.environ.get("NPUFARM_ADDRESS"):
-        return os.environ["NPUFARM_ADDRESS"]
-    config = _load(args)
-    state = statefile.read_state(statefile.state_path(config))
-    if state is None:
-        raise NpuFarmError(
-            f"no running farm named {config.name!r} "
-            f"(no state file in {config.runtime_path(create=False)})"
-        )
-    return state["endpoint"]
+    return find_address(lambda: _load(args))
 
 
 def render_status(farm: dict[str, Any]) -> None:
@@ -106,8 +73,8 @@ def _announce_ready(config: FarmConfig, stop: threading.Event) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from core.faults import FaultPlan
     from farm.broker import run_farm
-    from farm.faults import FaultPlan
 
     config = _load(args)
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
@@ -127,11 +94,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
-    """A broker request (inject, recover, ...)."""
-    return _ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
-
-
 def _refused(command: str, reply: Any) -> bool:
     """True (after printing ``npufarm: COMMAND: ERROR`` in one line on stderr) when the farm
     answered the request with an error code."""
@@ -147,7 +109,7 @@ def _refused(command: str, reply: Any) -> bool:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    from farm.faults import FaultRule
+    from core.faults import FaultRule
 
     rule = FaultRule.from_args(args.rule, label="npufarm inject")
     reply = broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
@@ -230,7 +192,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from client.demo import run_demo
+    from loadtest.demo import run_demo
 
     try:
         return run_demo(args.config, out_dir=args.out, duration_s=args.duration_s, rate=args.rate)
@@ -295,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _DELEGATED = {  # subcommands with their own argument parsers
-    "bench": ("client.loadgen", "bench_main"),
-    "report": ("client.render", "report_main"),
-    "run": ("farm.run", "run_main"),
+    "bench": ("loadtest.loadgen", "bench_main"),
+    "report": ("loadtest.render", "report_main"),
+    "run": ("npufarm.run", "run_main"),
     "atc": ("device.atc", "atc_main"),
 }
 

@@ -3,7 +3,7 @@
 Precedence, highest first: ``overrides`` (CLI flags) > environment (``NPUFARM_*``) > the config
 file > built-in defaults. Card profiles live in ``configs/cards/<name>.toml`` (a ``[profile]``
 table), found next to the config file (``<config dir>/cards/``) and then in the repository's
-``configs/cards/``. Every validation error is a :class:`~farm.errors.ConfigError` whose message
+``configs/cards/``. Every validation error is a :class:`~core.errors.ConfigError` whose message
 names the source (file, environment variable or override) and the field.
 
 Config file shape::
@@ -21,9 +21,9 @@ Config file shape::
     device_id = 3
     profile = "910b-straggler"  # and/or CardProfile fields applied on top (e.g. speed_factor)
 
-The dataclasses (:mod:`farm.config_model`, re-exported here) validate themselves too
+The dataclasses (:mod:`core.config_model`, re-exported here) validate themselves too
 (``__post_init__``), so ``dataclasses.replace`` and :meth:`FarmConfig.from_dict` cannot produce an
-invalid config. The value and table checks they share with fault plans are :mod:`farm.validate`.
+invalid config. The value and table checks they share with fault plans are :mod:`core.validate`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.config_model import (
+from core.config_model import (
     FARM_SPEC,
     MAX_CARDS,
     MAX_IPC_PATH,
@@ -48,8 +48,8 @@ from farm.config_model import (
     check_cards,
     default_runtime_dir,
 )
-from farm.errors import ConfigError
-from farm.validate import (
+from core.errors import ConfigError
+from core.validate import (
     NAME_RE,
     Spec,
     between,

@@ -1,8 +1,8 @@
 """The output files of an ``npufarm bench`` result (the formats are documented in
-:mod:`client.report`, which re-exports these functions): ``result.json`` (:func:`write_json`,
+:mod:`loadtest.report`, which re-exports these functions): ``result.json`` (:func:`write_json`,
 :func:`read_json`), ``summary.csv`` (:func:`write_csv`), ``requests.jsonl`` (:func:`write_jsonl`).
 
-The few names these need from :mod:`client.report` are imported inside the functions: that module
+The few names these need from :mod:`loadtest.report` are imported inside the functions: that module
 imports this one, so a module-level import back would be circular.
 """
 
@@ -32,7 +32,7 @@ def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
 
 def read_json(path: str | Path) -> dict[str, Any]:
     """A result written by :func:`write_json`; ValueError if its schema is not :data:`SCHEMA`."""
-    from client.report import SCHEMA
+    from loadtest.report import SCHEMA
 
     result = json.loads(Path(path).read_text())
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
@@ -42,7 +42,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def csv_columns(percentiles: Sequence[float]) -> list[str]:
     """The columns of :func:`write_csv`."""
-    from client.report import percentile_key
+    from loadtest.report import percentile_key
 
     lat = [f"latency_ms_{percentile_key(q)}" for q in percentiles]
     return ["phase", "mode", "concurrency", "rate", "card", "requests", "completed", "errors",
@@ -61,7 +61,7 @@ def _csv_row(phase: Mapping[str, Any], card: str, figures: Mapping[str, Any]) ->
 
 def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
     """One row per phase (``card = "all"``), each followed by one row per card."""
-    from client.report import DEFAULT_PERCENTILES
+    from loadtest.report import DEFAULT_PERCENTILES
 
     percentiles = (result.get("config") or {}).get("percentiles") or DEFAULT_PERCENTILES
     path = Path(path)
@@ -78,7 +78,7 @@ def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
 
 def write_jsonl(samples: np.ndarray, path: str | Path, origin_s: float = 0.0) -> Path:
     """One request a line; times relative to ``origin_s``."""
-    from client.report import as_samples, latency_ms
+    from loadtest.report import as_samples, latency_ms
 
     samples = as_samples(samples)
     lat = latency_ms(samples)

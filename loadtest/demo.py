@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import NpuFarmError
 from device.models import load_model_file, reference
-from farm.errors import NpuFarmError
 
 __all__ = ["run_demo"]
 
@@ -125,7 +125,7 @@ _DROP_INTO_LOAD_S = 3.0  # the link drop falls this long after the load (warm-up
 def _link_drop(address: str, at_monotonic_s: float) -> float:
     """Inject a disconnect of card 3 at ``at_monotonic_s`` (this host's monotonic clock), as a
     farm-time rule; return that farm time."""
-    from farm.cli import broker_request, query_status
+    from farm.admin import broker_request, query_status
 
     at_s = query_status(address)["uptime_s"] + max(0.0, at_monotonic_s - time.monotonic())
     rule = {"kind": "disconnect", "card": 3, "at_s": round(at_s, 3), "name": "card3-link-drop"}
@@ -146,9 +146,9 @@ def run_demo(
     from rich.console import Console
 
     from client.embedded import EmbeddedFarm
-    from client.loadgen import BenchConfig, run_bench
-    from client.plots import render_all
-    from client.render import load_samples, render_terminal
+    from loadtest.loadgen import BenchConfig, run_bench
+    from loadtest.plots import render_all
+    from loadtest.render import load_samples, render_terminal
 
     console = Console()
     out = Path(out_dir or f"out/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()

@@ -3,7 +3,7 @@
 
 The dataclasses validate themselves (``__post_init__``), so ``dataclasses.replace`` and
 :meth:`FarmConfig.from_dict` cannot produce an invalid config. Loading them from TOML, the
-environment and CLI overrides is :func:`farm.config.load_config` (which re-exports all of this).
+environment and CLI overrides is :func:`core.config.load_config` (which re-exports all of this).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from farm.errors import ConfigError
-from farm.validate import (
+from core.errors import ConfigError
+from core.validate import (
     Spec,
     between,
     check_keys,

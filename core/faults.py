@@ -7,7 +7,7 @@ tick), ``card.malloc`` (every malloc) and ``broker.route`` (every task the broke
 caller asks it at every hook call which rules fire. Nothing here opens sockets or reads a clock:
 every time is ``now_s``, seconds since the farm started.
 
-Rules and plans (kinds, triggers, validation, the plan file) are :mod:`farm.fault_plan`,
+Rules and plans (kinds, triggers, validation, the plan file) are :mod:`core.fault_plan`,
 re-exported here.
 
 Determinism: every hook has a private RNG seeded from ``[seed, card + 1, epoch, hook index]``,
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from farm.config_model import MAX_CARDS
-from farm.errors import ConfigError
-from farm.fault_plan import (
+from core.config_model import MAX_CARDS
+from core.errors import ConfigError
+from core.fault_plan import (
     API_BY_TASK_KIND,
     APIS,
     DEFAULT_CODES,

@@ -1,8 +1,8 @@
 """Fault plans as data: the fault kinds, their hook points, rules, plans and their validation.
 
 A :class:`FaultPlan` is a seed plus :class:`FaultRule` s. Each kind is evaluated at one hook point
-(:data:`HOOKS`); :class:`farm.faults.FaultInjector` evaluates a plan at run time, and
-:mod:`farm.faults` re-exports everything public here.
+(:data:`HOOKS`); :class:`core.faults.FaultInjector` evaluates a plan at run time, and
+:mod:`core.faults` re-exports everything public here.
 
 Triggers: ``at_s`` (armed from then on), ``after_tasks`` (armed from that 0-based call index of
 the rule's hook on — every call counts, whatever its target) and ``probability`` (per armed,
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from farm.config_model import MAX_CARDS
-from farm.errors import (
+from core.config_model import MAX_CARDS
+from core.errors import (
     ACL_ERROR_RT_AICORE_EXCEPTION,
     ACL_ERROR_RT_AICORE_TIMEOUT,
     ACL_ERROR_RT_HBM_MULTI_BIT_ECC_ERROR,
@@ -40,7 +40,7 @@ from farm.errors import (
     ACL_ERROR_RT_MEMORY_ALLOCATION,
     ConfigError,
 )
-from farm.validate import (
+from core.validate import (
     check_keys,
     check_table,
     hint,
@@ -99,7 +99,7 @@ DEFAULT_CODES: dict[str, int] = {
     "oom": ACL_ERROR_RT_MEMORY_ALLOCATION,
 }
 APIS = ("execute", "memcpy_async", "memset_async", "record_event", "stream_wait_event", "malloc")
-#: ``farm.protocol.TaskKind`` value → the ``api`` name a rule targets.
+#: ``core.protocol.TaskKind`` value → the ``api`` name a rule targets.
 API_BY_TASK_KIND: dict[str, str] = {
     "exec": "execute",
     "copy": "memcpy_async",
@@ -122,7 +122,7 @@ def rule_hook(kind: str, message: str = "task") -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# validation (farm.validate's helpers, so messages read the same as the config's)
+# validation (core.validate's helpers, so messages read the same as the config's)
 
 
 _RULE_TYPES = {

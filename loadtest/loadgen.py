@@ -10,7 +10,7 @@ Data flow (``══`` crosses a process boundary)::
     stop (Ctrl-C)                     ══Event═════▶ slot loops end; acl.finalize; "bye"
     collect: samples by phase  ◀══results Queue════ main thread: a numpy batch of samples
       (+ live table on a tty)         batches,      (report.SAMPLE_DTYPE) every 0.1 s,
-      → client.report → files         phase_done    then the phase's CPU time
+      → loadtest.report → files         phase_done    then the phase's CPU time
           ║ STATUS: uptime, fault-log path           ║ acl: ZeroMQ messages + /dev/shm copies
           ╚══════════════▶ farm: broker ══▶ cards ◀══╝
 
@@ -28,7 +28,7 @@ host (and the farm's, which gives fault-log times via the farm's uptime).
 The generator measures itself (``generator`` in the result): achieved vs requested rate, the lag
 of actual behind intended send times, the pause a closed-loop slot takes between two requests,
 and the workers' CPU (a worker near 100 % of a core is GIL-bound: add ``--workers``).
-The worker-process side is :mod:`client.bench_worker`; the result schema is in :mod:`client.report`.
+The worker-process side is :mod:`loadtest.workers`; the result schema is in :mod:`loadtest.report`.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from client import report
-from client.bench_worker import _FLUSH_S, _worker_main
+from loadtest import report
+from loadtest.workers import _FLUSH_S, _worker_main
 
 __all__ = ["BenchConfig", "parse_sweep", "arrival_offsets", "run_bench", "bench_main"]
 
@@ -226,7 +226,7 @@ class _Live:
 
 
 def _farm_start_s(address: str) -> tuple[dict[str, Any], float]:
-    from farm.cli import query_status
+    from farm.admin import query_status
 
     before = time.monotonic()
     status = query_status(address)
@@ -243,7 +243,7 @@ def run_bench(
     experiment can time a fault to the load."""
     import multiprocessing
 
-    from farm.statefile import resolve_address
+    from core.statefile import resolve_address
 
     address = config.address or resolve_address()
     if address is None:
@@ -357,7 +357,7 @@ def run_bench(
 
 
 def _fault_events(status: dict[str, Any]) -> list[dict[str, Any]]:
-    from farm.faults import read_fault_log
+    from core.faults import read_fault_log
 
     faults = status.get("faults") or {}
     if not faults.get("counts") or not Path(faults.get("log") or "").is_file():
@@ -451,7 +451,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from farm.statefile import resolve_address
+    from core.statefile import resolve_address
 
     try:
         config = BenchConfig(
@@ -469,7 +469,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"npufarm bench: {exc}", file=sys.stderr)
         return 2
-    from farm.errors import NpuFarmError
+    from core.errors import NpuFarmError
 
     embedded = None
     try:
@@ -482,7 +482,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    from client.render import print_bench_summary, write_bench_plots
+    from loadtest.render import print_bench_summary, write_bench_plots
 
     if not args.quiet:
         print_bench_summary(result)
@@ -493,8 +493,8 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 def _with_embedded_farm(config: BenchConfig, config_path: str | None, faults: str | None):
     from client.embedded import EmbeddedFarm
-    from farm.cli import query_status
-    from farm.errors import NpuFarmError
+    from core.errors import NpuFarmError
+    from farm.admin import query_status
 
     farm = EmbeddedFarm(config_path, faults=faults)
     deadline = time.monotonic() + _READY_TIMEOUT_S

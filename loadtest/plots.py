@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from client.plot_style import (
+from loadtest.plot_style import (
     _CARD_COLOURS,
     _FAULT_COLOURS,
     DPI,
@@ -38,7 +38,7 @@ from client.plot_style import (
     _log_y,
     _save,
 )
-from client.report import _PARAMS, fault_title
+from loadtest.report import _PARAMS, fault_title
 
 __all__ = [
     "DPI",

@@ -1,8 +1,8 @@
-"""The worker-process side of ``npufarm bench`` (:mod:`client.loadgen` is the parent side and
+"""The worker-process side of ``npufarm bench`` (:mod:`loadtest.loadgen` is the parent side and
 has the data-flow diagram): :func:`_worker_main` is the entry of a spawned worker process; its
 :class:`_Worker` runs one :class:`_Slot` thread per (card, stream) it was dealt, each with its
 own ACL objects and request loop, and sends the samples to the parent in numpy batches
-(:data:`client.report.SAMPLE_DTYPE`) every :data:`_FLUSH_S`, then each phase's CPU time.
+(:data:`loadtest.report.SAMPLE_DTYPE`) every :data:`_FLUSH_S`, then each phase's CPU time.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from client import report
-from farm.errors import ACL_ERROR_RT_LOST_HEARTBEAT
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT
+from loadtest import report
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from farm import statefile
-from farm.cli import query_status
-from farm.config import load_config
-from farm.errors import NpuFarmError, code_name
-from farm.faults import FaultPlan
+from core import statefile
+from core.config import load_config
+from core.errors import NpuFarmError, code_name
+from core.faults import FaultPlan
+from farm.admin import query_status
 
 __all__ = ["build_parser", "run_main"]
 

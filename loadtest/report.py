@@ -1,6 +1,6 @@
 """Benchmark results from request samples: summaries, fault windows and the output files (pure).
 
-``npufarm bench`` (:mod:`client.loadgen`) records one sample per request — a row of
+``npufarm bench`` (:mod:`loadtest.loadgen`) records one sample per request — a row of
 :data:`SAMPLE_DTYPE`: ``phase, slot, card, code, intended_s, start_s, end_s`` with times on the
 host's ``time.monotonic()`` clock. Latency is ``end_s - intended_s``: in open-loop mode the
 intended send time comes from the arrival schedule, so a request that waited behind a stalled one
@@ -59,7 +59,7 @@ named otherwise; card keys are strings)::
                "throughput_rps", "goodput_rps", "slo_ms",
                "latency_ms": {"p50", "p90", "p95", "p99", "p99.9", "max", "mean"}}
 
-Files (written by :mod:`client.report_files`, re-exported here): ``result.json``
+Files (written by :mod:`loadtest.files`, re-exported here): ``result.json``
 (:func:`write_json`), ``summary.csv`` (:func:`write_csv`: one row per phase with ``card =
 "all"``, then one per card of it), ``requests.jsonl`` (:func:`write_jsonl`: one request a line,
 ``{"phase", "slot", "card", "code", "intended_s", "start_s", "end_s", "latency_ms"}``, times
@@ -75,7 +75,7 @@ from typing import Any
 
 import numpy as np
 
-from client.report_files import csv_columns, read_json, write_csv, write_json, write_jsonl
+from loadtest.files import csv_columns, read_json, write_csv, write_json, write_jsonl
 
 __all__ = [
     "SCHEMA",

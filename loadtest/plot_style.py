@@ -1,4 +1,4 @@
-"""The look and plumbing shared by the figures of :mod:`client.plots` (which re-exports
+"""The look and plumbing shared by the figures of :mod:`loadtest.plots` (which re-exports
 :data:`FIGSIZE` and :data:`DPI`): size and resolution, card and fault colours, card labels, the
 log latency axis, and a matplotlib figure (imported lazily, Agg backend, no pyplot state) and
 its saving.

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from farm.config import FarmConfig, default_runtime_dir
+from core.config import FarmConfig, default_runtime_dir
 
 __all__ = [
     "STATE_VERSION",

@@ -8,7 +8,7 @@ a CI log) with nothing cut, and every column is explained in its caption: a figu
 cannot interpret, or that blends a faulted card with healthy ones, misleads. :func:`bench_table`,
 :func:`print_bench_summary` and :func:`write_bench_plots` are ``npufarm bench``'s own output.
 :func:`report_main` is the CLI entry: it loads ``RESULT.json`` (checking the schema version), prints
-that summary and re-renders the PNGs of :mod:`client.plots` next to the JSON (or into ``--out``),
+that summary and re-renders the PNGs of :mod:`loadtest.plots` next to the JSON (or into ``--out``),
 with the per-request plot when the result's ``requests.jsonl`` is there.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from client.report import SCHEMA
+from loadtest.report import SCHEMA
 
 __all__ = [
     "SCHEMA",
@@ -250,7 +250,7 @@ def _card_p99(part: Any, card: Any) -> Any:
 
 
 def _fault_row(w: Mapping[str, Any], wide: bool) -> list[str]:
-    from client.report import fault_title
+    from loadtest.report import fault_title
 
     fault = w["fault"] if isinstance(w.get("fault"), Mapping) else w
     card = fault.get("card")
@@ -359,7 +359,7 @@ def write_bench_plots(result: dict[str, Any], out_dir: str | None, per_request: 
     out = Path(out_dir).resolve()
     names = ["result.json", "summary.csv", *(["requests.jsonl"] if per_request else [])]
     try:
-        from client.plots import render_all
+        from loadtest.plots import render_all
 
         samples = load_samples(out / "requests.jsonl") if per_request else None
         names += [path.name for path in render_all(result, out, samples=samples)]
@@ -416,7 +416,7 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out if args.out is not None else args.result.parent
     samples_path = _samples_path(result, args.result)
     try:
-        from client.plots import render_all
+        from loadtest.plots import render_all
 
         samples = load_samples(samples_path) if samples_path else None  # read in one pass
         paths = render_all(result, out_dir, samples=samples)

@@ -1,0 +1,1 @@
+"""The load tester: load generator, workers, report schema and files, render, plots, demo."""

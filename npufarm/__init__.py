@@ -1,0 +1,1 @@
+"""The ``npufarm`` command and its tools: argument parsing, ``npufarm run``, status view."""
