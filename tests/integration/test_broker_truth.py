@@ -12,8 +12,8 @@ import logging
 
 import pytest
 
-from farm import protocol as proto
-from farm.protocol import BROKER_DEVICE, Cmd, pack, pack_route
+from core import protocol as proto
+from core.protocol import BROKER_DEVICE, Cmd, pack, pack_route
 from tests.integration.test_broker import ROUTE0, BrokerHarness, up
 
 pytestmark = pytest.mark.timeout(30)
