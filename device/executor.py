@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "start",
     "read_host_bytes",
+    "host_segment_prefix",
     "segment_view",
     "BadAddress",
     "FreedUnderTask",
@@ -105,11 +106,28 @@ def _view(segment: HbmSegment, offset: int, nbytes: int) -> np.ndarray:
         raise BadAddress(str(exc)) from None
 
 
-def read_host_bytes(card: Card, name: str, offset: int, nbytes: int) -> bytes:
+def host_segment_prefix(farm_id: str, client: bytes) -> str | None:
+    """The name prefix of ``client``'s own pinned host segments, or None for an identity that
+    names no process. A client's identity is ``c<pid>-<token>`` and its segments
+    ``npufarm-<farm>-h<pid>-...`` (client/memory.py), so a card maps for a client only the
+    segments that client's process created, never another client's."""
+    head, sep, _ = client.partition(b"-")
+    if not sep or head[:1] != b"c" or not head[1:].isdigit():
+        return None
+    return f"npufarm-{farm_id}-h{int(head[1:])}-"
+
+
+def _check_host_segment(card: Card, client: bytes, name: object) -> str:
+    prefix = host_segment_prefix(card.spec.farm_id, client)
+    if not isinstance(name, str) or prefix is None or not name.startswith(prefix):
+        raise BadAddress(f"segment {name!r} is not host memory of this client")
+    return name
+
+
+def read_host_bytes(card: Card, client: bytes, name: str, offset: int, nbytes: int) -> bytes:
     """A copy of ``nbytes`` at ``offset`` of a client's pinned host segment ``name`` (a model's
     bytes on their way to a load), without keeping the segment mapped."""
-    if not isinstance(name, str) or not name.startswith(f"npufarm-{card.spec.farm_id}-"):
-        raise BadAddress(f"segment {name!r} is not part of this farm")
+    _check_host_segment(card, client, name)
     try:
         segment = HbmSegment.attach(name)
     except (OSError, ValueError) as exc:
@@ -129,10 +147,7 @@ def segment_view(card: Card, client: bytes, ref: list, nbytes: int) -> np.ndarra
         return _view(card.segment, offset, nbytes)
     segment = card.attached.get((client, name))
     if segment is None:
-        if not name.startswith(f"npufarm-{card.spec.farm_id}-"):
-            raise BadAddress(f"segment {name!r} is not part of this farm")
-        if name.startswith(f"npufarm-{card.spec.farm_id}-card"):  # another card's HBM
-            raise BadAddress(f"segment {name!r} is not host memory")
+        _check_host_segment(card, client, name)  # (never another client's, nor a card's HBM)
         try:
             segment = card.attached[(client, name)] = HbmSegment.attach(name)
         except (OSError, ValueError) as exc:  # ValueError: a malformed or empty segment

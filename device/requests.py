@@ -100,7 +100,7 @@ def op_load(card: Card, client: bytes, body: dict) -> dict | None:
     document = body["spec"]
     if isinstance(document, dict) and "blob_ref" in document:  # the model bytes, in shm
         name, offset, size = document.pop("blob_ref")
-        document["blob"] = executor.read_host_bytes(card, name, offset, size)
+        document["blob"] = executor.read_host_bytes(card, client, name, offset, size)
     spec = ModelSpec.from_dict(document)
     if spec.kind == "onnx":  # may take longer than a heartbeat expiry: off the loop
         card.loader.submit(client, body["rid"], spec)

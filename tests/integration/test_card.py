@@ -48,8 +48,9 @@ LIVENESS = 4
 EXPIRY_S = INTERVAL_S * LIVENESS
 EPOCH = 1
 DEVICE = 0
-CLIENT = b"\x00client-1"
-OTHER_CLIENT = b"\x00client-2"
+CLIENT_PID = 4242  # client identities are c<pid>-<token>; their host segments ...-h<pid>-...
+CLIENT = b"c4242-client1"
+OTHER_CLIENT = b"c4242-client2"  # the same process after a re-init: a new session
 TENSOR_BYTES = 1024 * 4  # add.toml: float32 [1, 1024]
 WAIT_S = 5.0
 

@@ -21,6 +21,7 @@ from core.protocol import Cmd
 from device.memory import HbmSegment, segment_name
 from tests.integration.test_card import (
     CLIENT,
+    CLIENT_PID,
     OTHER_CLIENT,
     TENSOR_BYTES,
     AddBuffers,
@@ -92,6 +93,25 @@ def test_a_copy_naming_another_cards_hbm_as_host_memory_is_refused(victim):
             assert bytes(other_card.view(0, 16)) == b"\x11" * 16
         finally:
             other_card.unlink()
+    assert h.alive(), h.errors
+
+
+def test_a_copy_naming_another_processs_pinned_memory_is_refused(victim):
+    """Pinned host segments carry their process's pid (``npufarm-<farm>-h<pid>-...``), client
+    identities too (``c<pid>-<token>``): a card maps for a client only its own process's."""
+    h, _, mine = victim
+    name = f"npufarm-{h.farm_id}-h{CLIENT_PID + 1}-x-1"  # another process's pinned memory
+    with HbmSegment.create(name, BLOCK) as theirs:
+        try:
+            theirs.view(0, BLOCK)[:] = 0x11
+            into = {"k": "copy", "dst": [name, 0], "src": [h.shm_name, mine], "n": 16}
+            out_of = {"k": "copy", "dst": [h.shm_name, mine], "src": [name, 0], "n": 16}
+            assert _run(h, into) == ACL_ERROR_RT_PARAM_INVALID
+            assert _run(h, out_of) == ACL_ERROR_RT_PARAM_INVALID
+            assert bytes(theirs.view(0, 16)) == b"\x11" * 16
+            assert bytes(h.shm.view(mine, 16)) == b"\x22" * 16
+        finally:
+            theirs.unlink()
     assert h.alive(), h.errors
 
 

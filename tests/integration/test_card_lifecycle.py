@@ -24,6 +24,7 @@ from device.memory import HbmSegment
 from device.models import load_model_file
 from tests.integration.test_card import (
     CLIENT,
+    CLIENT_PID,
     EXPIRY_S,
     OTHER_CLIENT,
     TENSOR_BYTES,
@@ -151,7 +152,7 @@ class HostSegment:
     """A client's pinned host segment, re-creatable under the same name with new contents."""
 
     def __init__(self, h: CardHarness, tag: str = "host") -> None:
-        self.name = f"npufarm-{h.farm_id}-{tag}"
+        self.name = f"npufarm-{h.farm_id}-h{CLIENT_PID}-{tag}"
         self.segment: HbmSegment | None = None
 
     def fill(self, value: int) -> None:
