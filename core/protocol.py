@@ -76,7 +76,7 @@ _ROUTE = struct.Struct(">HH")
 class Cmd:
     """One-byte commands. The same byte means the same thing on both sides of the broker."""
 
-    HELLO = b"\x01"  # client -> broker: join; reply: farm description.  card -> broker: READY
+    HELLO = b"\x01"  # client -> broker: join; reply: farm description
     REQUEST = b"\x02"  # request/reply op on a card (malloc, free, load, ...) or the broker
     REPLY = b"\x03"
     SUBMIT = b"\x04"  # one-way batch of stream tasks
@@ -86,11 +86,23 @@ class Cmd:
     DISCONNECT = b"\x08"
     STATUS = b"\x09"  # client -> broker: farm status table
     TRACE = b"\x0a"  # client -> broker: the client's sync waits, for the farm's trace
+    READY = b"\x0b"  # card -> broker: up (device id, epoch, shm name); answered by a heartbeat
 
     ALL = frozenset(
-        {HELLO, REQUEST, REPLY, SUBMIT, COMPLETE, HEARTBEAT, CARD_EVENT, DISCONNECT, STATUS, TRACE}
+        {
+            HELLO,
+            REQUEST,
+            REPLY,
+            SUBMIT,
+            COMPLETE,
+            HEARTBEAT,
+            CARD_EVENT,
+            DISCONNECT,
+            STATUS,
+            TRACE,
+            READY,
+        }
     )
-    READY = HELLO
 
 
 class TaskKind:

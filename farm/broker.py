@@ -19,6 +19,13 @@ judges the broker's silence only from then on), sends never wait (a full pipe qu
 in a per-peer backlog, flushed on later turns), and slow admin work runs in threads
 (:mod:`farm.broker_admin`). One bad message is counted and dropped; an exception while handling
 one is logged and the loop goes on.
+
+The broker is composed of parts that each hold explicit references to what they use: the
+:class:`~farm.broker_io.Outbox` (sends that never wait), :class:`~farm.broker_faults.FaultControl`,
+:class:`~farm.broker_clients.ClientControl`, :class:`~farm.broker_cards.CardControl` and
+:class:`~farm.broker_admin.AdminRequests`. Client commands are dispatched by one table
+(:attr:`Broker.commands`), card commands by the cards' table, broker ops by the admin table; a
+command or op not in its table is refused (counted as malformed, or answered with a code).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import os
 import signal
 import socket as pysocket
 import time
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -37,18 +44,19 @@ import zmq
 from core import protocol as proto
 from core import statefile
 from core.config import FarmConfig
-from core.errors import ACL_ERROR_RT_INTERNAL_ERROR, ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
-from core.faults import BROKER, FaultInjector, FaultPlan
+from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT, NpuFarmError
+from core.faults import FaultPlan
 from core.protocol import BROKER_DEVICE, Cmd
 from farm import broker_io
 from farm.broker_admin import AdminRequests, Jobs
+from farm.broker_cards import CardControl, CardStartFailed, card_start_timeout_s
 from farm.broker_clients import ClientControl
 from farm.broker_faults import FaultControl
-from farm.broker_io import BACKLOG_POLL_MS, Counted, Outbox, send_now
+from farm.broker_io import BACKLOG_POLL_MS, Counted, Outbox, Telemetry
 from farm.client_table import ClientTable, silence_limit_s
 from farm.ledger import FarmLedger
 from farm.metrics import FarmMetrics
-from farm.registry import CardState, Registry
+from farm.registry import Registry
 from farm.supervisor import Spawner, Supervisor, ipc_path
 from farm.trace import TraceRecorder
 
@@ -58,23 +66,9 @@ logger = logging.getLogger(__name__)
 
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _MAX_DRAIN = 512
-#: body of the heartbeats to cards while the farm starts: until the farm is up, both sides judge
-#: silence by the start timeout, not the heartbeat expiry (starting many cards loads the box)
-FARM_STARTING = proto.pack({"starting": True})
 
 
-def card_start_timeout_s(heartbeat_expiry_s: float) -> float:
-    """How long a started card may take to announce itself before it is lost: generous (a
-    busy box or a big farm starts slowly, never fails), yet well under a client's 30 s request
-    timeout, so a restart that hangs is answered with 507010."""
-    return max(20.0 * heartbeat_expiry_s, 10.0)
-
-
-class CardStartFailed(NpuFarmError):
-    """A card was lost before the farm was up: the farm cannot start."""
-
-
-class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
+class Broker:
     def __init__(
         self,
         config: FarmConfig,
@@ -95,41 +89,83 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
         self.backend_address = f"ipc://{runtime_dir}/{self.farm_id}-cards.sock"
         self.backend = self._router(self.backend_address)
         self.registry = Registry([c.device_id for c in config.cards])
-        self.plan = plan or FaultPlan(seed=config.seed)
         self.supervisor = Supervisor(config, self.farm_id, self.backend_address)
         self.supervisor.farm_start_s = self.started_s
-        self.supervisor.plan = self.plan
-        broker_plan = self.plan.for_broker()
-        self.route_faults = FaultInjector(broker_plan, BROKER) if broker_plan.rules else None
-        self.fault_counts: dict[str, int] = {}
-        self.rule_first_s: dict[int, float] = {}  # rule id -> first fire (s since farm start)
-        log_path = fault_log or str(runtime_dir / f"{config.name}-faults.jsonl")
-        self.fault_log_path = log_path
-        self.fault_log = None  # opened (truncated) at the first fault event
-        self.clients_of: dict[int, set[bytes]] = {c.device_id: set() for c in config.cards}
-        self.pending_hello: list[bytes] = []
-        self.clients: set[bytes] = set()  # every client that said HELLO and not DISCONNECT
-        self.client_table = ClientTable(pysocket.gethostname())
-        self.client_silence_s = silence_limit_s(config.heartbeat_expiry_s)
-        self.reclaimed_clients: dict[str, int] = {}  # cause -> clients reclaimed
-        self.pending_restart: dict[int, list[tuple[bytes, int]]] = {}
-        self.start_timeout_s = card_start_timeout_s(config.heartbeat_expiry_s)
-        self.spawn_rules: dict[int, tuple[int, ...]] = {}  # device -> rule ids given at spawn
-        self.link_loss: dict[int, tuple[int, float]] = {}  # device -> (epoch, loss deadline)
-        self.card_backlog: dict[int, deque[list]] = {}  # device -> frames its pipe refused
-        self.client_backlog: dict[bytes, deque[list]] = {}
         self.malformed = Counted("dropped malformed messages")
         self.errors = Counted("messages whose handling failed (a farm bug)")
         self.replies_dropped = Counted("replies dropped (client gone or its pipe full)")
-        self.state_path = statefile.state_path(config)
-        self.announced = False
         self.signal_fd: int | None = None  # read end of the signal wakeup pipe (run_farm)
         self.jobs = Jobs()
         self.spawner = Spawner(self.supervisor, self.jobs.wake)
         self.ledger = FarmLedger()
         self.trace_path = trace
-        self.trace = TraceRecorder(self.started_s) if trace else None
-        self.metrics = FarmMetrics(metrics_port, config.name) if metrics_port is not None else None
+        self.telemetry = Telemetry(
+            TraceRecorder(self.started_s) if trace else None,
+            FarmMetrics(metrics_port, config.name) if metrics_port is not None else None,
+        )
+        self.outbox = Outbox(self.frontend, self.backend, self.replies_dropped)
+        self._compose(plan or FaultPlan(seed=config.seed), fault_log)
+
+    def _compose(self, plan: FaultPlan, fault_log: str | None) -> None:
+        """Build the broker's parts, each given what it uses."""
+        log_path = fault_log or str(self.config.runtime_path() / f"{self.config.name}-faults.jsonl")
+        self.faults = FaultControl(
+            plan,
+            started_s=self.started_s,
+            expiry_s=self.config.heartbeat_expiry_s,
+            registry=self.registry,
+            supervisor=self.supervisor,
+            ledger=self.ledger,
+            outbox=self.outbox,
+            telemetry=self.telemetry,
+            malformed=self.malformed,
+            log_path=log_path,
+        )
+        self.client_table = ClientTable(pysocket.gethostname())
+        self.clients = ClientControl(
+            self.farm_id,
+            table=self.client_table,
+            silence_s=silence_limit_s(self.config.heartbeat_expiry_s),
+            registry=self.registry,
+            outbox=self.outbox,
+            telemetry=self.telemetry,
+            reply=self.reply,
+            describe=self.describe,
+            describe_card=self.describe_card,
+        )
+        self.cards = CardControl(
+            self.config,
+            registry=self.registry,
+            supervisor=self.supervisor,
+            spawner=self.spawner,
+            outbox=self.outbox,
+            ledger=self.ledger,
+            faults=self.faults,
+            clients=self.clients,
+            telemetry=self.telemetry,
+            malformed=self.malformed,
+            reply=self.reply,
+            describe=self.describe,
+            describe_card=self.describe_card,
+        )
+        self.admin = AdminRequests(
+            started_s=self.started_s,
+            registry=self.registry,
+            table=self.client_table,
+            cards=self.cards,
+            faults=self.faults,
+            jobs=self.jobs,
+            telemetry=self.telemetry,
+            reply=self.reply,
+        )
+        self.commands: dict[bytes, Callable[[proto.ClientFrame], None]] = {
+            Cmd.HELLO: self._on_hello,
+            Cmd.STATUS: self._on_status,
+            Cmd.HEARTBEAT: self._on_heartbeat,
+            Cmd.DISCONNECT: self._on_disconnect,
+            Cmd.TRACE: self._on_trace,
+            Cmd.REQUEST: self._on_request,
+        }
 
     def _router(self, address: str) -> zmq.Socket:
         socket = self.ctx.socket(zmq.ROUTER)
@@ -146,34 +182,7 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
     # -- lifecycle -------------------------------------------------------------------------
     def start_cards(self) -> None:
         """Start every card (spawned by the spawner thread; the loop runs meanwhile)."""
-        self.supervisor.check_capacity()
-        now = time.monotonic()
-        for device_id in self.registry.cards:
-            self.registry.starting(device_id, 0, now)
-            self.request_start(device_id)
-
-    def request_start(self, device_id: int) -> None:
-        """Have this STARTING card's process spawned with the plan of now."""
-        entry = self.registry.cards[device_id]
-        self.spawn_rules[device_id] = self.supervisor.card_plan(device_id).rule_ids
-        spec = self.supervisor.card_spec(device_id, entry.epoch).to_dict()
-        self.spawner.request(device_id, entry.epoch, spec)
-
-    def adopt_spawned(self) -> None:
-        """Watch the processes the spawner started (a superseded epoch's is killed)."""
-        for device_id, epoch, process, exc in self.spawner.done():
-            entry = self.registry.cards[device_id]
-            current = entry.epoch == epoch and entry.state in (CardState.STARTING, CardState.READY)
-            if process is None:
-                if current:
-                    entry.spawned_s = time.monotonic()
-                    self.lose(device_id, f"cannot start its process: {exc}")
-            elif not current:
-                self.supervisor.park(process)
-            else:
-                self.supervisor.adopt(device_id, epoch, process)
-                entry.pid = process.pid
-                entry.spawned_s = time.monotonic()
+        self.cards.start_cards()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -187,28 +196,27 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
             "skip_sync": self.config.skip_sync,
             "min_completion_delay_s": self.config.min_completion_delay_s,
             "sanitizer": self.config.sanitizer,
-            "tracing": self.trace is not None,
+            "tracing": self.telemetry.trace is not None,
             "uptime_s": time.monotonic() - self.started_s,
-            "metrics": f"http://127.0.0.1:{self.metrics.port}/metrics" if self.metrics else None,
-            "cards": [self._describe_card(c.device_id) for c in self.config.cards],
+            "metrics": self._metrics_url(),
+            "cards": [self.describe_card(c.device_id) for c in self.config.cards],
             "ledger": self.ledger.as_dict(),
-            "faults": {
-                "log": self.fault_log_path,
-                "counts": dict(self.fault_counts),
-                "plan": self.plan.to_dict(),
-                "active": self.active_rules(),
-            },
-            "reclaimed": self.describe_reclaimed(),
+            "faults": self.faults.describe(),
+            "reclaimed": self.clients.describe_reclaimed(),
             "malformed": self.malformed.count,
             "handler_errors": self.errors.count,
             "replies": {
                 "dropped": self.replies_dropped.count,
-                "queued": sum(len(q) for q in self.client_backlog.values()),
+                "queued": sum(len(q) for q in self.outbox.client_backlog.values()),
             },
-            "card_backlog": sum(len(q) for q in self.card_backlog.values()),
+            "card_backlog": sum(len(q) for q in self.outbox.card_backlog.values()),
         }
 
-    def _describe_card(self, device_id: int) -> dict[str, Any]:
+    def _metrics_url(self) -> str | None:
+        metrics = self.telemetry.metrics
+        return f"http://127.0.0.1:{metrics.port}/metrics" if metrics is not None else None
+
+    def describe_card(self, device_id: int) -> dict[str, Any]:
         entry = self.registry.cards[device_id]
         card = next(c for c in self.config.cards if c.device_id == device_id)
         info = entry.describe()
@@ -221,25 +229,25 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
     def shutdown(self) -> None:
         self.spawner.close()
         try:
-            self.adopt_spawned()  # (so that stop_all ends them too)
+            self.cards.adopt_spawned()  # (so that stop_all ends them too)
         except CardStartFailed:
             pass
         self.registry.stop_all()
         for process_entry in self.registry.cards.values():
             if process_entry.identity is not None:
-                self._send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
+                self.outbox.send_card(process_entry.identity, Cmd.DISCONNECT, b"", b"")
         self.supervisor.stop_all()
-        statefile.remove_state(self.state_path)
+        statefile.remove_state(self.cards.state_path)
         self.jobs.close()
-        if self.trace is not None and self.trace_path:
+        trace, metrics = self.telemetry.trace, self.telemetry.metrics
+        if trace is not None and self.trace_path:
             try:
-                self.trace.write(self.trace_path, list(self.registry.cards))
+                trace.write(self.trace_path, list(self.registry.cards))
             except OSError as exc:
                 logger.error("cannot write the trace to %s: %s", self.trace_path, exc)
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.fault_log is not None:
-            self.fault_log.close()
+        if metrics is not None:
+            metrics.close()
+        self.faults.close()
         self.frontend.close(0)
         self.backend.close(0)
         self.ctx.term()
@@ -265,31 +273,42 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
                 watched.add(fd)
             # whole ms, rounded up: zmq_poll truncates, which would wake early and spin
             timeout_ms = max(0, math.ceil((next_beat - time.monotonic()) * 1000.0))
-            if self.card_backlog or self.client_backlog:
+            if self.outbox.waiting():
                 timeout_ms = min(timeout_ms, BACKLOG_POLL_MS)
             for item, _ in poller.poll(timeout_ms):
                 if item is self.frontend:
                     self._drain(self.frontend, self.on_client)
                 elif item is self.backend:
-                    self._drain(self.backend, self.on_card)
+                    self._drain(self.backend, self.cards.on_card)
                 elif item == self.signal_fd:
                     os.read(self.signal_fd, 512)
                 elif item == self.jobs.wake_fd:
                     self.jobs.finish()
-                    self._guarded(self.adopt_spawned)
+                    self._guarded(self.cards.adopt_spawned)
                 elif isinstance(item, int):
                     poller.unregister(item)
                     watched.discard(item)
                     if item in self.supervisor.sentinels:
-                        self.on_sentinel(item)
+                        self.cards.on_sentinel(item)
                     else:
                         self.supervisor.reap(item)
-            if self.card_backlog or self.client_backlog:
-                self.flush_backlogs()
+            if self.outbox.waiting():
+                self.outbox.flush_backlogs()
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + interval_s
                 self._guarded(self.heartbeat, now, expiry_s)
+
+    def heartbeat(self, now: float, expiry_s: float) -> None:
+        """Each heartbeat interval: judge and beat the cards, reclaim the clients that went,
+        log the drop counts, and end the farm if its watched parent is gone."""
+        self.cards.heartbeat(now, expiry_s)
+        self.clients.expire_clients(now)
+        for counted in (self.malformed, self.errors, self.replies_dropped):
+            counted.flush(now)
+        if self.watch_parent is not None and os.getppid() != self.watch_parent:
+            logger.warning("parent process %d exited; shutting down", self.watch_parent)
+            self.running = False
 
     def _guarded(self, step, *args) -> None:
         """Run one loop step; a bug in it is logged and counted, the loop goes on (a card that
@@ -312,22 +331,23 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
                 raise
             except NpuFarmError as exc:
                 self.malformed.add(str(exc), time.monotonic())
-                if self.metrics is not None:
-                    self.metrics.malformed("client" if socket is self.frontend else "card")
+                if self.telemetry.metrics is not None:
+                    side = "client" if socket is self.frontend else "card"
+                    self.telemetry.metrics.malformed(side)
             except Exception as exc:  # one message's failure must never end the farm
                 self.errors.add(repr(exc), time.monotonic(), exc)
 
     # -- clients ---------------------------------------------------------------------------
     def on_client(self, frames: list) -> None:
         client = proto.reply_identity(frames[0])
-        self.client_seen(client)
+        self.clients.client_seen(client)
         if len(frames) == 6 and frames[2] == proto.CLIENT_HEADER and frames[1] == b"":
             cmd = frames[3]
             if cmd == Cmd.SUBMIT or cmd == Cmd.REQUEST:
                 card = self.registry.routes.get(frames[4])
                 if card is not None:
                     device_id = proto.unpack_route(frames[4])[0]
-                    barred = self.client_table.expired and self.barred(client, device_id)
+                    barred = self.client_table.expired and self.clients.barred(client, device_id)
                     if not barred and self._route(card, device_id, client, cmd, *frames[4:]):
                         return
         msg = proto.parse_client_message(frames, with_identity=True)
@@ -335,35 +355,44 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
         device_id, _ = proto.unpack_route(msg.route)
         if msg.cmd in (Cmd.SUBMIT, Cmd.REQUEST) and device_id != BROKER_DEVICE:
             self.refuse(msg, device_id)
-        elif msg.cmd == Cmd.HELLO:
-            self.on_hello(client, msg.body, time.monotonic())
-        elif msg.cmd == Cmd.STATUS:
-            self.reply(client, Cmd.STATUS, _BROKER_ROUTE, self.describe())
-        elif msg.cmd == Cmd.HEARTBEAT:
-            self.tell_reclaimed(client)
-            self.reply(client, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
-        elif msg.cmd == Cmd.DISCONNECT:
-            self.client_left(client)
-        elif msg.cmd == Cmd.TRACE:
-            rows = proto.unpack(msg.body)
-            if self.trace is not None and isinstance(rows, list):
-                self.trace.syncs(client, rows)
-        elif msg.cmd == Cmd.REQUEST:
-            self.on_broker_request(client, proto.unpack(msg.body))
-        else:
+            return
+        handler = self.commands.get(msg.cmd)
+        if handler is None:
             raise NpuFarmError(f"unexpected client command {msg.cmd!r}")
+        handler(msg)
+
+    def _on_hello(self, msg: proto.ClientFrame) -> None:
+        self.clients.on_hello(msg.identity, msg.body, time.monotonic())
+
+    def _on_status(self, msg: proto.ClientFrame) -> None:
+        self.reply(msg.identity, Cmd.STATUS, _BROKER_ROUTE, self.describe())
+
+    def _on_heartbeat(self, msg: proto.ClientFrame) -> None:
+        self.clients.tell_reclaimed(msg.identity)
+        self.reply(msg.identity, Cmd.HEARTBEAT, _BROKER_ROUTE, {})
+
+    def _on_disconnect(self, msg: proto.ClientFrame) -> None:
+        self.clients.client_left(msg.identity)
+
+    def _on_trace(self, msg: proto.ClientFrame) -> None:
+        rows = proto.unpack(msg.body)
+        if self.telemetry.trace is not None and isinstance(rows, list):
+            self.telemetry.trace.syncs(msg.identity, rows)
+
+    def _on_request(self, msg: proto.ClientFrame) -> None:
+        self.admin.on_request(msg.identity, proto.unpack(msg.body))
 
     def _route(
         self, card: bytes, device_id: int, client: bytes, cmd: bytes, route: bytes, body: bytes
     ) -> bool:
         """Forward work to a live card; False if the card is unreachable (refused instead)."""
-        if self.route_faults is not None and cmd == Cmd.SUBMIT:
-            body = self._drop_faults(device_id, client, route, body)
+        if self.faults.route_faults is not None and cmd == Cmd.SUBMIT:
+            body = self.faults.drop_tasks(device_id, client, route, body)
             if body is None:
                 return True
-        if not self.to_card(device_id, [card, b"", proto.WORKER_HEADER, cmd, client, body]):
+        if not self.outbox.to_card(device_id, [card, b"", proto.WORKER_HEADER, cmd, client, body]):
             return False  # card vanished between its last message and now
-        self.clients_of[device_id].add(client)
+        self.clients.clients_of[device_id].add(client)
         if cmd == Cmd.SUBMIT:
             self.ledger.routed(device_id, proto.batch_length(body))
         return True
@@ -385,216 +414,7 @@ class Broker(FaultControl, AdminRequests, ClientControl, Outbox):
             self.reply(msg.identity, Cmd.REPLY, msg.route, {"rid": body["rid"], "code": code})
 
     def reply(self, client: bytes, cmd: bytes, route: bytes, body: Any) -> None:
-        self.to_client(client, proto.client_message(cmd, route, proto.pack(body), client))
-
-    # -- cards -----------------------------------------------------------------------------
-    def on_card(self, frames: list) -> None:
-        if len(frames) == 6 and frames[3] in (Cmd.COMPLETE, Cmd.REPLY) and frames[4]:
-            entry = self.registry.by_identity.get(frames[0])
-            if entry is not None:
-                body = frames[5]
-                if frames[3] == Cmd.COMPLETE:
-                    body = self._count_completions(entry, frames[4], body)
-                    if body is None:
-                        return
-                self.to_client(
-                    frames[4], [frames[4], b"", proto.CLIENT_HEADER, frames[3], entry.route, body]
-                )
-                return
-        msg = proto.parse_worker_message(frames, with_identity=True)
-        now = time.monotonic()
-        if msg.cmd == Cmd.READY:
-            self.on_ready(msg.identity, proto.unpack(msg.body), now)
-        elif msg.cmd == Cmd.CARD_EVENT:
-            self.on_card_event(msg.identity, proto.unpack(msg.body), now)
-        elif msg.cmd == Cmd.REPLY and not msg.client:
-            pass  # a card acknowledging an inject/recover from the broker
-        elif msg.cmd == Cmd.HEARTBEAT:
-            entry = self.registry.on_seen(msg.identity, now)
-            if entry is None:
-                self._send_card(msg.identity, Cmd.DISCONNECT, b"", b"")
-            else:
-                body = proto.unpack(msg.body)
-                if isinstance(body, dict):
-                    entry.stats = body
-                    if self.metrics is not None:
-                        self.metrics.card_stats(entry.device_id, body, entry.reclaimed())
-        elif msg.cmd in (Cmd.COMPLETE, Cmd.REPLY):
-            logger.debug("late %r from a card no longer routed; dropped", msg.cmd)
-        else:
-            raise NpuFarmError(f"unexpected card message {msg.cmd!r} from {msg.identity!r}")
-
-    def _count_completions(self, entry, client: bytes, body: bytes) -> bytes | None:
-        """Count a card's COMPLETE (ledger, trace, metrics); return the body to forward to the
-        client (None: every row dropped by a ``drop`` fault on completions)."""
-        try:
-            rows = proto.unpack(body)
-            codes = [
-                row[1] if isinstance(row[1], int) else ACL_ERROR_RT_INTERNAL_ERROR
-                for row in rows
-                if isinstance(row, list) and len(row) >= 4
-            ]
-        except (NpuFarmError, TypeError):
-            self.malformed.add(f"card {entry.device_id}: COMPLETE not a list", time.monotonic())
-            return body
-        if self.trace is not None:
-            self.trace.tasks(entry.device_id, entry.epoch, client, rows)
-        if self.metrics is not None:
-            self.metrics.tasks_ended(entry.device_id, rows)
-        if self.route_faults is not None and self.route_faults.has_hook("broker.complete"):
-            kept = self._drop_completions(entry.device_id, rows)
-            if len(kept) != len(rows):
-                ended = [row[1] for row in kept if isinstance(row, list) and len(row) >= 4]
-                self.ledger.ended(entry.device_id, ended)
-                return proto.pack(kept) if kept else None
-        self.ledger.ended(entry.device_id, codes)
-        return body
-
-    def on_ready(self, identity: bytes, body: Any, now: float) -> None:
-        if not isinstance(body, dict):
-            raise NpuFarmError("READY body is not a map")
-        entry = self.registry.on_ready(identity, body, now)
-        if entry is None:  # counted (a flood is one line a second), and told to go
-            self.malformed.add(f"READY from unexpected card {identity!r}; disconnected", now)
-            self._send_card(identity, Cmd.DISCONNECT, b"", b"")
-            return
-        # welcome: the card's liveness counts from now (leniently while the farm starts)
-        beat = b"" if self.announced else FARM_STARTING
-        self._send_card(identity, Cmd.HEARTBEAT, b"", beat)
-        logger.info("card %d epoch %d ready", entry.device_id, entry.epoch)
-        self.sync_card_rules(entry)
-        if self.trace is not None:
-            self.trace.instant("card ready", entry.device_id, now, {"epoch": entry.epoch})
-        if self.metrics is not None:
-            self.metrics.card_state(entry.device_id, True, entry.epoch)
-        if self.announced:
-            self.notify(entry.device_id, "ready", 0)
-            self.answer_restart(entry.device_id, 0)
-        elif self.registry.all_ready():
-            self.announce()
-
-    def announce(self) -> None:
-        self.announced = True
-        # end the cards' start lenience before anyone can find the farm: a broker that stalls
-        # right after its start must be judged by the heartbeat expiry, not the start timeout
-        for entry in self.registry.cards.values():
-            if entry.state is CardState.READY and entry.identity is not None:
-                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", b"")
-        state = self.describe()
-        statefile.write_state(self.state_path, state)
-        logger.info(
-            "farm %s up at %s with %d cards in %.2fs",
-            self.farm_id,
-            state["endpoint"],
-            len(state["cards"]),
-            time.monotonic() - self.started_s,
-        )
-        for client in self.pending_hello:
-            self.reply(client, Cmd.HELLO, _BROKER_ROUTE, state)
-        self.pending_hello.clear()
-
-    def _send_card(self, identity: bytes, cmd: bytes, client: bytes, body: bytes) -> None:
-        try:
-            send_now(self.backend, proto.worker_message(cmd, client, body, identity))
-        except zmq.ZMQError:
-            logger.debug("card %r unreachable or not reading; %r not sent", identity, cmd)
-
-    def on_sentinel(self, fd: int) -> None:
-        device_id = self.supervisor.sentinels.get(fd)
-        if device_id is None:
-            return
-        process = self.supervisor.processes[device_id]
-        if process.is_alive():
-            # a spurious wake-up: the loop watches this fd again next round
-            logger.debug("card %d: sentinel %d fired for a live process; ignored", device_id, fd)
-            return
-        self.lose(device_id, f"process exited (exit code {process.exitcode})")
-        self.supervisor.forget(device_id)
-
-    def lose(self, device_id: int, reason: str) -> None:
-        entry = self.registry.mark_lost(device_id, reason, time.monotonic())
-        if entry is None:
-            return
-        logger.warning("card %d epoch %d lost: %s", device_id, entry.epoch, reason)
-        self.ledger.card_lost(device_id)
-        self.link_loss.pop(device_id, None)
-        self.drop_card_backlog(device_id)
-        if self.trace is not None:
-            self.trace.instant(
-                "card lost", device_id, time.monotonic(), {"epoch": entry.epoch, "reason": reason}
-            )
-        if self.metrics is not None:
-            self.metrics.card_state(device_id, False, entry.epoch)
-        if entry.shm_name:  # a crashed card leaves its HBM behind; clients have it mapped
-            try:
-                os.unlink(f"/dev/shm/{entry.shm_name}")
-            except FileNotFoundError:
-                pass
-        self.notify(device_id, "lost", ACL_ERROR_RT_LOST_HEARTBEAT, epoch=entry.epoch)
-        self.supervisor.kill(device_id)
-        self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)  # it died while restarting
-        if not self.announced:
-            raise CardStartFailed(f"card {device_id} failed to start: {reason}")
-
-    def notify(self, device_id: int, state: str, code: int, epoch: int | None = None) -> None:
-        entry = self.registry.cards[device_id]
-        body = {
-            "device_id": device_id,
-            "epoch": entry.epoch if epoch is None else epoch,
-            "state": state,
-            "code": code,
-            "card": self._describe_card(device_id),
-        }
-        for client in list(self.clients):
-            self.reply(client, Cmd.CARD_EVENT, proto.pack_route(device_id, body["epoch"]), body)
-
-    def restart(self, device_id: int) -> bool:
-        """Start a new epoch of a LOST card (queued for the loop to spawn). False if it flaps
-        (left FAILED; pending restarts answered 507010)."""
-        if not self.registry.may_restart(
-            device_id, time.monotonic(), self.config.restart_max, self.config.restart_window_s
-        ):
-            logger.error("card %d is flapping; left FAILED", device_id)
-            self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
-            return False
-        self.supervisor.forget(device_id)
-        self.registry.starting(device_id, 0, time.monotonic())
-        self.request_start(device_id)
-        return True
-
-    def answer_restart(self, device_id: int, code: int) -> None:
-        for client, rid in self.pending_restart.pop(device_id, []):
-            self.reply(
-                client,
-                Cmd.REPLY,
-                _BROKER_ROUTE,
-                {"rid": rid, "code": code, "card": self._describe_card(device_id)},
-            )
-
-    def heartbeat(self, now: float, expiry_s: float) -> None:
-        # until the farm is up, a READY card's silence is judged by the start timeout: the
-        # start of many cards loads the box (a slower start, never a failed one)
-        if not self.announced:
-            expiry_s = max(expiry_s, self.start_timeout_s)
-        for entry in self.registry.expired(now, expiry_s):
-            self.lose(entry.device_id, f"no heartbeat for {now - entry.last_seen_s:.2f}s")
-        for entry in self.registry.start_expired(now, self.start_timeout_s):
-            self.lose(entry.device_id, f"did not start within {self.start_timeout_s:g}s")
-        for device_id, (epoch, deadline) in list(self.link_loss.items()):
-            if now >= deadline:
-                del self.link_loss[device_id]
-                if self.registry.cards[device_id].epoch == epoch:
-                    self.lose(device_id, "link dropped (injected disconnect): messages lost")
-        beat = b"" if self.announced else FARM_STARTING
-        for entry in self.registry.cards.values():
-            if entry.state is CardState.READY and entry.identity is not None:
-                self._send_card(entry.identity, Cmd.HEARTBEAT, b"", beat)
-        self.expire_clients(now)
-        for counted in (self.malformed, self.errors, self.replies_dropped):
-            counted.flush(now)
-        if self.watch_parent is not None and os.getppid() != self.watch_parent:
-            logger.warning("parent process %d exited; shutting down", self.watch_parent)
-            self.running = False
+        self.outbox.to_client(client, proto.client_message(cmd, route, proto.pack(body), client))
 
 
 def run_farm(

@@ -1,5 +1,6 @@
-"""The broker's own request ops (``restart``, ``trace``, ``inject``, ``recover``): a mixin of
-:class:`farm.broker.Broker`, plus the background jobs that keep slow work off its loop.
+"""The broker's own request ops (``restart``, ``trace``, ``inject``, ``recover``), dispatched
+by one table (:attr:`AdminRequests.ops`; an op not in it is answered 100000), plus the background
+jobs that keep slow work off the broker's loop.
 
 Why: one bad admin request must never end the farm nor go unanswered. Every body is validated;
 any exception while handling one request answers that request with
@@ -28,7 +29,12 @@ from core.errors import (
     NpuFarmError,
 )
 from core.protocol import BROKER_DEVICE, Cmd
-from farm.registry import CardState
+from farm.broker_cards import CardControl
+from farm.broker_clients import Reply
+from farm.broker_faults import FaultControl
+from farm.broker_io import Telemetry
+from farm.client_table import ClientTable
+from farm.registry import CardState, Registry
 from farm.trace import TraceRecorder, write_trace_events
 
 __all__ = ["AdminRequests", "Jobs", "error_reply"]
@@ -36,12 +42,8 @@ __all__ = ["AdminRequests", "Jobs", "error_reply"]
 logger = logging.getLogger(__name__)
 
 BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
-_OPS = {
-    "restart": "_op_restart",
-    "trace": "_op_trace",
-    "inject": "_op_inject",
-    "recover": "_op_recover",
-}
+#: an op's handler: (client, rid, body) -> the answer, or None when it is answered later
+Op = Callable[[bytes, int, dict], dict | None]
 
 
 def _is_int(value: Any) -> bool:
@@ -126,44 +128,74 @@ class Jobs:
 
 
 class AdminRequests:
-    """Broker ops (state lives on the broker: registry, plan, jobs, ...)."""
+    """The broker's request ops. Each is a method listed in :attr:`ops`; it reads the registry
+    and client table, and acts through the cards, the faults and the jobs it is given."""
 
-    def on_broker_request(self, client: bytes, body: Any) -> None:
+    def __init__(
+        self,
+        *,
+        started_s: float,
+        registry: Registry,
+        table: ClientTable,
+        cards: CardControl,
+        faults: FaultControl,
+        jobs: Jobs,
+        telemetry: Telemetry,
+        reply: Reply,
+    ) -> None:
+        self.started_s = started_s
+        self.registry = registry
+        self.table = table
+        self.cards = cards
+        self.faults = faults
+        self.jobs = jobs
+        self.telemetry = telemetry
+        self.reply = reply
+        self.ops: dict[str, Op] = {
+            "restart": self.restart,
+            "trace": self.trace,
+            "inject": self.inject,
+            "recover": self.recover,
+        }
+
+    def on_request(self, client: bytes, body: Any) -> None:
         if not isinstance(body, dict) or not _is_int(body.get("rid")):
             raise NpuFarmError("broker request without rid")
         rid, op = body["rid"], body.get("op")
         try:
-            if not (isinstance(op, str) and op in _OPS):
-                raise ConfigError(f"op: unknown broker op {op!r}; known: {', '.join(_OPS)}")
-            answer = getattr(self, _OPS[op])(client, rid, body)
+            handler = self.ops.get(op) if isinstance(op, str) else None
+            if handler is None:
+                raise ConfigError(f"op: unknown broker op {op!r}; known: {', '.join(self.ops)}")
+            answer = handler(client, rid, body)
         except Exception as exc:  # one request's failure is that request's answer
             answer = error_reply(exc, op)
         if answer is not None:
             self.reply(client, Cmd.REPLY, BROKER_ROUTE, {"rid": rid, **answer})
 
-    def _op_restart(self, client: bytes, rid: int, body: dict) -> dict | None:
+    def restart(self, client: bytes, rid: int, body: dict) -> dict | None:
         device_id = body.get("device_id")
         if not _is_int(device_id):
             raise ConfigError(f"device_id: expected an integer, got {device_id!r}")
         if device_id not in self.registry.cards:
             raise NpuFarmError(f"device_id: no card {device_id}", ACL_ERROR_RT_INVALID_DEVICEID)
-        self.client_table.reset(client, device_id)  # a reclaimed client starts afresh there
+        self.table.reset(client, device_id)  # a reclaimed client starts afresh there
         entry = self.registry.cards[device_id]
         if entry.state is CardState.READY:
-            return {"code": 0, "card": self._describe_card(device_id)}
-        self.pending_restart.setdefault(device_id, []).append((client, rid))
+            return {"code": 0, "card": self.cards.describe_card(device_id)}
+        self.cards.pending_restart.setdefault(device_id, []).append((client, rid))
         if entry.state is CardState.LOST:
-            self.restart(device_id)
+            self.cards.restart(device_id)
         elif entry.state is CardState.FAILED:
-            self.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
+            self.cards.answer_restart(device_id, ACL_ERROR_RT_LOST_HEARTBEAT)
         return None  # answered when the card is READY (or lost again while starting)
 
-    def _op_trace(self, client: bytes, rid: int, body: dict) -> None:
+    def trace(self, client: bytes, rid: int, body: dict) -> None:
         path = body.get("path")
         if not isinstance(path, str) or not path.strip() or "\0" in path:
             raise ConfigError(f"path: expected a file path, got {path!r}")
-        self.trace = self.trace or TraceRecorder(self.started_s)
-        events = self.trace.snapshot(list(self.registry.cards))
+        if self.telemetry.trace is None:
+            self.telemetry.trace = TraceRecorder(self.started_s)
+        events = self.telemetry.trace.snapshot(list(self.registry.cards))
 
         def then(count: Any, exc: BaseException | None) -> None:
             answer = error_reply(exc, "trace") if exc is not None else {"code": 0, "events": count}
@@ -172,8 +204,11 @@ class AdminRequests:
         self.jobs.run(lambda: write_trace_events(path, events), then)
         return None
 
-    def _op_inject(self, client: bytes, rid: int, body: dict) -> dict:
-        return self.inject(body)
+    def inject(self, client: bytes, rid: int, body: dict) -> dict:
+        return self.faults.inject(body)
 
-    def _op_recover(self, client: bytes, rid: int, body: dict) -> dict:
-        return self.recover(body)
+    def recover(self, client: bytes, rid: int, body: dict) -> dict:
+        removed = self.faults.recover(body)
+        restarted = self.cards.restart_lost()
+        logger.warning("recover: %d fault rules removed; cards restarted: %s", removed, restarted)
+        return {"code": 0, "removed": removed, "restarted": restarted}

@@ -9,8 +9,8 @@ supervisor how often each rule fired per card, so a rule's ``count`` holds acros
 An injected ``disconnect`` is a card loss: a link drop loses the messages in flight (tasks and
 completions), so the broker declares the card lost one heartbeat expiry after the drop, as it
 would for a longer one (a transient drop is never a silent loss of work). ``recover`` removes
-the rules and restarts the cards that are down, so the farm is healthy again (clients of the old
-epoch still get 507010 until their own reset: the epoch changed).
+the rules; the admin op then restarts the cards that are down, so the farm is healthy again
+(clients of the old epoch still get 507010 until their own reset: the epoch changed).
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ from core.errors import ConfigError
 from core.fault_plan import check_kinds
 from core.faults import API_BY_TASK_KIND, BROKER, KINDS, FaultInjector, FaultPlan, FaultRule
 from core.protocol import Cmd
-from farm.registry import CardState
+from farm.broker_io import Counted, Outbox, Telemetry
+from farm.ledger import FarmLedger
+from farm.registry import CardState, Registry
+from farm.supervisor import Supervisor
 
 __all__ = ["FaultControl"]
 
@@ -34,9 +37,60 @@ logger = logging.getLogger(__name__)
 
 
 class FaultControl:
-    """Fault handling of the broker (state lives on the broker: plan, route_faults, ...)."""
+    """The broker's fault state: the plan in force, its own injector, the fault log and the
+    counts; it reads the registry, tells the supervisor (per-rule fire counts, the plan new
+    cards start with) and sends rules to cards through the outbox."""
 
-    def _drop_faults(self, device_id: int, client: bytes, route: bytes, body: bytes):
+    def __init__(
+        self,
+        plan: FaultPlan,
+        *,
+        started_s: float,
+        expiry_s: float,
+        registry: Registry,
+        supervisor: Supervisor,
+        ledger: FarmLedger,
+        outbox: Outbox,
+        telemetry: Telemetry,
+        malformed: Counted,
+        log_path: str,
+    ) -> None:
+        self.started_s = started_s
+        self.expiry_s = expiry_s
+        self.registry = registry
+        self.supervisor = supervisor
+        self.ledger = ledger
+        self.outbox = outbox
+        self.telemetry = telemetry
+        self.malformed = malformed
+        self.plan = plan
+        supervisor.plan = plan
+        broker_plan = plan.for_broker()
+        self.route_faults = FaultInjector(broker_plan, BROKER) if broker_plan.rules else None
+        self.counts: dict[str, int] = {}
+        self.rule_first_s: dict[int, float] = {}  # rule id -> first fire (s since farm start)
+        self.log_path = log_path
+        self.log = None  # opened (truncated) at the first fault event
+        self.spawn_rules: dict[int, tuple[int, ...]] = {}  # device -> rule ids given at spawn
+        self.link_loss: dict[int, tuple[int, float]] = {}  # device -> (epoch, loss deadline)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "log": self.log_path,
+            "counts": dict(self.counts),
+            "plan": self.plan.to_dict(),
+            "active": self.active_rules(),
+        }
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+    def spawned(self, device_id: int) -> None:
+        """A card's process is about to start with the plan of now."""
+        self.spawn_rules[device_id] = self.supervisor.card_plan(device_id).rule_ids
+
+    def drop_tasks(self, device_id: int, client: bytes, route: bytes, body: bytes):
         """broker.route faults: drop the tasks a ``drop`` rule fires on (they never complete,
         as a lost message would leave them). Returns the body to forward, or None."""
         tasks = proto.unpack(body)
@@ -62,7 +116,7 @@ class FaultControl:
             return None
         return body if len(kept) == len(tasks) else proto.pack(kept)
 
-    def _drop_completions(self, device_id: int, rows: list) -> list:
+    def drop_completions(self, device_id: int, rows: list) -> list:
         """broker.complete faults: the completion rows to forward. A dropped row's task ran on
         the card (its outputs are written) but its client never hears of it: a timed sync gets
         507046, as when a completion is lost on the way."""
@@ -81,20 +135,21 @@ class FaultControl:
         return kept
 
     def log_faults(self, events: list[dict]) -> None:
-        if self.trace is not None:
+        trace, metrics = self.telemetry.trace, self.telemetry.metrics
+        if trace is not None:
             for event in events:
-                self.trace.instant(
+                trace.instant(
                     f"fault: {event['kind']}",
                     event.get("card", -1),
                     event.get("t_s", 0.0),
                     event,
                     since_start=True,
                 )
-        if self.metrics is not None:
+        if metrics is not None:
             for event in events:
-                self.metrics.fault(event.get("card", -1), event["kind"])
-        if events and self.fault_log is None:
-            self.fault_log = open(self.fault_log_path, "w", encoding="utf-8")  # noqa: SIM115
+                metrics.fault(event.get("card", -1), event["kind"])
+        if events and self.log is None:
+            self.log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115
         for event in events:
             rule_id = event.get("rule", -1)
             t_s = event.get("t_s", 0.0)
@@ -102,10 +157,10 @@ class FaultControl:
                 self.rule_first_s[rule_id] = t_s
             key = (rule_id, event.get("card", -1))
             self.supervisor.fired[key] = self.supervisor.fired.get(key, 0) + 1
-            self.fault_log.write(json.dumps(event, sort_keys=True, default=repr) + "\n")
-            self.fault_counts[event["kind"]] = self.fault_counts.get(event["kind"], 0) + 1
+            self.log.write(json.dumps(event, sort_keys=True, default=repr) + "\n")
+            self.counts[event["kind"]] = self.counts.get(event["kind"], 0) + 1
         if events:
-            self.fault_log.flush()
+            self.log.flush()
 
     def on_card_event(self, identity: bytes, body: Any, now: float) -> None:
         """A card's CARD_EVENT: ``faults`` it injected and/or ``refused``, the items of a
@@ -143,7 +198,7 @@ class FaultControl:
             self.malformed.add(f"card {entry.device_id}: {bad} bad fault events", now)
         self.log_faults(valid)
         if entry.state is CardState.READY and any(e["kind"] == "disconnect" for e in valid):
-            deadline = now + self.config.heartbeat_expiry_s
+            deadline = now + self.expiry_s
             self.link_loss.setdefault(entry.device_id, (entry.epoch, deadline))
 
     def inject(self, body: dict) -> dict:
@@ -165,9 +220,9 @@ class FaultControl:
         logger.warning("fault injected at runtime: %s", rule.to_dict())
         return {"code": 0, "rule": rule_id}
 
-    def recover(self, body: dict) -> dict:
-        """``npufarm recover``: clear injected faults (of ``kinds``, or all) and restart the
-        cards that are down."""
+    def recover(self, body: dict) -> int:
+        """``npufarm recover``: clear injected faults (of ``kinds``, or all); the cards a flap
+        left FAILED are LOST again, for the caller to restart. Returns how many rules went."""
         kinds = body.get("kinds")
         if kinds is not None and not (
             isinstance(kinds, list | tuple) and all(isinstance(k, str) for k in kinds)
@@ -181,16 +236,11 @@ class FaultControl:
         if self.route_faults is not None:
             self.route_faults.clear(kinds)
         self._tell_cards(None, {"op": "recover", "kinds": kinds})
-        restarted = []
-        for device_id, entry in self.registry.cards.items():
+        for entry in self.registry.cards.values():
             if entry.state is CardState.FAILED:  # flapped under the faults just removed
                 entry.state = CardState.LOST
                 entry.restarts.clear()
-            if entry.state is CardState.LOST and self.restart(device_id):
-                restarted.append(device_id)
-        logger.warning("recover: %d fault rules removed; cards restarted: %s",
-                       before - len(self.plan.rules), restarted)  # fmt: skip
-        return {"code": 0, "removed": before - len(self.plan.rules), "restarted": restarted}
+        return before - len(self.plan.rules)
 
     def sync_card_rules(self, entry) -> None:
         """A card just READY got the plan of its spawn time; bring it to the plan of now (rules
@@ -236,7 +286,8 @@ class FaultControl:
             if entry.identity is None or entry.state is not CardState.READY:
                 continue
             if device_id is None or entry.device_id == device_id:
-                self._send_card(entry.identity, Cmd.REQUEST, b"", proto.pack({"rid": 0, **request}))
+                body = proto.pack({"rid": 0, **request})
+                self.outbox.send_card(entry.identity, Cmd.REQUEST, b"", body)
 
 
 def _is_int(value: Any) -> bool:

@@ -1,5 +1,5 @@
-"""The broker's sends that never wait, and its counters of dropped inputs: a mixin of
-:class:`farm.broker.Broker`.
+"""The broker's sends that never wait (:class:`Outbox`), its counters of dropped inputs
+(:class:`Counted`), and the observers every part of it reports to (:class:`Telemetry`).
 
 Why: a ROUTER with ``ROUTER_MANDATORY`` blocks (or, non-blocking, raises ``zmq.Again``) when a
 peer's pipe is full. The broker loop must never block, and a live card whose pipe is full is not
@@ -15,14 +15,15 @@ import logging
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import zmq
 
 from core import protocol as proto
-from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT
-from core.protocol import Cmd
+from farm.metrics import FarmMetrics
+from farm.trace import TraceRecorder
 
-__all__ = ["Outbox", "Counted", "send_now", "PIPE_HWM", "BACKLOG_POLL_MS"]
+__all__ = ["Outbox", "Counted", "Telemetry", "send_now", "PIPE_HWM", "BACKLOG_POLL_MS"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ _CLIENT_BACKLOG_MAX = 100_000  # messages queued for one client before they are 
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE) | int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 _LOG_EVERY_S = 1.0
+
+
+@dataclass
+class Telemetry:
+    """Where the broker's parts report what happens: the trace (``None`` until a farm started
+    without ``--trace`` is asked for one, so it is shared, not copied) and the metrics."""
+
+    trace: TraceRecorder | None = None
+    metrics: FarmMetrics | None = None
 
 
 class Counted:
@@ -76,7 +86,26 @@ def send_now(socket: zmq.Socket, frames: list) -> None:
 
 
 class Outbox:
-    """Backlogged sends of the broker (state lives on the broker: card_backlog, ...)."""
+    """Backlogged sends to cards (``backend``) and clients (``frontend``)."""
+
+    def __init__(self, frontend: zmq.Socket, backend: zmq.Socket, dropped: Counted) -> None:
+        self.frontend = frontend
+        self.backend = backend
+        self.replies_dropped = dropped
+        self.card_backlog: dict[int, deque[list]] = {}  # device -> frames its pipe refused
+        self.client_backlog: dict[bytes, deque[list]] = {}
+
+    def waiting(self) -> bool:
+        """Whether some message waits for a peer's pipe to drain."""
+        return bool(self.card_backlog or self.client_backlog)
+
+    def send_card(self, identity: bytes, cmd: bytes, client: bytes, body: bytes) -> None:
+        """A control message to a card, now or never (a card not reading is judged by its
+        heartbeats, not queued for)."""
+        try:
+            send_now(self.backend, proto.worker_message(cmd, client, body, identity))
+        except zmq.ZMQError:
+            logger.debug("card %r unreachable or not reading; %r not sent", identity, cmd)
 
     def to_card(self, device_id: int, frames: list) -> bool:
         """Send to a live card; a full pipe queues the message (sent in order later). False if
@@ -133,17 +162,7 @@ class Outbox:
             backlog.popleft()
         return False
 
-    def drop_card_backlog(self, device_id: int) -> None:
-        """A lost card's queued messages: its requests get 507010 (its tasks are failed by the
-        loss itself)."""
-        for frames in self.card_backlog.pop(device_id, ()):
-            if frames[3] == Cmd.REQUEST:
-                body = proto.unpack(frames[5])
-                if isinstance(body, dict) and "rid" in body:
-                    route = self.registry.cards[device_id].route
-                    self.reply(
-                        frames[4],
-                        Cmd.REPLY,
-                        route,
-                        {"rid": body["rid"], "code": ACL_ERROR_RT_LOST_HEARTBEAT},
-                    )
+    def take_card_backlog(self, device_id: int) -> deque[list]:
+        """A lost card's queued messages, no longer to be sent (its requests are answered
+        507010 by the caller; its tasks are failed by the loss itself)."""
+        return self.card_backlog.pop(device_id, deque())

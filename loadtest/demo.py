@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -25,9 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
+import acl
+from client.embedded import EmbeddedFarm
 from core.errors import NpuFarmError
+from device.atc import convert
 from device.models import load_model_file, reference
+from farm.admin import broker_request, query_status
+from loadtest.loadgen import BenchConfig, run_bench
+from loadtest.plots import render_all
+from loadtest.render import load_samples, render_terminal
 
 __all__ = ["run_demo"]
 
@@ -74,8 +83,6 @@ def _check_card(
 
 
 def _check_compute(address: str, model: Path, requests: int) -> dict[int, tuple[int, int]]:
-    import acl
-
     os.environ["NPUFARM_ADDRESS"] = address
     results: dict[int, tuple[int, int]] = {}
     ret = acl.init()
@@ -103,13 +110,9 @@ _ONNX_MODULES = ("onnx", "onnxruntime")
 def _convert_tiny_cnn(out: Path) -> Path | None:
     """examples/pyacl/tiny_cnn as ``out/tiny_cnn.om`` (None without the onnx extra or the
     repository's examples folder)."""
-    import importlib.util
-
     builder = _REPO / "examples" / "pyacl" / "tiny_cnn.py"
     if not builder.exists() or None in (importlib.util.find_spec(m) for m in _ONNX_MODULES):
         return None
-    from device.atc import convert
-
     module_spec = importlib.util.spec_from_file_location("npufarm_tiny_cnn", builder)
     tiny_cnn = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(tiny_cnn)
@@ -125,8 +128,6 @@ _DROP_INTO_LOAD_S = 3.0  # the link drop falls this long after the load (warm-up
 def _link_drop(address: str, at_monotonic_s: float) -> float:
     """Inject a disconnect of card 3 at ``at_monotonic_s`` (this host's monotonic clock), as a
     farm-time rule; return that farm time."""
-    from farm.admin import broker_request, query_status
-
     at_s = query_status(address)["uptime_s"] + max(0.0, at_monotonic_s - time.monotonic())
     rule = {"kind": "disconnect", "card": 3, "at_s": round(at_s, 3), "name": "card3-link-drop"}
     reply = broker_request(address, {"op": "inject", "rule": rule})
@@ -143,13 +144,6 @@ def run_demo(
     check_requests: int = 50,
 ) -> int:
     """Run the experiment; return 0 when compute was correct and the run completed."""
-    from rich.console import Console
-
-    from client.embedded import EmbeddedFarm
-    from loadtest.loadgen import BenchConfig, run_bench
-    from loadtest.plots import render_all
-    from loadtest.render import load_samples, render_terminal
-
     console = Console()
     out = Path(out_dir or f"out/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)

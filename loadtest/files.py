@@ -2,8 +2,8 @@
 :mod:`loadtest.report`, which re-exports these functions): ``result.json`` (:func:`write_json`,
 :func:`read_json`), ``summary.csv`` (:func:`write_csv`), ``requests.jsonl`` (:func:`write_jsonl`).
 
-The few names these need from :mod:`loadtest.report` are imported inside the functions: that module
-imports this one, so a module-level import back would be circular.
+The schema names these need come from :mod:`loadtest.schema`, not from ``report``, which imports
+this module.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from loadtest.schema import DEFAULT_PERCENTILES, SCHEMA, as_samples, latency_ms, percentile_key
 
 __all__ = ["write_json", "read_json", "write_csv", "csv_columns", "write_jsonl"]
 
@@ -32,8 +34,6 @@ def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
 
 def read_json(path: str | Path) -> dict[str, Any]:
     """A result written by :func:`write_json`; ValueError if its schema is not :data:`SCHEMA`."""
-    from loadtest.report import SCHEMA
-
     result = json.loads(Path(path).read_text())
     if not isinstance(result, dict) or result.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a {SCHEMA} result")
@@ -42,8 +42,6 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def csv_columns(percentiles: Sequence[float]) -> list[str]:
     """The columns of :func:`write_csv`."""
-    from loadtest.report import percentile_key
-
     lat = [f"latency_ms_{percentile_key(q)}" for q in percentiles]
     return ["phase", "mode", "concurrency", "rate", "card", "requests", "completed", "errors",
             "error_rate", "throughput_rps", "goodput_rps", *lat, "latency_ms_max",
@@ -61,8 +59,6 @@ def _csv_row(phase: Mapping[str, Any], card: str, figures: Mapping[str, Any]) ->
 
 def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
     """One row per phase (``card = "all"``), each followed by one row per card."""
-    from loadtest.report import DEFAULT_PERCENTILES
-
     percentiles = (result.get("config") or {}).get("percentiles") or DEFAULT_PERCENTILES
     path = Path(path)
     with path.open("w", newline="") as handle:
@@ -78,8 +74,6 @@ def write_csv(result: Mapping[str, Any], path: str | Path) -> Path:
 
 def write_jsonl(samples: np.ndarray, path: str | Path, origin_s: float = 0.0) -> Path:
     """One request a line; times relative to ``origin_s``."""
-    from loadtest.report import as_samples, latency_ms
-
     samples = as_samples(samples)
     lat = latency_ms(samples)
     path = Path(path)

@@ -37,197 +37,58 @@ import argparse
 import dataclasses
 import logging
 import math
+import multiprocessing
 import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from client.embedded import EmbeddedFarm
+from core.errors import NpuFarmError
+from core.faults import read_fault_log
+from core.statefile import resolve_address
+from farm.admin import query_status
 from loadtest import report
-from loadtest.workers import _FLUSH_S, _worker_main
+from loadtest.live import LiveView
+from loadtest.messages import (
+    STOP,
+    Bye,
+    Phase,
+    PhaseDone,
+    Ready,
+    Samples,
+    WorkerError,
+    WorkerMessage,
+)
+from loadtest.render import print_bench_summary, write_bench_plots
+from loadtest.plan import DEFAULT_MODEL, BenchConfig, parse_sweep, plan
+from loadtest.schema import as_samples
+from loadtest.workers import FLUSH_S, worker_main
 
-__all__ = ["BenchConfig", "parse_sweep", "arrival_offsets", "run_bench", "bench_main"]
+__all__ = [
+    "BenchConfig",
+    "BenchRun",
+    "Collector",
+    "parse_sweep",
+    "arrival_offsets",
+    "run_bench",
+    "bench_main",
+]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "configs" / "models" / "matmul.toml")
 _START_LEAD_S = 0.1  # a phase starts this long after its broadcast
 _READY_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """One benchmark run: a sweep of closed-loop concurrencies or open-loop rates."""
-
-    address: str | None = None  # None: NPUFARM_ADDRESS or the running default farm
-    model: str = DEFAULT_MODEL
-    cards: tuple[int, ...] | None = None  # None: every card of the farm
-    streams_per_card: int | None = None  # None: closed ceil(max concurrency / cards), open 1
-    workers: int | None = None  # processes; None: min(2, cards)
-    mode: str = "closed"  # closed | open
-    concurrency: tuple[int, ...] = (1,)
-    rates: tuple[float, ...] = ()  # open loop, requests/s
-    arrival: str = "constant"  # constant | poisson
-    duration_s: float | None = 10.0  # per phase, after the warm-up
-    requests: int | None = None  # per phase, after the warm-up
-    warmup_s: float = 1.0
-    slo_ms: float | None = None
-    percentiles: tuple[float, ...] = report.DEFAULT_PERCENTILES
-    seed: int = 0
-    sync_timeout_ms: int = 10_000
-    out_dir: str | None = None
-    per_request: bool = False
-    live: bool | None = None  # None: when stdout is a terminal
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("closed", "open") or self.arrival not in ("constant", "poisson"):
-            raise ValueError(f"mode {self.mode!r} / arrival {self.arrival!r} unknown")
-        values = self.concurrency if self.mode == "closed" else self.rates
-        if not values or min(values) <= 0:
-            raise ValueError(f"{self.mode} loop needs positive concurrency / rates, got {values}")
-        if self.duration_s is None and self.requests is None:
-            raise ValueError("bound each phase with duration_s or requests")
-        if (self.duration_s or 1) <= 0 or (self.requests or 1) <= 0 or self.warmup_s < 0:
-            raise ValueError("duration_s and requests must be > 0, warmup_s >= 0")
-        if self.sync_timeout_ms <= 0 or (self.workers or 1) < 1 or (self.streams_per_card or 1) < 1:
-            raise ValueError("sync_timeout_ms, workers and streams_per_card must be >= 1")
-
-
-def parse_sweep(text: str, kind: type = float) -> tuple:
-    """``"a:b:c"`` → a, a+c, a+2c, ... below b, then b itself: the stated bounds are both run
-    (``1:16:4`` → 1, 5, 9, 13, 16); ``"a:b"`` steps by 1; ``"x,y,z"`` a list; ``"x"`` one."""
-    text = text.strip()
-    if ":" not in text:
-        return tuple(kind(v) for v in text.split(",") if v.strip())
-    parts = [float(p) for p in text.split(":")]
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
-        raise ValueError(f"sweep {text!r}: expected start:stop[:step] with step > 0")
-    start, stop, step = (*parts, 1.0) if len(parts) == 2 else parts
-    if stop < start:
-        raise ValueError(f"sweep {text!r}: stop {stop:g} is below start {start:g}")
-    count = int(math.floor((stop - start) / step + 1e-9)) + 1
-    values = [kind(start + i * step) for i in range(count)]
-    if abs(float(values[-1]) - stop) > 1e-9 * max(1.0, abs(stop)):
-        values.append(kind(stop))  # the step did not land on it: the bound is run too
-    return tuple(dict.fromkeys(values))
-
-
-def arrival_offsets(rate: float, arrival: str, *, warmup_s: float, duration_s: float | None,
-                    requests: int | None, seed: int = 0) -> np.ndarray:  # fmt: skip
-    """Intended send times (s from the phase start, the first at 0 for constant arrivals): the
-    warm-up ones, then ``requests`` or up to ``warmup_s + duration_s``, whichever ends first."""
-    limit_s = warmup_s + duration_s if duration_s is not None else math.inf
-    wanted = math.ceil(warmup_s * rate) + 1 + (requests if requests is not None else math.inf)
-    if arrival == "constant":
-        times = np.arange(min(wanted, limit_s * rate + 1)) / rate
-    else:
-        rng, chunks, last = np.random.default_rng(seed), [], 0.0
-        while last < limit_s and sum(c.size for c in chunks) < wanted:
-            chunks.append(last + np.cumsum(rng.exponential(1.0 / rate, 4096)))
-            last = float(chunks[-1][-1])
-        times = np.concatenate(chunks)
-    times = times[times < limit_s]
-    if requests is not None:
-        times = times[: int((times < warmup_s).sum()) + requests]
-    return times
-
-
-# --------------------------------------------------------------------------------------------
-# the parent
-
-
-def _plan(config: BenchConfig, cards: list[int]) -> tuple[list[tuple[int, int]], list[dict]]:
-    """(slots as (slot id, card), phases)."""
-    n = len(cards)
-    spc = config.streams_per_card or (
-        math.ceil(max(config.concurrency) / n) if config.mode == "closed" else 1
-    )
-    slots = [(k, cards[k % n]) for k in range(n * spc)]
-    if config.mode == "closed" and max(config.concurrency) > len(slots):
-        raise ValueError(f"concurrency {max(config.concurrency)} > {n} cards × {spc} streams")
-    phases = []
-    for value in config.concurrency if config.mode == "closed" else config.rates:
-        i = len(phases)
-        if config.mode == "closed":
-            phase = {"name": f"c{value}", "concurrency": value, "rate": None,
-                     "slots": dict.fromkeys(range(value))}  # fmt: skip
-        else:
-            offsets = arrival_offsets(value, config.arrival, warmup_s=config.warmup_s,
-                                      duration_s=config.duration_s, requests=config.requests,
-                                      seed=config.seed + i)  # fmt: skip
-            sids = [sid for sid, _ in slots]
-            phase = {"name": f"r{value:g}", "concurrency": None, "rate": value,
-                     "slots": {sid: offsets[j :: len(sids)] for j, sid in enumerate(sids)},
-                     "last_s": float(offsets[-1]) if offsets.size else 0.0}  # fmt: skip
-        phases.append({"index": i, "mode": config.mode, **phase})
-    return slots, phases
-
-
-class _Live:
-    """Rich progress bar + per-card table while a terminal watches (no-op otherwise)."""
-
-    def __init__(self, enabled: bool, cards: list[int]) -> None:
-        self.enabled, self.cards, self.live, self.next_s = enabled, cards, None, 0.0
-        if enabled:
-            from rich.live import Live
-            from rich.progress import Progress
-
-            self.progress = Progress()
-            self.live = Live(self.progress, refresh_per_second=4)
-            self.live.start()
-
-    def phase(self, name: str, t0: float, total_s: float | None) -> None:
-        if self.live is not None:
-            self.finish()
-            self.t0, self.total = t0, total_s
-            self.task = self.progress.add_task(name, total=total_s)
-            self.counts = {c: [0, 0, np.empty(0)] for c in self.cards}
-
-    def add(self, batch: np.ndarray) -> None:
-        if self.live is None:
-            return
-        for card, entry in self.counts.items():
-            rows = batch[batch["card"] == card]
-            ok = rows["code"] == 0
-            entry[0], entry[1] = entry[0] + int(ok.sum()), entry[1] + int((~ok).sum())
-            entry[2] = np.concatenate([entry[2], report.latency_ms(rows[ok])])[-4096:]
-        if (now := time.monotonic()) >= self.next_s:
-            self.next_s = now + 0.25
-            self.progress.update(self.task, completed=max(0.0, now - self.t0))
-            self.live.update(self._render())
-
-    def _render(self):
-        from rich.console import Group
-        from rich.table import Table
-
-        table = Table("card", "ok", "errors", "p50 ms", "p99 ms (last 4096)")
-        for card, (ok, errors, lat) in self.counts.items():
-            p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
-            table.add_row(str(card), str(ok), str(errors), f"{p50:.2f}", f"{p99:.2f}")
-        return Group(self.progress, table)
-
-    def finish(self) -> None:
-        """Mark the current phase's bar complete."""
-        if getattr(self, "task", None) is not None:
-            total = self.total or 1.0
-            self.progress.update(self.task, total=total, completed=total)
-            self.live.update(self._render())
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.finish()
-            self.live.stop()
-
-
 def _farm_start_s(address: str) -> tuple[dict[str, Any], float]:
-    from farm.admin import query_status
-
     before = time.monotonic()
     status = query_status(address)
     return status, (before + time.monotonic()) / 2 - status["uptime_s"]
@@ -241,164 +102,236 @@ def run_bench(
     result of what was measured. ``on_phase_start(name, t0)`` is called as each phase is handed
     to the workers, ``t0`` its start on the ``time.monotonic()`` clock (warm-up included): an
     experiment can time a fault to the load."""
-    import multiprocessing
+    return BenchRun(config, on_phase_start).run()
 
-    from core.statefile import resolve_address
 
-    address = config.address or resolve_address()
-    if address is None:
-        raise ValueError("no farm: give an address, set NPUFARM_ADDRESS or start one")
-    status, farm_start_s = _farm_start_s(address)
-    all_cards = [c["device_id"] for c in status["cards"]]
-    cards = list(config.cards) if config.cards is not None else all_cards
-    if not cards or set(cards) - set(all_cards):
-        raise ValueError(f"cards {cards}: the farm has {all_cards}")
-    slots, phases = _plan(config, cards)
-    n_workers = min(config.workers or min(2, len(cards)), len(slots))
-    ctx = multiprocessing.get_context("spawn")
-    results, stop_all, budget = ctx.Queue(), ctx.Event(), ctx.Value("q", 0)
-    commands = [ctx.Queue() for _ in range(n_workers)]
-    level = logging.getLogger().getEffectiveLevel()
-    procs = [
-        ctx.Process(target=_worker_main, name=f"npufarm-bench-{i}", daemon=True, args=(
-            i, address, [s for s in slots if s[0] % n_workers == i], config.model,
-            config.sync_timeout_ms, level, commands[i], results, stop_all, budget))
-        for i in range(n_workers)
-    ]  # fmt: skip
-    bench_t0 = time.monotonic()
-    state = {"interrupted_s": None, "ready": set(), "bye": set(), "errors": [], "done": {}}
-    by_phase: dict[int, list[np.ndarray]] = {p["index"]: [] for p in phases}
-    live = _Live(sys.stdout.isatty() if config.live is None else config.live, cards)
+class Collector:
+    """What the workers sent, one :meth:`handle` per :mod:`loadtest.messages` message (pure
+    bookkeeping: no queue, no clock), so the parent's side of the protocol is testable alone."""
 
-    def on_sigint(signum, frame) -> None:
-        if state["interrupted_s"] is not None:
+    def __init__(self, phases: Iterable[int], live: LiveView | None = None) -> None:
+        self.live = live
+        self.ready: set[int] = set()
+        self.bye: set[int] = set()
+        self.errors: list[str] = []
+        self.done: dict[int, dict[int, dict[str, Any]]] = {}  # phase → worker → stats
+        self.by_phase: dict[int, list[np.ndarray]] = {index: [] for index in phases}
+
+    def handle(self, message: WorkerMessage) -> None:
+        match message:
+            case Samples(rows=rows):
+                for index in np.unique(rows["phase"]).tolist():
+                    self.by_phase[index].append(rows[rows["phase"] == index])
+                if self.live is not None:
+                    self.live.add(rows)
+            case PhaseDone(index=worker, phase=phase, stats=stats):
+                self.done.setdefault(phase, {})[worker] = stats
+            case WorkerError(message=text):
+                self.errors.append(text)
+            case Ready(index=worker):
+                self.ready.add(worker)
+            case Bye(index=worker):
+                self.bye.add(worker)
+            case _:
+                raise TypeError(f"unexpected message from a bench worker: {message!r}")
+
+
+class BenchRun:
+    """One :func:`run_bench`: the plan, the worker processes and what they sent back.
+
+    :meth:`run` starts the workers, waits until they are ready, hands them each phase and
+    collects its samples (:meth:`_pump` reads one :mod:`loadtest.messages` message), stops them
+    however the run ended, then builds the result. Used once.
+    """
+
+    def __init__(
+        self, config: BenchConfig, on_phase_start: Callable[[str, float], None] | None = None
+    ) -> None:
+        self.config, self.on_phase_start = config, on_phase_start
+        self.address = config.address or resolve_address()
+        if self.address is None:
+            raise ValueError("no farm: give an address, set NPUFARM_ADDRESS or start one")
+        status, self.farm_start_s = _farm_start_s(self.address)
+        all_cards = [c["device_id"] for c in status["cards"]]
+        self.cards = list(config.cards) if config.cards is not None else all_cards
+        if not self.cards or set(self.cards) - set(all_cards):
+            raise ValueError(f"cards {self.cards}: the farm has {all_cards}")
+        self.slots, self.phases = plan(config, self.cards)
+        self.n_workers = min(config.workers or min(2, len(self.cards)), len(self.slots))
+        self.interrupted_s: float | None = None
+        self.setup_s = 0.0
+
+    def _spawn(self) -> None:
+        """The queues, the shared stop event and budget, the (not yet started) processes."""
+        config, n = self.config, self.n_workers
+        ctx = multiprocessing.get_context("spawn")
+        self.results, self.stop_all, self.budget = ctx.Queue(), ctx.Event(), ctx.Value("q", 0)
+        self.commands = [ctx.Queue() for _ in range(n)]
+        level = logging.getLogger().getEffectiveLevel()
+        self.procs = [
+            ctx.Process(
+                target=worker_main,
+                name=f"npufarm-bench-{i}",
+                daemon=True,
+                args=(
+                    i,
+                    self.address,
+                    [s for s in self.slots if s[0] % n == i],
+                    config.model,
+                    config.sync_timeout_ms,
+                    level,
+                    self.commands[i],
+                    self.results,
+                    self.stop_all,
+                    self.budget,
+                ),  # fmt: skip
+            )
+            for i in range(n)
+        ]
+
+    def run(self) -> dict[str, Any]:
+        self._spawn()
+        self.bench_t0 = time.monotonic()
+        live = sys.stdout.isatty() if self.config.live is None else self.config.live
+        self.live = LiveView(live, self.cards)
+        self.got = Collector([p["index"] for p in self.phases], self.live)
+        self.errors = self.got.errors
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if main_thread else None
+        try:
+            self._start_workers()
+            for phase in self.phases:
+                if self.errors or self.interrupted_s is not None:
+                    break
+                self._run_phase(phase)
+        finally:
+            self._stop_workers()
+            self.live.close()
+            if main_thread:
+                signal.signal(signal.SIGINT, previous)
+        if self.errors:
+            raise RuntimeError("; ".join(self.errors))
+        return self._result()
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted_s is not None:
             raise KeyboardInterrupt
-        state["interrupted_s"] = time.monotonic()
-        stop_all.set()
+        self.interrupted_s = time.monotonic()
+        self.stop_all.set()
         logger.warning("interrupted: stopping the workers (Ctrl-C again to abort)")
 
-    def pump(timeout_s: float = _FLUSH_S) -> None:
+    def _pump(self, timeout_s: float = FLUSH_S) -> None:
+        """Handle one worker message, or notice dead workers when none came in ``timeout_s``."""
         try:
-            kind, worker, *rest = results.get(timeout=timeout_s)
+            message = self.results.get(timeout=timeout_s)
         except queue.Empty:
             dead = [
                 p.name
-                for i, p in enumerate(procs)
-                if p.exitcode is not None and i not in state["bye"]
+                for i, p in enumerate(self.procs)
+                if p.exitcode is not None and i not in self.got.bye
             ]
             if dead:
-                state["errors"].append(f"worker processes died: {dead}")
+                self.errors.append(f"worker processes died: {dead}")
             return
-        if kind == "samples":
-            for index in np.unique(rest[0]["phase"]).tolist():
-                by_phase[index].append(rest[0][rest[0]["phase"] == index])
-            live.add(rest[0])
-        elif kind == "phase_done":
-            state["done"].setdefault(rest[0], {})[worker] = rest[1]
-        elif kind == "error":
-            state["errors"].append(rest[0])
-        elif kind in ("ready", "bye"):
-            state[kind].add(worker)
+        self.got.handle(message)
 
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
-    try:
-        for proc in procs:
+    def _start_workers(self) -> None:
+        """Start the processes; return once every one is ready, failed, or the run interrupted."""
+        for proc in self.procs:
             proc.start()
         deadline = time.monotonic() + _READY_TIMEOUT_S
-        while len(state["ready"]) < n_workers and not state["errors"]:
-            if state["interrupted_s"] is not None:
+        while len(self.got.ready) < self.n_workers and not self.errors:
+            if self.interrupted_s is not None:
                 break
             if time.monotonic() > deadline:
-                state["errors"].append(f"workers not ready within {_READY_TIMEOUT_S:g}s")
-            pump()
-        state["setup_s"] = time.monotonic() - bench_t0
-        for phase in phases:
-            if state["errors"] or state["interrupted_s"] is not None:
+                self.errors.append(f"workers not ready within {_READY_TIMEOUT_S:g}s")
+            self._pump()
+        self.setup_s = time.monotonic() - self.bench_t0
+
+    def _run_phase(self, phase: dict[str, Any]) -> None:
+        """Hand ``phase`` to every worker (its share of the slots) and collect until it is done."""
+        config = self.config
+        t0 = time.monotonic() + _START_LEAD_S
+        warm_end = t0 + config.warmup_s
+        end = warm_end + config.duration_s if config.duration_s is not None else math.inf
+        if config.mode == "open" and config.requests is not None:
+            end = min(end, t0 + phase["last_s"] + 1.0 / phase["rate"])
+        self.budget.value = config.requests or 0
+        phase.update(t0=t0, warm_end=warm_end, end=end)
+        self.live.phase(phase["name"], t0, end - t0 if math.isfinite(end) else None)
+        for i, command in enumerate(self.commands):
+            mine = {sid: v for sid, v in phase["slots"].items() if sid % self.n_workers == i}
+            command.put(Phase(phase["index"], t0, warm_end, end, config.requests is not None, mine))
+        if self.on_phase_start is not None:
+            self.on_phase_start(phase["name"], t0)
+        while len(self.got.done.get(phase["index"], {})) < self.n_workers and not self.errors:
+            self._pump()
+        phase["ran"] = True
+
+    def _stop_workers(self) -> None:
+        """Tell every worker to stop, collect until each said bye, terminate any that hangs."""
+        for command in self.commands:
+            command.put(STOP)
+        deadline = time.monotonic() + self.config.sync_timeout_ms / 1000.0 + 10.0
+        while len(self.got.bye) < self.n_workers and time.monotonic() < deadline:
+            self._pump()
+            if all(not p.is_alive() for p in self.procs) and self.results.empty():
                 break
-            t0 = time.monotonic() + _START_LEAD_S
-            warm_end = t0 + config.warmup_s
-            end = warm_end + config.duration_s if config.duration_s is not None else math.inf
-            if config.mode == "open" and config.requests is not None:
-                end = min(end, t0 + phase["last_s"] + 1.0 / phase["rate"])
-            budget.value = config.requests or 0
-            phase.update(t0=t0, warm_end=warm_end, end=end, budget=config.requests is not None)
-            live.phase(phase["name"], t0, end - t0 if math.isfinite(end) else None)
-            for i, command in enumerate(commands):
-                mine = {sid: v for sid, v in phase["slots"].items() if sid % n_workers == i}
-                command.put({**phase, "slots": mine})
-            if on_phase_start is not None:
-                on_phase_start(phase["name"], t0)
-            while len(state["done"].get(phase["index"], {})) < n_workers and not state["errors"]:
-                pump()
-            phase["ran"] = True
-    finally:
-        for command in commands:
-            command.put(None)
-        deadline = time.monotonic() + config.sync_timeout_ms / 1000.0 + 10.0
-        while len(state["bye"]) < n_workers and time.monotonic() < deadline:
-            pump()
-            if all(not p.is_alive() for p in procs) and results.empty():
-                break
-        for proc in (p for p in procs if p.pid is not None):
+        for proc in (p for p in self.procs if p.pid is not None):
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 logger.error("bench worker %s did not stop; terminating it", proc.name)
                 proc.terminate()
                 proc.join()
-        live.close()
-        if main_thread:
-            signal.signal(signal.SIGINT, previous)
-    if state["errors"]:
-        raise RuntimeError("; ".join(state["errors"]))
-    status, _ = _farm_start_s(address)
-    return _result(config, status, farm_start_s, bench_t0, cards, slots, n_workers,
-                   [p for p in phases if p.get("ran")], by_phase, state)  # fmt: skip
+
+    def _runs(self) -> list[tuple[dict[str, Any], np.ndarray, tuple[float, float], list]]:
+        """Per phase that ran: (phase, samples, measured window, worker stats)."""
+        config, cut, runs = self.config, self.interrupted_s, []
+        for phase in (p for p in self.phases if p.get("ran")):
+            parts = self.got.by_phase[phase["index"]]
+            samples = np.concatenate(parts) if parts else as_samples([])
+            if cut is not None:  # what ended after Ctrl-C may have failed because of it
+                samples = samples[samples["end_s"] <= cut]
+            measured = samples[samples["intended_s"] >= phase["warm_end"]]
+            w1 = min(phase["end"], cut or math.inf)
+            budget_done = config.requests is not None and measured.size >= config.requests
+            if phase["mode"] == "closed" and (budget_done or not math.isfinite(w1)):
+                w1 = min(w1, float(measured["end_s"].max()) if measured.size else phase["warm_end"])
+            window = (phase["warm_end"], max(w1, phase["warm_end"]))
+            stats = list(self.got.done.get(phase["index"], {}).values())
+            runs.append((phase, samples, window, stats))
+        return runs
+
+    def _result(self) -> dict[str, Any]:
+        """The result (:func:`loadtest.report.build_result`), written to ``out_dir`` if set."""
+        config = self.config
+        status, _ = _farm_start_s(self.address)
+        events = [e for e in _fault_events(status) if self.farm_start_s + e["t_s"] >= self.bench_t0]
+        runs = self._runs()
+        out_dir = Path(config.out_dir) if config.out_dir else None
+        result = report.build_result(
+            dataclasses.asdict(config), status, runs, cards=self.cards, fault_events=events,
+            farm_start_s=self.farm_start_s, origin_s=self.bench_t0,
+            interrupted=self.interrupted_s is not None,
+            generator={"workers": self.n_workers, "slots": len(self.slots),
+                       "start_method": "spawn", "setup_s": round(self.setup_s, 3)},
+            samples_file="requests.jsonl" if out_dir and config.per_request else None,
+        )  # fmt: skip
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            report.write_json(result, out_dir / "result.json")
+            report.write_csv(result, out_dir / "summary.csv")
+            if config.per_request:
+                samples = np.concatenate([run[1] for run in runs] or [as_samples([])])
+                report.write_jsonl(samples, out_dir / "requests.jsonl", origin_s=self.bench_t0)
+        return result
 
 
 def _fault_events(status: dict[str, Any]) -> list[dict[str, Any]]:
-    from core.faults import read_fault_log
-
     faults = status.get("faults") or {}
     if not faults.get("counts") or not Path(faults.get("log") or "").is_file():
         return []
     return [e.to_dict() for e in read_fault_log(faults["log"])]
-
-
-def _result(config, status, farm_start_s, bench_t0, cards, slots, n_workers, phases, by_phase,
-            state) -> dict[str, Any]:  # fmt: skip
-    cut = state["interrupted_s"]
-    events = [e for e in _fault_events(status) if farm_start_s + e["t_s"] >= bench_t0]
-    runs = []
-    for phase in phases:
-        parts = by_phase[phase["index"]]
-        samples = np.concatenate(parts) if parts else report.as_samples([])
-        if cut is not None:  # what ended after Ctrl-C may have failed because of it
-            samples = samples[samples["end_s"] <= cut]
-        measured = samples[samples["intended_s"] >= phase["warm_end"]]
-        w1 = min(phase["end"], cut or math.inf)
-        budget_done = config.requests is not None and measured.size >= config.requests
-        if phase["mode"] == "closed" and (budget_done or not math.isfinite(w1)):
-            w1 = min(w1, float(measured["end_s"].max()) if measured.size else phase["warm_end"])
-        window = (phase["warm_end"], max(w1, phase["warm_end"]))
-        stats = list(state["done"].get(phase["index"], {}).values())
-        runs.append((phase, samples, window, stats))
-    out_dir = Path(config.out_dir) if config.out_dir else None
-    result = report.build_result(
-        dataclasses.asdict(config), status, runs, cards=cards, fault_events=events,
-        farm_start_s=farm_start_s, origin_s=bench_t0, interrupted=cut is not None,
-        generator={"workers": n_workers, "slots": len(slots), "start_method": "spawn",
-                   "setup_s": round(state["setup_s"], 3)},
-        samples_file="requests.jsonl" if out_dir and config.per_request else None,
-    )  # fmt: skip
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report.write_json(result, out_dir / "result.json")
-        report.write_csv(result, out_dir / "summary.csv")
-        if config.per_request:
-            samples = np.concatenate([run[1] for run in runs] or [report.as_samples([])])
-            report.write_jsonl(samples, out_dir / "requests.jsonl", origin_s=bench_t0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,8 +384,6 @@ def bench_main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from core.statefile import resolve_address
-
     try:
         config = BenchConfig(
             address=args.address or resolve_address(), model=args.model,
@@ -469,8 +400,6 @@ def bench_main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"npufarm bench: {exc}", file=sys.stderr)
         return 2
-    from core.errors import NpuFarmError
-
     embedded = None
     try:
         if config.address is None:
@@ -482,8 +411,6 @@ def bench_main(argv: list[str] | None = None) -> int:
     finally:
         if embedded is not None:
             embedded.stop()
-    from loadtest.render import print_bench_summary, write_bench_plots
-
     if not args.quiet:
         print_bench_summary(result)
     print(write_bench_plots(result, config.out_dir, config.per_request))
@@ -492,10 +419,6 @@ def bench_main(argv: list[str] | None = None) -> int:
 
 
 def _with_embedded_farm(config: BenchConfig, config_path: str | None, faults: str | None):
-    from client.embedded import EmbeddedFarm
-    from core.errors import NpuFarmError
-    from farm.admin import query_status
-
     farm = EmbeddedFarm(config_path, faults=faults)
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while True:

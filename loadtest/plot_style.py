@@ -10,25 +10,38 @@ import logging
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DPI", "FIGSIZE"]
+__all__ = [
+    "DPI",
+    "FIGSIZE",
+    "CARD_COLOURS",
+    "FAULT_COLOURS",
+    "figure",
+    "save",
+    "card_key",
+    "card_label",
+    "log_y",
+]
 
 logger = logging.getLogger(__name__)
 
 FIGSIZE = (12.0, 7.0)
 DPI = 100
 #: Card colours: tab10/tab20 without the reds, which are kept for errors.
-_CARD_COLOURS = [
+CARD_COLOURS = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
     "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
 ]  # fmt: skip
-_FAULT_COLOURS = {
+FAULT_COLOURS = {
     "crash": "#404040", "hang": "#6a3d9a", "slow": "#ff7f00", "error": "#d62728",
     "disconnect": "#1f3b73", "heartbeat_loss": "#00827f", "drop": "#8c510a",
     "corrupt": "#c51b7d", "ecc": "#556b2f", "oom": "#7f0000",
 }  # fmt: skip
 
 
-def _figure(title: str):
+def figure(title: str):
+    """A titled figure of :data:`FIGSIZE` on the Agg backend (no pyplot state)."""
+    # matplotlib is an optional extra (``npufarm[plot]``) and slow to import: imported here, so
+    # that importing the load tester works without it and a missing one is reported per render.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,7 +52,8 @@ def _figure(title: str):
     return fig
 
 
-def _save(fig, path: str | Path) -> Path:
+def save(fig, path: str | Path) -> Path:
+    """``fig`` as a PNG at ``path`` (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
@@ -47,17 +61,20 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _card_key(card: Any) -> tuple:
+def card_key(card: Any) -> tuple:
+    """Sort key: numeric card ids in order, then other labels."""
     text = str(card)
     return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
 
 
-def _card_label(card: str) -> str:
+def card_label(card: str) -> str:
+    """``"-1"`` → broker, ``"3"`` → card 3, anything else as is."""
     return "broker" if card == "-1" else (f"card {card}" if card.lstrip("-").isdigit() else card)
 
 
-def _log_y(ax, label: str) -> None:
+def log_y(ax, label: str) -> None:
     """Log y axis with plain-number ticks at 1-2-5 steps (10, 20, 50 ms, not 10^1)."""
+    # lazy: optional extra, see figure()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_yscale("log")

@@ -28,17 +28,18 @@ from typing import Any
 import numpy as np
 
 from loadtest.plot_style import (
-    _CARD_COLOURS,
-    _FAULT_COLOURS,
+    CARD_COLOURS,
     DPI,
+    FAULT_COLOURS,
     FIGSIZE,
-    _card_key,
-    _card_label,
-    _figure,
-    _log_y,
-    _save,
+    card_key,
+    card_label,
+    figure,
+    log_y,
+    save,
 )
-from loadtest.report import _PARAMS, fault_title
+from loadtest.report import fault_title
+from loadtest.schema import PARAMS
 
 __all__ = [
     "DPI",
@@ -127,12 +128,12 @@ def plot_latency_over_time(
     ``phases`` (``name``, ``start_s``, ``end_s``, samples' clock) mark the measured windows.
     """
     cols = _columns(samples)
-    fig = _figure("Request latency over time")
+    fig = figure("Request latency over time")
     origin = "bench start" if t0_s is not None else "first request"
     if cols["t"].size == 0:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no request samples", ha="center", va="center", transform=ax.transAxes)
-        return _save(fig, path)
+        return save(fig, path)
     t0 = float(cols["t"].min()) if t0_s is None else float(t0_s)
     x, lat, err, card = cols["t"] - t0, cols["lat"], cols["err"], cols["card"]
     lo, hi = min(0.0, float(x.min())), float(x.max())
@@ -154,8 +155,8 @@ def plot_latency_over_time(
     ok = ~err & np.isfinite(lat)
     # one scatter in random order, so no card is painted over all the others
     shown = np.random.default_rng(0).permutation(np.flatnonzero(ok))[:MAX_POINTS]
-    cards = sorted(set(card.tolist()), key=_card_key)
-    colour_of = {c: _CARD_COLOURS[i % len(_CARD_COLOURS)] for i, c in enumerate(cards)}
+    cards = sorted(set(card.tolist()), key=card_key)
+    colour_of = {c: CARD_COLOURS[i % len(CARD_COLOURS)] for i, c in enumerate(cards)}
     ax.scatter(x[shown], lat[shown], s=6 if shown.size > 20_000 else 12, alpha=0.45, linewidths=0,
                c=[colour_of[c] for c in card[shown]], rasterized=True)  # fmt: skip
     counted = _measured(cols["t"], phases)  # the legend counts what the tables count
@@ -163,7 +164,7 @@ def plot_latency_over_time(
         ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
     positive = lat[ok & (lat > 0)]
     if positive.size and np.percentile(positive, 99.9) / max(np.min(positive), 1e-9) > 30:
-        _log_y(ax, "latency (ms)")
+        log_y(ax, "latency (ms)")
     width = _nice_step(span, 60)
     centres, p50, p99 = _rolling_percentiles(x[ok], lat[ok], width)
     ax.plot(centres, p50, color="black", lw=1.6, label=f"p50, all cards ({width:g} s bins)")
@@ -185,13 +186,13 @@ def plot_latency_over_time(
         _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
     short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
     for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
-        ax.axvspan(f["start"], f["end"], color=_FAULT_COLOURS.get(f["kind"], "#444444"),
+        ax.axvspan(f["start"], f["end"], color=FAULT_COLOURS.get(f["kind"], "#444444"),
                    alpha=0.12, lw=0, zorder=0)  # fmt: skip
     if len(shown) < np.count_nonzero(ok):
         ax.set_title(f"{len(shown):,} of {np.count_nonzero(ok):,} successful requests drawn",
                      fontsize=9, color="dimgray")  # fmt: skip
     fig.legend(loc="outside right upper", fontsize=9, framealpha=0.9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _phase_title(phase: Mapping[str, Any], sep: str = ": ") -> str:
@@ -222,10 +223,10 @@ def card_legend(card: np.ndarray, err: np.ndarray, counted: np.ndarray) -> list[
     """(card, legend entry ``card 0 (333 req, 0 err)``): requests and errors of each card among
     the ``counted`` samples (the measured windows), so they equal the per-card table's."""
     labels = []
-    for c in sorted(set(card.tolist()), key=_card_key):
+    for c in sorted(set(card.tolist()), key=card_key):
         mine = counted & (card == c)
         n_req, n_err = int(np.count_nonzero(mine)), int(np.count_nonzero(mine & err))
-        labels.append((c, f"{_card_label(c)} ({n_req} req, {n_err} err)"))
+        labels.append((c, f"{card_label(c)} ({n_req} req, {n_err} err)"))
     return labels
 
 
@@ -276,7 +277,7 @@ def _fault_spans(items, shift: float, farm_x: float | None, xlim) -> list[dict[s
             continue
         ttd, ttr = item.get("time_to_detect_s"), item.get("time_to_recover_s")
         detail = event.get("detail") or {}
-        params = item.get("params") or {k: detail[k] for k in _PARAMS if k in detail}
+        params = item.get("params") or {k: detail[k] for k in PARAMS if k in detail}
         spans.append({"kind": str(event.get("kind", "fault")), "card": event.get("card"),
                       "params": params,
                       "events": event.get("events") or 1, "start": where[0], "end": where[1],
@@ -301,8 +302,8 @@ def _lanes(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         by_card = by_kind
     lanes = {}
     for (kind, _), group in by_card.items():
-        cards = sorted({str(f["card"]) for f in group if f["card"] is not None}, key=_card_key)
-        where = f" @{_card_label(cards[0])}" if len(cards) == 1 else f" ({len(cards)} cards)"
+        cards = sorted({str(f["card"]) for f in group if f["card"] is not None}, key=card_key)
+        where = f" @{card_label(cards[0])}" if len(cards) == 1 else f" ({len(cards)} cards)"
         params = [f.get("params") or {} for f in group]
         title = fault_title(kind, params[0] if all(p == params[0] for p in params) else None)
         n = sum(f["events"] for f in group)
@@ -316,7 +317,7 @@ def _draw_timeline(ax, lanes: Mapping[str, list[dict[str, Any]]]) -> None:
              "recover": ("^", "white", "recovered (first of a run of good requests)")}  # fmt: skip
     labelled: set[str] = set()
     for y, group in enumerate(lanes.values()):
-        colour = _FAULT_COLOURS.get(group[0]["kind"], "#444444")
+        colour = FAULT_COLOURS.get(group[0]["kind"], "#444444")
         bars = [(f["start"], f["end"] - f["start"]) for f in group if f["end"] > f["start"]]
         ax.broken_barh(bars, (y - 0.3, 0.6), color=colour, alpha=0.8)
         ticks = [f["start"] for f in group if f["end"] <= f["start"]]
@@ -358,12 +359,12 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
     """Top: p50/p90/p99/p99.9 latency per phase against concurrency or offered rate (phase names
     when the phases mix modes), error counts annotated. Bottom: throughput and goodput."""
     phases = [p for p in result.get("phases", []) if p.get("latency_ms")]
-    fig = _figure("Latency percentiles vs load")
+    fig = figure("Latency percentiles vs load")
     if not phases:
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no phases with latency", ha="center", va="center")
         ax.set_axis_off()
-        return _save(fig, path)
+        return save(fig, path)
     ax, ax_t = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     xs = _set_load_axis(ax_t, phases)
     ax.set_ylabel("latency (ms)")
@@ -379,7 +380,7 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
         values += [v for v in ys if v > 0]
         ax.plot(xs, ys, marker="o", ms=7, color=colour, ls=ls, lw=2, label=name)
     if values and max(values) / max(min(values), 1e-9) > 20:
-        _log_y(ax, "latency (ms)")
+        log_y(ax, "latency (ms)")
         ax.set_ylim(min(values) / 1.5, max(values) * 2.0)
     elif values:
         ax.set_ylim(0, max(values) * 1.2)
@@ -402,23 +403,23 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
     ax_t.grid(True, alpha=0.3)
     if ax_t.get_legend_handles_labels()[0]:
         ax_t.legend(loc="upper left", fontsize=9, framealpha=0.9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Path:
     """Grouped bars: per phase, each card's throughput; the cards' error counts above the bars
     and a dashed line at the even share (phase throughput / the cards it used)."""
     phases = [p for p in result.get("phases", []) if p.get("per_card")]
-    fig = _figure("Per-card throughput by phase")
+    fig = figure("Per-card throughput by phase")
     ax = fig.add_subplot()
     ax.set_ylabel("throughput (requests/s)")
     ax.set_xlabel("phase")
     ax.grid(True, axis="y", alpha=0.3)
     if not phases:
         ax.text(0.5, 0.5, "no per-card data", ha="center", va="center", transform=ax.transAxes)
-        return _save(fig, path)
+        return save(fig, path)
     per_card = [{str(c): v or {} for c, v in p["per_card"].items()} for p in phases]
-    cards = sorted({c for stats in per_card for c in stats}, key=_card_key)
+    cards = sorted({c for stats in per_card for c in stats}, key=card_key)
     width = 0.8 / len(cards)
     bar_px = 1050 / len(phases) * width  # room for "12 err" above a bar, or only for "12"?
     top = 0.0
@@ -427,8 +428,8 @@ def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Pat
         stats = [by_card.get(c, {}) for by_card in per_card]
         heights = [float(s.get("throughput_rps") or 0.0) for s in stats]
         top = max(top, *heights)
-        ax.bar(offsets, heights, width * 0.92, color=_CARD_COLOURS[i % len(_CARD_COLOURS)],
-               label=_card_label(c), edgecolor="white", lw=0.5)  # fmt: skip
+        ax.bar(offsets, heights, width * 0.92, color=CARD_COLOURS[i % len(CARD_COLOURS)],
+               label=card_label(c), edgecolor="white", lw=0.5)  # fmt: skip
         for x, h, st in zip(offsets, heights, stats):
             n_err = _n_errors(st.get("errors"))
             if n_err:
@@ -450,7 +451,7 @@ def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Pat
     ax.set_ylim(0, top * 1.18 or 1)
     ncol = min(len(cards) + 1, 9)
     fig.legend(loc="outside lower center", fontsize=10, ncol=ncol, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _windows_and_events(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:

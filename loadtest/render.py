@@ -22,7 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import SCHEMA
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.plots import render_all
+from loadtest.report import SCHEMA, fault_title
 
 __all__ = [
     "SCHEMA",
@@ -144,9 +149,6 @@ def _table(title: str, columns: Sequence[str], caption: str | None = None, *,
     """A compact table (one space between columns, so 80 columns suffice): columns named
     ``"<name"`` are left-aligned; numbers are never wrapped or cut; with ``wrap_labels`` the
     left-aligned columns may wrap (a label folds rather than being cut)."""
-    from rich import box
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left", title_style="bold", caption=caption,
                   caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold",
                   padding=(0, 0), show_edge=False)  # fmt: skip
@@ -250,8 +252,6 @@ def _card_p99(part: Any, card: Any) -> Any:
 
 
 def _fault_row(w: Mapping[str, Any], wide: bool) -> list[str]:
-    from loadtest.report import fault_title
-
     fault = w["fault"] if isinstance(w.get("fault"), Mapping) else w
     card = fault.get("card")
     where = f" @{_card_name(card)}" if card is not None else ""
@@ -323,8 +323,6 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
     """Print the phase, per-card and fault-window tables of ``result`` on ``console`` (a
     ``rich.console.Console``; default: a new one on stdout). Consoles narrower than 120 columns
     get compact tables (no mode, duration, completed; no fault rule, code, event count)."""
-    from rich.console import Console
-
     console = console or Console()
     wide = console.width >= 120
     console.print(_phase_table(result, wide))
@@ -341,8 +339,6 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
 
 def print_bench_summary(result: dict[str, Any]) -> None:
     """The phase table with the generator's figures, then the fault windows (if any)."""
-    from rich.console import Console
-
     console = Console()
     console.print(bench_table(result))
     faults = _fault_table(result, console.width >= 120)
@@ -359,8 +355,6 @@ def write_bench_plots(result: dict[str, Any], out_dir: str | None, per_request: 
     out = Path(out_dir).resolve()
     names = ["result.json", "summary.csv", *(["requests.jsonl"] if per_request else [])]
     try:
-        from loadtest.plots import render_all
-
         samples = load_samples(out / "requests.jsonl") if per_request else None
         names += [path.name for path in render_all(result, out, samples=samples)]
         missing = ""
@@ -416,8 +410,6 @@ def report_main(argv: Sequence[str] | None = None) -> int:
     out_dir = args.out if args.out is not None else args.result.parent
     samples_path = _samples_path(result, args.result)
     try:
-        from loadtest.plots import render_all
-
         samples = load_samples(samples_path) if samples_path else None  # read in one pass
         paths = render_all(result, out_dir, samples=samples)
     except ImportError as exc:

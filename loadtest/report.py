@@ -76,11 +76,21 @@ from typing import Any
 import numpy as np
 
 from loadtest.files import csv_columns, read_json, write_csv, write_json, write_jsonl
+from loadtest.schema import (
+    DEFAULT_PERCENTILES,
+    PARAMS,
+    SAMPLE_DTYPE,
+    SCHEMA,
+    as_samples,
+    latency_ms,
+    percentile_key,
+)
 
 __all__ = [
     "SCHEMA",
     "SAMPLE_DTYPE",
     "DEFAULT_PERCENTILES",
+    "PARAMS",
     "as_samples",
     "percentile_key",
     "latency_ms",
@@ -98,33 +108,6 @@ __all__ = [
     "csv_columns",
     "write_jsonl",
 ]
-
-SCHEMA = "npufarm.bench/1"
-SAMPLE_DTYPE = np.dtype(
-    [("phase", "i4"), ("slot", "i4"), ("card", "i4"), ("code", "i8"),
-     ("intended_s", "f8"), ("start_s", "f8"), ("end_s", "f8")]
-)  # fmt: skip
-DEFAULT_PERCENTILES: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0, 99.9)
-
-
-def as_samples(rows: Iterable[Any] | np.ndarray) -> np.ndarray:
-    """A :data:`SAMPLE_DTYPE` array from such an array, tuples in field order, or dicts."""
-    if isinstance(rows, np.ndarray):
-        return rows.astype(SAMPLE_DTYPE, copy=False)
-    rows = list(rows)
-    if rows and isinstance(rows[0], Mapping):
-        rows = [tuple(r.get(name, 0) for name in SAMPLE_DTYPE.names) for r in rows]
-    return np.array(rows, dtype=SAMPLE_DTYPE)
-
-
-def percentile_key(q: float) -> str:
-    """``50 -> "p50"``, ``99.9 -> "p99.9"``."""
-    return f"p{q:g}"
-
-
-def latency_ms(samples: np.ndarray) -> np.ndarray:
-    """Per-request latency from the intended send time, in ms."""
-    return (samples["end_s"] - samples["intended_s"]) * 1000.0
 
 
 def _num(value: float | None, digits: int = 6) -> float | None:
@@ -195,9 +178,6 @@ def _event(e: Any) -> dict[str, Any]:
     return e.to_dict() if hasattr(e, "to_dict") else dict(e)
 
 
-_PARAMS = ("factor", "duration_s")  # the rule fields a fault window shows beside its kind
-
-
 def fault_title(kind: str, params: Mapping[str, Any] | None = None) -> str:
     """A fault's kind with what sets its strength: ``slow 3×`` (factor 3), ``hang 0.5 s``
     (duration), ``disconnect``; never a count, which is shown apart as events."""
@@ -225,7 +205,7 @@ def group_fault_events(fault_events: Iterable[Any], farm_start_s: float) -> list
                 "rule": key[0], "card": key[1], "kind": e["kind"], "code": int(e["code"]),
                 "name": (e.get("detail") or {}).get("name", ""), "events": 0,
                 "start_s": t, "end_s": t, "duration_s": duration_s,
-                "params": {k: v for k, v in (e.get("detail") or {}).items() if k in _PARAMS},
+                "params": {k: v for k, v in (e.get("detail") or {}).items() if k in PARAMS},
             }  # fmt: skip
         g["events"] += 1
         g["start_s"], g["end_s"] = min(g["start_s"], t), max(g["end_s"], t)

@@ -1,32 +1,47 @@
 """The worker-process side of ``npufarm bench`` (:mod:`loadtest.loadgen` is the parent side and
-has the data-flow diagram): :func:`_worker_main` is the entry of a spawned worker process; its
+has the data-flow diagram): :func:`worker_main` is the entry of a spawned worker process; its
 :class:`_Worker` runs one :class:`_Slot` thread per (card, stream) it was dealt, each with its
 own ACL objects and request loop, and sends the samples to the parent in numpy batches
-(:data:`loadtest.report.SAMPLE_DTYPE`) every :data:`_FLUSH_S`, then each phase's CPU time.
+(:data:`loadtest.schema.SAMPLE_DTYPE`) every :data:`FLUSH_S`, then each phase's CPU time. The
+messages both ways are the dataclasses of :mod:`loadtest.messages`.
+Importing ``acl`` connects nothing: :func:`worker_main` sets ``NPUFARM_ADDRESS`` before
+``acl.init()``, which is where the farm is found.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import queue
 import signal
 import threading
 import time
 from collections import deque
-from typing import Any
 
 import numpy as np
 
+import acl
 from core.errors import ACL_ERROR_RT_LOST_HEARTBEAT
-from loadtest import report
+from loadtest.messages import (
+    STOP,
+    Bye,
+    Command,
+    Phase,
+    PhaseDone,
+    Ready,
+    Samples,
+    Stop,
+    WorkerError,
+)
+from loadtest.schema import SAMPLE_DTYPE
 
 logger = logging.getLogger(__name__)
 
 _H2D, _D2H = 1, 2
 _STREAM_SYNC_TIMEOUT = 0  # exec-config attribute ACL_MDL_STREAM_SYNC_TIMEOUT
-_FLUSH_S = 0.1  # a worker sends its samples this often (the parent polls its queue as often)
+FLUSH_S = 0.1  # a worker sends its samples this often (the parent polls its queue as often)
 _DRAIN_GRACE_S = 2.0
 _ERROR_PAUSE_S = 0.001
 _RECOVER_RETRY_S = 0.05
@@ -146,7 +161,7 @@ class _Slot(threading.Thread):
             self.setup_error = str(exc)
         self.ready.set()
         try:
-            while self.setup_error is None and (phase := self.inbox.get()) is not None:
+            while self.setup_error is None and isinstance(phase := self.inbox.get(), Phase):
                 try:
                     self.run_phase(phase)
                 except Exception as exc:
@@ -157,14 +172,14 @@ class _Slot(threading.Thread):
         finally:
             self.teardown()
 
-    def run_phase(self, phase: dict[str, Any]) -> None:
-        stop, record, index = self.w.stop, self.w.samples.append, phase["index"]
-        t0, warm_end, end = phase["t0"], phase["warm_end"], phase["end"]
+    def run_phase(self, phase: Phase) -> None:
+        stop, record, index = self.w.stop, self.w.samples.append, phase.index
+        t0, warm_end, end = phase.t0, phase.warm_end, phase.end
         if (delay := t0 - time.monotonic()) > 0:
             stop.wait(delay)
-        offsets = phase["slots"][self.slot_id]
+        offsets = phase.slots[self.slot_id]
         if offsets is None:  # closed loop
-            budget = self.w.budget if phase["budget"] else None
+            budget = self.w.budget if phase.budget else None
             while not stop.is_set() and time.monotonic() < end:
                 if budget is not None and time.monotonic() >= warm_end:
                     with budget.get_lock():
@@ -196,8 +211,6 @@ class _Slot(threading.Thread):
 class _Worker:
     def __init__(self, index: int, slots: list[tuple[int, int]], model: str,
                  sync_timeout_ms: int, results, stop_all, budget) -> None:  # fmt: skip
-        import acl
-
         self.acl, self.index, self.model, self.sync_timeout_ms = acl, index, model, sync_timeout_ms
         self.results, self.stop_all, self.budget = results, stop_all, budget
         self.stop = threading.Event()
@@ -209,7 +222,7 @@ class _Worker:
     def flush(self) -> None:
         rows = [self.samples.popleft() for _ in range(len(self.samples))]
         if rows:
-            self.results.put(("samples", self.index, np.array(rows, report.SAMPLE_DTYPE)))
+            self.results.put(Samples(self.index, np.array(rows, SAMPLE_DTYPE)))
 
     def run(self, commands) -> None:
         started = time.monotonic()
@@ -221,57 +234,58 @@ class _Worker:
             errors = [s.setup_error for s in self.slots.values() if s.setup_error]
             if errors:
                 raise RuntimeError(f"worker {self.index} setup: {errors[0]}")
-            self.results.put(("ready", self.index, time.monotonic() - started))
-            while (phase := self._next(commands)) is not None:
-                self.run_phase(phase)
+            self.results.put(Ready(self.index, time.monotonic() - started))
+            while True:
+                match self._next(commands):
+                    case Phase() as phase:
+                        self.run_phase(phase)
+                    case Stop():
+                        break
                 if self.failure:
                     raise RuntimeError(self.failure)
         finally:
             self.stop.set()
             for slot in self.slots.values():
-                slot.inbox.put(None)
+                slot.inbox.put(STOP)
             for slot in self.slots.values():
                 slot.join()
 
     @staticmethod
-    def _next(commands) -> dict[str, Any] | None:
-        """The next phase; None to stop (also when the parent has gone)."""
-        import multiprocessing
-
+    def _next(commands) -> Command:
+        """The next command; :data:`STOP` also when the parent has gone."""
         while True:
             with contextlib.suppress(queue.Empty):
                 return commands.get(timeout=1.0)
             parent = multiprocessing.parent_process()
             if parent is not None and not parent.is_alive():
-                return None
+                return STOP
 
-    def run_phase(self, phase: dict[str, Any]) -> None:
+    def run_phase(self, phase: Phase) -> None:
         cpu0, wall0 = time.process_time(), time.monotonic()
-        active = [s for sid, s in self.slots.items() if sid in phase["slots"]]
+        active = [s for sid, s in self.slots.items() if sid in phase.slots]
         for slot in active:
             slot.missed = 0
             slot.inbox.put(phase)
         pending = len(active)
         while pending:
             with contextlib.suppress(queue.Empty):
-                self.done.get(timeout=_FLUSH_S)
+                self.done.get(timeout=FLUSH_S)
                 pending -= 1
             if self.stop_all.is_set():
                 self.stop.set()
             self.flush()
-        wall_s = time.monotonic() - max(wall0, phase["t0"])
+        wall_s = time.monotonic() - max(wall0, phase.t0)
         stats = {"cpu_s": time.process_time() - cpu0, "wall_s": wall_s,
                  "missed": sum(s.missed for s in active), "active": len(active)}  # fmt: skip
-        self.results.put(("phase_done", self.index, phase["index"], stats))
+        self.results.put(PhaseDone(self.index, phase.index, stats))
 
 
-def _worker_main(index, address, slots, model, sync_timeout_ms, log_level, commands, results,
+def worker_main(index, address, slots, model, sync_timeout_ms, log_level, commands, results,
                  stop_all, budget) -> None:  # fmt: skip
     """Entry of a worker process (spawned): Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ["NPUFARM_ADDRESS"] = address
-    import acl
 
     try:
         ret = acl.init()
@@ -279,11 +293,12 @@ def _worker_main(index, address, slots, model, sync_timeout_ms, log_level, comma
             raise RuntimeError(f"worker {index}: acl.init returned {ret}: "
                                f"{acl.get_recent_err_msg()}")  # fmt: skip
         try:
-            _Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget).run(commands)
+            worker = _Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget)
+            worker.run(commands)
         finally:
             acl.finalize()
     except Exception as exc:
         logger.exception("bench worker %d failed", index)
-        results.put(("error", index, str(exc)))
+        results.put(WorkerError(index, str(exc)))
     finally:
-        results.put(("bye", index, None))
+        results.put(Bye(index))

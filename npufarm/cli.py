@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -12,11 +13,20 @@ import time
 from typing import Any
 
 import zmq
+from rich.console import Console
+from rich.live import Live
 
 from core import statefile
 from core.config import FarmConfig, load_config
 from core.errors import NpuFarmError
-from farm.admin import broker_request, find_address, query_status
+from core.faults import FaultPlan, FaultRule
+from device.atc import atc_main
+from farm import admin
+from farm.broker import run_farm
+from loadtest.demo import run_demo
+from loadtest.loadgen import bench_main
+from loadtest.render import report_main
+from npufarm.run import run_main
 from npufarm.status_view import status_view
 
 __all__ = ["main", "status_view"]
@@ -47,13 +57,11 @@ def _load(args: argparse.Namespace) -> FarmConfig:
     )
 
 
-def _find_address(args: argparse.Namespace) -> str:
-    return find_address(lambda: _load(args))
+def _address(args: argparse.Namespace) -> str:
+    return admin.find_address(lambda: _load(args))
 
 
 def render_status(farm: dict[str, Any]) -> None:
-    from rich.console import Console
-
     Console(width=None if sys.stdout.isatty() else 160).print(status_view(farm))
 
 
@@ -73,9 +81,6 @@ def _announce_ready(config: FarmConfig, stop: threading.Event) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from core.faults import FaultPlan
-    from farm.broker import run_farm
-
     config = _load(args)
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
     if plan is not None:
@@ -109,10 +114,8 @@ def _refused(command: str, reply: Any) -> bool:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    from core.faults import FaultRule
-
     rule = FaultRule.from_args(args.rule, label="npufarm inject")
-    reply = broker_request(_find_address(args), {"op": "inject", "rule": rule.to_dict()})
+    reply = admin.inject(_address(args), rule.to_dict())
     if _refused("inject", reply):
         return 1
     print(f"fault rule {reply.get('rule')} injected: {rule.to_dict()}")
@@ -121,8 +124,6 @@ def cmd_inject(args: argparse.Namespace) -> int:
 
 def _trace_contents(path: str) -> tuple[int, int] | None:
     """(metadata events, other events) of a written trace file; None if it cannot be read."""
-    import json
-
     try:
         with open(path, encoding="utf-8") as handle:
             events = json.load(handle).get("traceEvents", [])
@@ -134,7 +135,7 @@ def _trace_contents(path: str) -> tuple[int, int] | None:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.out)
-    reply = broker_request(_find_address(args), {"op": "trace", "path": path})
+    reply = admin.write_trace(_address(args), path)
     if _refused("trace", reply):
         return 1
     found = _trace_contents(path)
@@ -149,7 +150,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
-    reply = broker_request(_find_address(args), {"op": "recover", "kinds": args.kind or None})
+    reply = admin.recover(_address(args), args.kind)
     if _refused("recover", reply):
         return 1
     print("faults cleared" + (f" (kinds: {', '.join(args.kind)})" if args.kind else ""))
@@ -157,21 +158,19 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    address = _find_address(args)
+    address = _address(args)
     if not args.watch:
-        render_status(query_status(address))
+        render_status(admin.query_status(address))
         return 0
     if not sys.stdout.isatty():  # a log, not a screen: one table per interval
         while True:  # until Ctrl-C (exit 130) or the farm goes away (exit 2)
-            render_status(query_status(address))
+            render_status(admin.query_status(address))
             sys.stdout.flush()
             time.sleep(args.interval_s)
-    from rich.live import Live
-
-    with Live(status_view(query_status(address)), refresh_per_second=4) as live:
+    with Live(status_view(admin.query_status(address)), refresh_per_second=4) as live:
         while True:
             time.sleep(args.interval_s)
-            live.update(status_view(query_status(address)))
+            live.update(status_view(admin.query_status(address)))
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -192,8 +191,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from loadtest.demo import run_demo
-
     try:
         return run_demo(args.config, out_dir=args.out, duration_s=args.duration_s, rate=args.rate)
     except (RuntimeError, ValueError) as exc:  # the load generator's own failures
@@ -257,24 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _DELEGATED = {  # subcommands with their own argument parsers
-    "bench": ("loadtest.loadgen", "bench_main"),
-    "report": ("loadtest.render", "report_main"),
-    "run": ("npufarm.run", "run_main"),
-    "atc": ("device.atc", "atc_main"),
+    "bench": bench_main,
+    "report": report_main,
+    "run": run_main,
+    "atc": atc_main,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in _DELEGATED:
-        import importlib
-
-        module, function = _DELEGATED[argv[0]]
         logging.basicConfig(
             level=os.environ.get("NPUFARM_LOG_LEVEL", "WARNING"),
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
-        return getattr(importlib.import_module(module), function)(argv[1:])
+        return _DELEGATED[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(

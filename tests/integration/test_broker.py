@@ -21,6 +21,7 @@ from core.config import load_config
 from core.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT
 from core.protocol import BROKER_DEVICE, CLIENT_HEADER, WORKER_HEADER, Cmd, pack, pack_route
 from farm.broker import Broker
+from farm.broker_cards import CardControl
 from farm.registry import CardState
 
 pytestmark = pytest.mark.timeout(30)
@@ -496,7 +497,7 @@ def test_a_stale_sentinel_event_never_loses_the_restarted_card():
     lost: list[tuple[int, str]] = []
     forgotten: list[int] = []
 
-    def broker_with(process) -> types.SimpleNamespace:
+    def cards_with(process) -> types.SimpleNamespace:
         supervisor = types.SimpleNamespace(
             sentinels={7: 0}, processes={0: process}, forget=forgotten.append
         )
@@ -505,10 +506,10 @@ def test_a_stale_sentinel_event_never_loses_the_restarted_card():
         )
 
     alive = types.SimpleNamespace(is_alive=lambda: True, exitcode=None)
-    Broker.on_sentinel(broker_with(alive), 7)
+    CardControl.on_sentinel(cards_with(alive), 7)
     assert lost == [] and forgotten == []
     dead = types.SimpleNamespace(is_alive=lambda: False, exitcode=-9)
-    Broker.on_sentinel(broker_with(dead), 7)
+    CardControl.on_sentinel(cards_with(dead), 7)
     assert lost == [(0, "process exited (exit code -9)")] and forgotten == [0]
 
 
@@ -521,8 +522,8 @@ def test_a_restart_that_never_becomes_ready_is_answered_with_507010(harness):
     h = harness
     card0, card1, client, _ = up(h)
     started: list[int] = []
-    h.broker.request_start = started.append  # no process: the new epoch never says READY
-    h.broker.start_timeout_s = 0.3
+    h.broker.cards.request_start = started.append  # no process: the new epoch never says READY
+    h.broker.cards.start_timeout_s = 0.3
     card0.beating = False
     h.pump_for(lambda: h.state(0) is CardState.LOST)
     client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": 5, "op": "restart", "device_id": 0})
@@ -542,7 +543,7 @@ def test_a_starting_card_gets_the_rules_injected_meanwhile(harness):
     h = harness
     card0, card1 = h.card(0), h.card(1)
     client = h.client(b"client-A")
-    h.broker.spawn_rules = {0: (), 1: ()}  # both were spawned with an empty plan
+    h.broker.faults.spawn_rules = {0: (), 1: ()}  # both were spawned with an empty plan
     h.ready(card1, 1)
     h.pump_for(lambda: h.state(1) is CardState.READY)
     rule = {"kind": "slow", "factor": 3.0, "card": 0}
@@ -611,3 +612,40 @@ def test_a_full_pipe_to_a_live_card_queues_its_work_in_order(monkeypatch):
         if card0 not in h.peers:
             h.peers.append(card0)
         h.close()
+
+
+# --------------------------------------------------------------------------- issue 10: dispatch
+
+
+def test_a_cards_hello_is_not_its_ready(harness):
+    """READY has its own byte: a card that sends the client's HELLO with a READY body is not
+    registered (counted malformed), and the broker answers it nothing; its READY still counts."""
+    h = harness
+    card0 = h.card(0)
+    body = {"device_id": 0, "epoch": 1, "pid": os.getpid(), "shm_name": "x", "hbm_bytes": 1}
+    card0.send(Cmd.HELLO, b"", body)
+    h.pump_for(lambda: h.broker.malformed.count == 1)
+    assert h.state(0) is CardState.STARTING and card0.inbox == []
+    h.ready(card0, 0)
+    h.pump_for(lambda: h.state(0) is CardState.READY)
+    assert h.alive(), h.errors
+
+
+def test_only_the_tables_commands_and_ops_are_dispatched(harness):
+    """A client command outside the broker's table is counted malformed and unanswered; an op
+    outside the admin table is refused with 100000, even when it names a method of the broker
+    or of one of its parts."""
+    h = harness
+    card0, card1, client, _ = up(h)
+    before = h.broker.malformed.count
+    for cmd in (Cmd.READY, Cmd.COMPLETE, Cmd.CARD_EVENT, Cmd.REPLY, Cmd.SUBMIT):
+        client.send(cmd, BROKER_ROUTE, {"rid": 1})
+    h.pump_for(lambda: h.broker.malformed.count == before + 5)
+    for rid, op in enumerate(["on_request", "restart_lost", "__init__", "_op_restart", None], 20):
+        client.send(Cmd.REQUEST, BROKER_ROUTE, {"rid": rid, "op": op})
+        reply = proto.unpack(h.expect(client, Cmd.REPLY).body)
+        assert (reply["rid"], reply["code"]) == (rid, ACL_ERROR_INVALID_PARAM), reply
+        assert "unknown broker op" in reply["error"]
+    assert client.find(Cmd.REPLY) == [] and h.state(0) is CardState.READY
+    assert set(h.broker.admin.ops) == {"restart", "trace", "inject", "recover"}
+    assert h.alive(), h.errors

@@ -45,7 +45,7 @@ def _status(h: BrokerHarness, client) -> dict:
 
 def test_card_events_count_only_from_the_card_they_are_about(harness, tmp_path):
     h = harness
-    h.broker.fault_log_path = str(tmp_path / "faults.jsonl")
+    h.broker.faults.log_path = str(tmp_path / "faults.jsonl")
     card0, _, client, _ = up(h)
     impostor = h.card(0, epoch=7)  # never READY: an unregistered identity
     impostor.send(Cmd.CARD_EVENT, b"", {"faults": [_event(0, "crash")]})

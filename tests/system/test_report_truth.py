@@ -268,13 +268,13 @@ def test_bench_prints_the_truth_in_80_columns_and_says_where_it_wrote(run):
 def figures(monkeypatch):
     """The matplotlib figures the plots save, by file name."""
     saved: dict[str, object] = {}
-    real = plots._save
+    real = plots.save
 
     def capture(fig, path):
         saved[Path(path).name] = fig
         return real(fig, path)
 
-    monkeypatch.setattr(plots, "_save", capture)
+    monkeypatch.setattr(plots, "save", capture)
     return saved
 
 
