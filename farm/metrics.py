@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import start_http_server
+
 __all__ = ["FarmMetrics"]
 
 logger = logging.getLogger(__name__)
@@ -27,96 +30,66 @@ def _numbers(*values: Any) -> bool:
     return all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
 
 
+#: (attribute, family, name, help, labels); histograms use the run-time buckets
+_FAMILIES: tuple[tuple[str, type, str, str, tuple[str, ...]], ...] = (
+    ("tasks", Counter, "npufarm_tasks", "Tasks ended on a card, by ACL code", ("card", "code")),
+    ("task_seconds", Histogram, "npufarm_task_run_seconds", "Task run time on the card", ("card",)),
+    (
+        "queue_seconds",
+        Histogram,
+        "npufarm_task_queue_seconds",
+        "Time a task waited on its card before it started",
+        ("card",),
+    ),
+    ("queued", Gauge, "npufarm_card_queued_tasks", "Tasks queued on a card's streams", ("card",)),
+    (
+        "stream_queued",
+        Gauge,
+        "npufarm_stream_queued_tasks",
+        "Tasks queued or running on a stream (the 32 busiest streams of each card)",
+        ("card", "stream"),
+    ),
+    ("running", Gauge, "npufarm_card_running_tasks", "Tasks running on a card", ("card",)),
+    ("streams", Gauge, "npufarm_card_streams", "Streams with state on a card", ("card",)),
+    ("hbm_used", Gauge, "npufarm_card_hbm_used_bytes", "HBM allocated on a card", ("card",)),
+    ("hbm_total", Gauge, "npufarm_card_hbm_bytes", "HBM size of a card", ("card",)),
+    ("healthy", Gauge, "npufarm_card_healthy", "1 while a card is ready, 0 when lost", ("card",)),
+    ("epoch", Gauge, "npufarm_card_epoch", "Current epoch (restarts + 1) of a card", ("card",)),
+    ("faults", Counter, "npufarm_faults_injected", "Injected faults that fired", ("card", "kind")),
+    (
+        "reclaimed_clients",
+        Counter,
+        "npufarm_clients_reclaimed",
+        "Clients whose resources the farm reclaimed, by cause (exited, silent)",
+        ("cause",),
+    ),
+    (
+        "reclaimed",
+        Gauge,
+        "npufarm_card_reclaimed",
+        "Resources a card reclaimed from departed clients, cumulative over its epochs",
+        ("card", "what"),
+    ),
+    (
+        "malformed_frames",
+        Counter,
+        "npufarm_malformed_messages",
+        "Malformed messages the broker dropped, by sender",
+        ("peer",),
+    ),
+)
+
+
 class FarmMetrics:
     """The farm's metric families on a private registry, and the HTTP server exposing them."""
 
     def __init__(self, port: int, farm: str) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        from prometheus_client.exposition import start_http_server
-
         self.registry = CollectorRegistry()
-        labels = ("card",)
-        self.tasks = Counter(
-            "npufarm_tasks",
-            "Tasks ended on a card, by ACL code",
-            ("card", "code"),
-            registry=self.registry,
-        )
-        self.task_seconds = Histogram(
-            "npufarm_task_run_seconds",
-            "Task run time on the card",
-            labels,
-            buckets=_TIME_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.queue_seconds = Histogram(
-            "npufarm_task_queue_seconds",
-            "Time a task waited on its card before it started",
-            labels,
-            buckets=_TIME_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.queued = Gauge(
-            "npufarm_card_queued_tasks",
-            "Tasks queued on a card's streams",
-            labels,
-            registry=self.registry,
-        )
-        self.stream_queued = Gauge(
-            "npufarm_stream_queued_tasks",
-            "Tasks queued or running on a stream (the 32 busiest streams of each card)",
-            ("card", "stream"),
-            registry=self.registry,
-        )
+        for attribute, family, name, text, labels in _FAMILIES:
+            extra = {"buckets": _TIME_BUCKETS_S} if family is Histogram else {}
+            metric = family(name, text, labels, registry=self.registry, **extra)
+            setattr(self, attribute, metric)
         self._stream_labels: dict[str, set[str]] = {}
-        self.running = Gauge(
-            "npufarm_card_running_tasks", "Tasks running on a card", labels, registry=self.registry
-        )
-        self.streams = Gauge(
-            "npufarm_card_streams", "Streams with state on a card", labels, registry=self.registry
-        )
-        self.hbm_used = Gauge(
-            "npufarm_card_hbm_used_bytes", "HBM allocated on a card", labels, registry=self.registry
-        )
-        self.hbm_total = Gauge(
-            "npufarm_card_hbm_bytes", "HBM size of a card", labels, registry=self.registry
-        )
-        self.healthy = Gauge(
-            "npufarm_card_healthy",
-            "1 while a card is ready, 0 when lost",
-            labels,
-            registry=self.registry,
-        )
-        self.epoch = Gauge(
-            "npufarm_card_epoch",
-            "Current epoch (restarts + 1) of a card",
-            labels,
-            registry=self.registry,
-        )
-        self.faults = Counter(
-            "npufarm_faults_injected",
-            "Injected faults that fired",
-            ("card", "kind"),
-            registry=self.registry,
-        )
-        self.reclaimed_clients = Counter(
-            "npufarm_clients_reclaimed",
-            "Clients whose resources the farm reclaimed, by cause (exited, silent)",
-            ("cause",),
-            registry=self.registry,
-        )
-        self.reclaimed = Gauge(
-            "npufarm_card_reclaimed",
-            "Resources a card reclaimed from departed clients, cumulative over its epochs",
-            ("card", "what"),
-            registry=self.registry,
-        )
-        self.malformed_frames = Counter(
-            "npufarm_malformed_messages",
-            "Malformed messages the broker dropped, by sender",
-            ("peer",),
-            registry=self.registry,
-        )
         self.server, self.thread = start_http_server(port, addr="127.0.0.1", registry=self.registry)
         self.port = self.server.server_port
         logger.info("farm %s metrics at http://127.0.0.1:%d/metrics", farm, self.port)
