@@ -34,7 +34,8 @@ from core.errors import NpuFarmError
 from device.atc import convert
 from device.models import load_model_file, reference
 from farm.admin import broker_request, query_status
-from loadtest.loadgen import BenchConfig, run_bench
+from loadtest.loadgen import run_bench
+from loadtest.plan import BenchConfig
 from loadtest.plots import render_all
 from loadtest.render import load_samples, render_terminal
 
@@ -136,6 +137,54 @@ def _link_drop(address: str, at_monotonic_s: float) -> float:
     return at_s
 
 
+def _check_all(console: Console, address: str, out: Path, check_requests: int) -> dict:
+    """Step 2: the matmul check on every card, then the ONNX CNN one when it can run; the
+    (correct, total) per card (ONNX ones under ``-1 - card``)."""
+    checks = _check_compute(address, _MODEL, check_requests)
+    for device_id, (correct, total) in sorted(checks.items()):
+        console.print(f"card {device_id}: {correct}/{total} matmul outputs equal the host's")
+    onnx_model = _convert_tiny_cnn(out)
+    if onnx_model is None:
+        console.print("ONNX check skipped: needs the onnx extra and examples/pyacl")
+        return checks
+    onnx_checks = _check_compute(address, onnx_model, _ONNX_REQUESTS)
+    for device_id, (correct, total) in sorted(onnx_checks.items()):
+        console.print(f"card {device_id}: {correct}/{total} outputs of an ONNX CNN "
+                      "(npufarm atc .om) equal host onnxruntime's")  # fmt: skip
+    return {**checks, **{-1 - d: v for d, v in onnx_checks.items()}}
+
+
+def _load(console: Console, address: str, out: Path, duration_s: float, rate: float) -> dict:
+    """Step 3: the open-loop load with the link drop timed into it; the bench result."""
+    console.print(
+        f"open-loop Poisson load, {rate:g} req/s for {duration_s:g} s; card 1 is a 3× "
+        f"straggler, card 3 drops its link {_DROP_INTO_LOAD_S:g} s into the load and is "
+        "reset by the clients"
+    )
+
+    def on_phase_start(name: str, t0: float) -> None:
+        at_s = _link_drop(address, t0 + _DROP_INTO_LOAD_S)
+        logger.info("phase %s: card 3 link drop at farm time %.1f s", name, at_s)
+
+    config = BenchConfig(
+        address=address, model=str(_MODEL), mode="open", rates=(rate,),
+        arrival="poisson", duration_s=duration_s, warmup_s=0.5, slo_ms=50.0,
+        per_request=True, out_dir=str(out), workers=2, seed=2026, sync_timeout_ms=2000,
+        live=None,
+    )  # fmt: skip
+    return run_bench(config, on_phase_start=on_phase_start)
+
+
+def _report(console: Console, result: dict, out: Path, trace: Path) -> None:
+    """Step 4: the terminal tables, the PNGs, and the list of what the folder holds."""
+    samples = list(load_samples(out / "requests.jsonl"))
+    render_terminal(result, console)
+    pictures = render_all(result, out, samples=samples)
+    console.print(f"\nreport: {out}")
+    for path in [out / "result.json", out / "summary.csv", *pictures, trace, out / "faults.jsonl"]:
+        console.print(f"  {path.name}" + ("" if path.exists() else "  (missing)"))
+
+
 def run_demo(
     config_path: str | None,
     out_dir: str | None = None,
@@ -153,43 +202,11 @@ def run_demo(
         extra=["--trace", str(trace), "--fault-log", str(out / "faults.jsonl")],
     )  # fmt: skip
     try:
-        checks = _check_compute(farm.address, _MODEL, check_requests)
-        for device_id, (correct, total) in sorted(checks.items()):
-            console.print(f"card {device_id}: {correct}/{total} matmul outputs equal the host's")
-        onnx_model = _convert_tiny_cnn(out)
-        if onnx_model is None:
-            console.print("ONNX check skipped: needs the onnx extra and examples/pyacl")
-        else:
-            onnx_checks = _check_compute(farm.address, onnx_model, _ONNX_REQUESTS)
-            for device_id, (correct, total) in sorted(onnx_checks.items()):
-                console.print(f"card {device_id}: {correct}/{total} outputs of an ONNX CNN "
-                              "(npufarm atc .om) equal host onnxruntime's")  # fmt: skip
-            checks = {**checks, **{-1 - d: v for d, v in onnx_checks.items()}}
-        console.print(
-            f"open-loop Poisson load, {rate:g} req/s for {duration_s:g} s; card 1 is a 3× "
-            f"straggler, card 3 drops its link {_DROP_INTO_LOAD_S:g} s into the load and is "
-            "reset by the clients"
-        )
-
-        def on_phase_start(name: str, t0: float) -> None:
-            at_s = _link_drop(farm.address, t0 + _DROP_INTO_LOAD_S)
-            logger.info("phase %s: card 3 link drop at farm time %.1f s", name, at_s)
-
-        config = BenchConfig(
-            address=farm.address, model=str(_MODEL), mode="open", rates=(rate,),
-            arrival="poisson", duration_s=duration_s, warmup_s=0.5, slo_ms=50.0,
-            per_request=True, out_dir=str(out), workers=2, seed=2026, sync_timeout_ms=2000,
-            live=None,
-        )  # fmt: skip
-        result = run_bench(config, on_phase_start=on_phase_start)
+        checks = _check_all(console, farm.address, out, check_requests)
+        result = _load(console, farm.address, out, duration_s, rate)
     finally:
         os.environ.pop("NPUFARM_ADDRESS", None)
         farm.stop()  # the farm writes trace.json as it stops
-    samples = list(load_samples(out / "requests.jsonl"))
-    render_terminal(result, console)
-    pictures = render_all(result, out, samples=samples)
-    console.print(f"\nreport: {out}")
-    for path in [out / "result.json", out / "summary.csv", *pictures, trace, out / "faults.jsonl"]:
-        console.print(f"  {path.name}" + ("" if path.exists() else "  (missing)"))
+    _report(console, result, out, trace)
     compute_ok = all(correct == total for correct, total in checks.values())
     return 0 if compute_ok and trace.exists() else 1

@@ -2,15 +2,17 @@
 
 Data flow (``══`` crosses a process boundary)::
 
-    parent process: run_bench                       worker process × M (multiprocessing "spawn")
+    parent process: BenchRun                        worker process × M (multiprocessing "spawn")
     ───────────────────────────                     ──────────────────────────────────────────
     phase plan: t0, window, slots,    ══commands══▶ main thread ──inbox──▶ slot threads, one per
-      open-loop schedule slices         Queue (1/w)                        (card, stream): pyACL
+      open-loop schedule slices         Queue (1/w):                       (card, stream): pyACL
+                                        Phase, STOP
     request budget (--requests)       ══Value═════▶ (closed loop: one token per request)
-    stop (Ctrl-C)                     ══Event═════▶ slot loops end; acl.finalize; "bye"
-    collect: samples by phase  ◀══results Queue════ main thread: a numpy batch of samples
-      (+ live table on a tty)         batches,      (report.SAMPLE_DTYPE) every 0.1 s,
-      → loadtest.report → files         phase_done    then the phase's CPU time
+    stop (Ctrl-C)                     ══Event═════▶ slot loops end; acl.finalize; Bye
+    Collector: samples by phase◀══results Queue════ main thread: Ready, then a numpy batch of
+      (+ live table on a tty)         Ready,        samples (schema.SAMPLE_DTYPE) every 0.1 s,
+      → loadtest.report → files       Samples,      then the phase's CPU time; WorkerError
+                                      PhaseDone, Bye
           ║ STATUS: uptime, fault-log path           ║ acl: ZeroMQ messages + /dev/shm copies
           ╚══════════════▶ farm: broker ══▶ cards ◀══╝
 
@@ -28,7 +30,9 @@ host (and the farm's, which gives fault-log times via the farm's uptime).
 The generator measures itself (``generator`` in the result): achieved vs requested rate, the lag
 of actual behind intended send times, the pause a closed-loop slot takes between two requests,
 and the workers' CPU (a worker near 100 % of a core is GIL-bound: add ``--workers``).
-The worker-process side is :mod:`loadtest.workers`; the result schema is in :mod:`loadtest.report`.
+The worker-process side is :mod:`loadtest.workers`, the messages between the two
+:mod:`loadtest.messages`; the config and phase plan are in :mod:`loadtest.plan`, the result
+schema in :mod:`loadtest.report`.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +70,12 @@ from loadtest.messages import (
     WorkerError,
     WorkerMessage,
 )
-from loadtest.render import print_bench_summary, write_bench_plots
 from loadtest.plan import DEFAULT_MODEL, BenchConfig, parse_sweep, plan
+from loadtest.render import print_bench_summary, write_bench_plots
 from loadtest.schema import as_samples
 from loadtest.workers import FLUSH_S, worker_main
 
-__all__ = [
-    "BenchConfig",
-    "BenchRun",
-    "Collector",
-    "parse_sweep",
-    "arrival_offsets",
-    "run_bench",
-    "bench_main",
-]
+__all__ = ["BenchRun", "Collector", "run_bench", "bench_main"]
 
 logger = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from loadtest.plot_faults import draw_timeline, fault_lanes, fault_spans
 from loadtest.plot_style import (
     CARD_COLOURS,
     DPI,
@@ -38,8 +39,6 @@ from loadtest.plot_style import (
     log_y,
     save,
 )
-from loadtest.report import fault_title
-from loadtest.schema import PARAMS
 
 __all__ = [
     "DPI",
@@ -55,8 +54,6 @@ logger = logging.getLogger(__name__)
 
 #: Above this many points the successful requests are thinned (errors are always all drawn).
 MAX_POINTS = 150_000
-#: At most this many fault-timeline lanes (kind, card); beyond it one lane per kind.
-MAX_LANES = 8
 _OK_CODES = (0, None, "0", "ok", "OK", "success")
 
 
@@ -108,6 +105,51 @@ def _rolling_percentiles(t: np.ndarray, lat: np.ndarray, width: float):
     return np.asarray(centres), np.asarray(p50), np.asarray(p99)
 
 
+def _draw_requests(ax, x, lat, err, card, counted, span: float) -> tuple[np.ndarray, np.ndarray]:
+    """The requests on ``ax``: successes by card (at most :data:`MAX_POINTS`), the rolling
+    p50 / p99 over all cards, errors as red crosses; (indices drawn, successful mask)."""
+    ok = ~err & np.isfinite(lat)
+    # one scatter in random order, so no card is painted over all the others
+    shown = np.random.default_rng(0).permutation(np.flatnonzero(ok))[:MAX_POINTS]
+    cards = sorted(set(card.tolist()), key=card_key)
+    colour_of = {c: CARD_COLOURS[i % len(CARD_COLOURS)] for i, c in enumerate(cards)}
+    ax.scatter(x[shown], lat[shown], s=6 if shown.size > 20_000 else 12, alpha=0.45, linewidths=0,
+               c=[colour_of[c] for c in card[shown]], rasterized=True)  # fmt: skip
+    for c, label in card_legend(card, err, counted):
+        ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
+    positive = lat[ok & (lat > 0)]
+    if positive.size and np.percentile(positive, 99.9) / max(np.min(positive), 1e-9) > 30:
+        log_y(ax, "latency (ms)")
+    width = _nice_step(span, 60)
+    centres, p50, p99 = _rolling_percentiles(x[ok], lat[ok], width)
+    ax.plot(centres, p50, color="black", lw=1.6, label=f"p50, all cards ({width:g} s bins)")
+    ax.plot(centres, p99, color="black", lw=1.6, ls="--", label="p99, all cards")
+    err_lat = err & np.isfinite(lat)
+    if err_lat.any():
+        n_err = int(np.count_nonzero(err & counted))
+        ax.scatter(x[err_lat], lat[err_lat], marker="x", s=28, color="#d62728", lw=1.2,
+                   label=f"error ({n_err})", zorder=4)  # fmt: skip
+    return shown, ok
+
+
+def _draw_windows(ax, cols, x, t0: float, phases, counted, faults, span: float) -> None:
+    """The phases' measured windows (warm-up hatched; without ``phases`` the extent of each
+    phase's samples) and, when there are a few, the short fault windows shaded behind."""
+    if phases is None:  # no measured windows given: the extent of each phase's samples
+        names = [n for n in dict.fromkeys(cols["phase"].tolist()) if n != ""]
+        spans = [(x[cols["phase"] == n] + t0, n) for n in names]
+        phases = [{"name": n, "start_s": t.min(), "end_s": t.max()} for t, n in spans]
+        _draw_phase_windows(ax, phases if len(phases) > 1 else [], t0, hatch=False)
+    else:
+        warm = int(np.count_nonzero(~counted))
+        hatch_label = f"not measured (warm-up: {warm} requests, not counted)"
+        _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
+    short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
+    for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
+        ax.axvspan(f["start"], f["end"], color=FAULT_COLOURS.get(f["kind"], "#444444"),
+                   alpha=0.12, lw=0, zorder=0)  # fmt: skip
+
+
 def plot_latency_over_time(
     samples: Iterable[Mapping[str, Any]],
     fault_events: Sequence[Mapping[str, Any]] | None,
@@ -140,11 +182,11 @@ def plot_latency_over_time(
     span = (hi - lo) or 1.0
     xlim = (lo - 0.01 * span, hi + 0.01 * span)
     farm_x = None if farm_start_s is None else farm_start_s - t0
-    faults = _fault_spans(fault_events or [], -t0, farm_x, xlim)
-    lanes = _lanes(faults)
+    faults = fault_spans(fault_events or [], -t0, farm_x, xlim)
+    lanes = fault_lanes(faults)
     if lanes:
         ax, ax_f = fig.subplots(2, 1, sharex=True, height_ratios=[5, 0.5 + 0.3 * len(lanes)])
-        _draw_timeline(ax_f, lanes)
+        draw_timeline(ax_f, lanes)
     else:
         ax = ax_f = fig.add_subplot()
     ax_f.set_xlabel(f"time since {origin} (s)")
@@ -152,42 +194,9 @@ def plot_latency_over_time(
     ax.grid(True, which="major", alpha=0.3)
     ax.set_xlim(*xlim)
 
-    ok = ~err & np.isfinite(lat)
-    # one scatter in random order, so no card is painted over all the others
-    shown = np.random.default_rng(0).permutation(np.flatnonzero(ok))[:MAX_POINTS]
-    cards = sorted(set(card.tolist()), key=card_key)
-    colour_of = {c: CARD_COLOURS[i % len(CARD_COLOURS)] for i, c in enumerate(cards)}
-    ax.scatter(x[shown], lat[shown], s=6 if shown.size > 20_000 else 12, alpha=0.45, linewidths=0,
-               c=[colour_of[c] for c in card[shown]], rasterized=True)  # fmt: skip
     counted = _measured(cols["t"], phases)  # the legend counts what the tables count
-    for c, label in card_legend(card, err, counted):
-        ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
-    positive = lat[ok & (lat > 0)]
-    if positive.size and np.percentile(positive, 99.9) / max(np.min(positive), 1e-9) > 30:
-        log_y(ax, "latency (ms)")
-    width = _nice_step(span, 60)
-    centres, p50, p99 = _rolling_percentiles(x[ok], lat[ok], width)
-    ax.plot(centres, p50, color="black", lw=1.6, label=f"p50, all cards ({width:g} s bins)")
-    ax.plot(centres, p99, color="black", lw=1.6, ls="--", label="p99, all cards")
-    err_lat = err & np.isfinite(lat)
-    if err_lat.any():
-        n_err = int(np.count_nonzero(err & counted))
-        ax.scatter(x[err_lat], lat[err_lat], marker="x", s=28, color="#d62728", lw=1.2,
-                   label=f"error ({n_err})", zorder=4)  # fmt: skip
-
-    if phases is None:  # no measured windows given: the extent of each phase's samples
-        names = [n for n in dict.fromkeys(cols["phase"].tolist()) if n != ""]
-        spans = [(x[cols["phase"] == n] + t0, n) for n in names]
-        phases = [{"name": n, "start_s": t.min(), "end_s": t.max()} for t, n in spans]
-        _draw_phase_windows(ax, phases if len(phases) > 1 else [], t0, hatch=False)
-    else:
-        warm = int(np.count_nonzero(~counted))
-        hatch_label = f"not measured (warm-up: {warm} requests, not counted)"
-        _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
-    short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
-    for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
-        ax.axvspan(f["start"], f["end"], color=FAULT_COLOURS.get(f["kind"], "#444444"),
-                   alpha=0.12, lw=0, zorder=0)  # fmt: skip
+    shown, ok = _draw_requests(ax, x, lat, err, card, counted, span)
+    _draw_windows(ax, cols, x, t0, phases, counted, faults, span)
     if len(shown) < np.count_nonzero(ok):
         ax.set_title(f"{len(shown):,} of {np.count_nonzero(ok):,} successful requests drawn",
                      fontsize=9, color="dimgray")  # fmt: skip
@@ -250,88 +259,6 @@ def _draw_phase_windows(ax, phases: Sequence[Mapping[str, Any]], t0: float, hatc
                     xytext=(0, 5), textcoords="offset points", ha="center", size=9, bbox=box,
                     color="#333333")  # fmt: skip
         prev_end = end
-
-
-def _fault_x(item, event, shift: float, farm_x: float | None) -> tuple[float, float] | None:
-    """(start, end) on the x axis of a fault window or event; None if it has no time."""
-    if item.get("start_s") is not None:
-        start = float(item["start_s"]) + shift
-        return start, start if item.get("end_s") is None else float(item["end_s"]) + shift
-    if event.get("bench_t_s") is not None:
-        t = float(event["bench_t_s"]) + shift
-    elif event.get("t_s") is not None:
-        t = float(event["t_s"]) + (farm_x if farm_x is not None else 0.0)
-    else:
-        return None
-    return t, t
-
-
-def _fault_spans(items, shift: float, farm_x: float | None, xlim) -> list[dict[str, Any]]:
-    """The fault windows / events inside ``xlim`` as x-axis spans with detect / recover times."""
-    spans, skipped = [], 0
-    for item in items:
-        event = item["fault"] if isinstance(item.get("fault"), Mapping) else item
-        where = _fault_x(item, event, shift, farm_x)
-        if where is None or where[1] < xlim[0] or where[0] > xlim[1]:
-            skipped += 1
-            continue
-        ttd, ttr = item.get("time_to_detect_s"), item.get("time_to_recover_s")
-        detail = event.get("detail") or {}
-        params = item.get("params") or {k: detail[k] for k in PARAMS if k in detail}
-        spans.append({"kind": str(event.get("kind", "fault")), "card": event.get("card"),
-                      "params": params,
-                      "events": event.get("events") or 1, "start": where[0], "end": where[1],
-                      "detect": None if ttd is None else where[0] + ttd,
-                      "recover": None if ttr is None else where[0] + ttr})  # fmt: skip
-    if skipped:
-        logger.info("%d fault(s) without a time or outside the plotted range not drawn", skipped)
-    return spans
-
-
-def _lanes(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Timeline lanes, label → spans, in order of first start: one per kind and card, or one per
-    kind if that would make more than :data:`MAX_LANES`. A label names the fault with what sets
-    its strength, then its event count apart: ``slow 3× @card 1: 840 events``."""
-    by_card: dict[tuple, list] = {}
-    for f in sorted(spans, key=lambda f: f["start"]):
-        by_card.setdefault((f["kind"], f["card"]), []).append(f)
-    if len(by_card) > MAX_LANES:
-        by_kind: dict[tuple, list] = {}
-        for (kind, _), group in by_card.items():
-            by_kind.setdefault((kind, None), []).extend(group)
-        by_card = by_kind
-    lanes = {}
-    for (kind, _), group in by_card.items():
-        cards = sorted({str(f["card"]) for f in group if f["card"] is not None}, key=card_key)
-        where = f" @{card_label(cards[0])}" if len(cards) == 1 else f" ({len(cards)} cards)"
-        params = [f.get("params") or {} for f in group]
-        title = fault_title(kind, params[0] if all(p == params[0] for p in params) else None)
-        n = sum(f["events"] for f in group)
-        lanes[f"{title}{where if cards else ''}: {n} event{'s' * (n != 1)}"] = group
-    return lanes
-
-
-def _draw_timeline(ax, lanes: Mapping[str, list[dict[str, Any]]]) -> None:
-    """Fault windows as bars (single events as ticks), detection ▼ and recovery △ marked."""
-    marks = {"detect": ("v", "black", "fault detected (first bad request)"),
-             "recover": ("^", "white", "recovered (first of a run of good requests)")}  # fmt: skip
-    labelled: set[str] = set()
-    for y, group in enumerate(lanes.values()):
-        colour = FAULT_COLOURS.get(group[0]["kind"], "#444444")
-        bars = [(f["start"], f["end"] - f["start"]) for f in group if f["end"] > f["start"]]
-        ax.broken_barh(bars, (y - 0.3, 0.6), color=colour, alpha=0.8)
-        ticks = [f["start"] for f in group if f["end"] <= f["start"]]
-        ax.plot(ticks, [y] * len(ticks), ls="", marker="|", ms=12, mew=2, color=colour)
-        for key, (marker, face, label) in marks.items():
-            at = [f[key] for f in group if f[key] is not None]
-            if at:
-                ax.plot(at, [y] * len(at), ls="", marker=marker, ms=7, mfc=face, mec="black",
-                        label=None if key in labelled else label)  # fmt: skip
-                labelled.add(key)
-    ax.set_yticks(range(len(lanes)), list(lanes), fontsize=8)
-    ax.set_ylim(len(lanes) - 0.5, -0.5)
-    ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title("injected faults", fontsize=9, loc="left", color="dimgray")
 
 
 def _set_load_axis(ax, phases: Sequence[Mapping[str, Any]]) -> list[float]:

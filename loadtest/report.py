@@ -5,7 +5,9 @@
 host's ``time.monotonic()`` clock. Latency is ``end_s - intended_s``: in open-loop mode the
 intended send time comes from the arrival schedule, so a request that waited behind a stalled one
 carries its wait (no coordinated omission); in closed-loop mode ``intended_s == start_s``.
-Nothing here reads a clock, talks to a farm or spawns anything.
+Nothing here reads a clock, talks to a farm or spawns anything. The names every part shares
+(:data:`SCHEMA`, :data:`SAMPLE_DTYPE`, :data:`DEFAULT_PERCENTILES`, :func:`as_samples`,
+:func:`latency_ms`, ...) live in :mod:`loadtest.schema` and are re-exported here.
 
 Definitions: a sample is *in* a window ``[w0, w1)`` when its ``intended_s`` is; ``completed``
 counts code 0, ``errors`` counts the others by ACL code; latency figures are over completed

@@ -140,9 +140,13 @@ class _Slot(threading.Thread):
                 self.w.stop.wait(_RECOVER_RETRY_S)
 
     def request(self) -> tuple[int, float, float]:
-        """One request: (code, start, end)."""
+        """One request: (code, start, end). 507010 at once when the slot holds no device: its
+        card was lost and did not come back before :meth:`recover` gave up (the phase ended);
+        an open-loop send still due in the drain grace is then an error, as for the client."""
         acl = self.w.acl
         start = time.monotonic()
+        if "config" not in self.__dict__:  # set last by setup(), dropped by teardown()
+            return _LOST, start, start
         ret = 0
         for ptr, size, _, host_ptr in self.ins:
             ret = ret or acl.rt.memcpy(ptr, size, host_ptr, size, _H2D)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from farm.admin import query_status
-from loadtest.loadgen import BenchConfig, arrival_offsets, bench_main, parse_sweep, run_bench
+from loadtest.loadgen import bench_main, run_bench
+from loadtest.plan import BenchConfig, arrival_offsets, parse_sweep
 from loadtest.report import SCHEMA
 from tests.conftest import poll_for
 from tests.system.conftest import CI_CONFIG, MODELS, REPO, start_farm, stop_and_check

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from loadtest import plots, render, report  # noqa: E402
+from loadtest import plot_faults, plots, render, report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = 1200, 700
@@ -158,8 +158,8 @@ def test_fault_windows_deduplicated_and_loose_events_grouped():
     (hang,) = [i for i in items if i["kind"] == "hang"]  # warm-up only: one span, 2 events
     assert hang["events"] == 2 and hang["start_s"] == pytest.approx(0.1)
     assert hang["end_s"] == pytest.approx(0.3)
-    spans = plots._fault_spans(items, 0.0, None, (-1.0, 100.0))
-    lanes = plots._lanes(spans)
+    spans = plot_faults.fault_spans(items, 0.0, None, (-1.0, 100.0))
+    lanes = plot_faults.fault_lanes(spans)
     # the fault's strength (a factor, a duration) and its event count are told apart
     slow_lane, error_lane = "slow 1.5 s @card 1: 75 events", f"error @card 1: {len(err)} events"
     assert list(lanes) == ["hang @card 1: 2 events", slow_lane, error_lane]
@@ -167,9 +167,9 @@ def test_fault_windows_deduplicated_and_loose_events_grouped():
     window = next(w for w in windows if w["kind"] == "error")
     assert error["detect"] == pytest.approx(window["start_s"] + window["time_to_detect_s"])
     # more (kind, card) lanes than MAX_LANES: one lane per kind
-    n = plots.MAX_LANES
+    n = plot_faults.MAX_LANES
     many = [{**f, "card": c} for c in range(n) for f in spans]
-    assert sorted(plots._lanes(many)) == sorted(
+    assert sorted(plot_faults.fault_lanes(many)) == sorted(
         [f"hang ({n} cards): {2 * n} events", f"slow 1.5 s ({n} cards): {75 * n} events",
          f"error ({n} cards): {len(err) * n} events"]
     )  # fmt: skip
