@@ -63,25 +63,11 @@ def _mapped(name: str) -> int:
 
 def _chain_model(tmp_path: Path, steps: int = 64, width: int = 1024) -> dict:
     """An ONNX chain of ``steps`` [width, width] MatMuls by the identity: seconds of compute."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from onnx import TensorProto, helper, numpy_helper
+    from tests.system.test_card_liveness import chain_om
 
-    from device.atc import convert
-
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"m{i - 1}", "w"], [f"m{i}"])
-             for i in range(steps)]  # fmt: skip
-    nodes.append(helper.make_node("Identity", [f"m{steps - 1}"], ["y"]))
-    graph = helper.make_graph(
-        nodes, "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [width, width])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [width, width])],
-        [numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "chain.onnx"))
-    om = convert(str(tmp_path / "chain.onnx"), str(tmp_path / "chain"), soc_version="Ascend910B")
+    om = chain_om(tmp_path, steps, width, width)
     return load_model_file(om).to_dict()
 
 

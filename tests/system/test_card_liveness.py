@@ -50,28 +50,33 @@ shape = [{rows}, {WIDTH}]
     return path
 
 
-def _onnx_model(tmp_path: Path) -> Path:
-    """x @ I repeated: onnxruntime works for the whole chain, the result is x again."""
+def chain_om(tmp_path: Path, steps: int, rows: int, width: int, name: str = "chain") -> Path:
+    """An .om of ``steps`` MatMuls by the identity on a [rows, width] input: onnxruntime works
+    for the whole chain (seconds, as sized), and the result is the input again."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     from device.atc import convert
 
-    steps, rows, width = ONNX_STEPS, ONNX_ROWS, ONNX_WIDTH
     nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"m{i - 1}", "w"], [f"m{i}"])
              for i in range(steps)]  # fmt: skip
     nodes.append(helper.make_node("Identity", [f"m{steps - 1}"], ["y"]))
     graph = helper.make_graph(
-        nodes, "heavy_chain",
+        nodes, name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])],
         [numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    onnx.save(model, str(tmp_path / "heavy.onnx"))
-    return Path(convert(str(tmp_path / "heavy.onnx"), str(tmp_path / "heavy"),
+    onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    return Path(convert(str(tmp_path / f"{name}.onnx"), str(tmp_path / name),
                         soc_version="Ascend910B"))  # fmt: skip
+
+
+def _onnx_model(tmp_path: Path) -> Path:
+    """x @ I repeated: onnxruntime works for the whole chain, the result is x again."""
+    return chain_om(tmp_path, ONNX_STEPS, ONNX_ROWS, ONNX_WIDTH, "heavy_chain")
 
 
 SAMPLE_ROWS = 16  # rows of the result checked against the reference (computed here)
