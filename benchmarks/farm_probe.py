@@ -106,8 +106,21 @@ def start_farm(
     name = f"z{os.getpid()}"
     log_path = log_path or runtime_dir / "farm.log"
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in stop())
-    cmd = [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
-           str(runtime_dir), "--name", name, "--cards", str(cards), *(extra or [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "npufarm",
+        "up",
+        "--config",
+        str(config),
+        "--runtime-dir",
+        str(runtime_dir),
+        "--name",
+        name,
+        "--cards",
+        str(cards),
+        *(extra or []),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
     process = subprocess.Popen(
         cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env

@@ -34,10 +34,25 @@ def _start_farm(runtime_dir: Path) -> subprocess.Popen:
     config = runtime_dir / "bench.toml"  # ci.toml, but a card may restart as often as we kill it
     config.write_text(_CONFIG.read_text().replace("restart_max = 3", "restart_max = 1000"))
     process = subprocess.Popen(
-        [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
-         str(runtime_dir), "--name", "fb", "--cards", "2", "--watch-parent", str(os.getpid())],
-        cwd=_REPO, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "up",
+            "--config",
+            str(config),
+            "--runtime-dir",
+            str(runtime_dir),
+            "--name",
+            "fb",
+            "--cards",
+            "2",
+            "--watch-parent",
+            str(os.getpid()),
+        ],
+        cwd=_REPO,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while not (runtime_dir / "fb.json").exists():
         if process.poll() is not None or time.monotonic() > deadline:

@@ -307,8 +307,9 @@ class FuzzRun:
         problems += ledger_problems(ledger, drained=False)
         stuck, self.stuck_base = ledger["in_flight"] - self.stuck_base, ledger["in_flight"]
         if stuck:  # each batch names only the tasks it left in flight
-            problems.append(f"ledger: {stuck} more tasks in flight after draining "
-                            f"(total {ledger['in_flight']})")  # fmt: skip
+            problems.append(
+                f"ledger: {stuck} more tasks in flight after draining (total {ledger['in_flight']})"
+            )
         return problems
 
 
@@ -350,8 +351,10 @@ def run_fuzz(
             result = run.run_batch(drafts)
             for violation in result.violations:
                 logger.warning("batch %d: %s", result.index, violation)
-            if any(v.startswith(("broker process died", "farm does not answer"))
-                   for v in result.violations):  # fmt: skip
+            if any(
+                v.startswith(("broker process died", "farm does not answer"))
+                for v in result.violations
+            ):
                 break  # a dead farm: later batches would only repeat it
     finally:
         run.close()
@@ -434,14 +437,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     farm_inputs = args.inputs - args.inputs // 5  # a fifth straight to a card
-    result = run_fuzz(farm_inputs, args.seed, args.batch, args.cards, args.kinds,
-                      card_inputs=args.inputs // 5)  # fmt: skip
+    result = run_fuzz(
+        farm_inputs, args.seed, args.batch, args.cards, args.kinds, card_inputs=args.inputs // 5
+    )
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
-    sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "farm_log_tail"},
-                                indent=2)[:6000] + "\n")  # fmt: skip
+    sys.stdout.write(
+        json.dumps({k: v for k, v in result.items() if k != "farm_log_tail"}, indent=2)[:6000]
+        + "\n"
+    )
     return 1 if result["violations"] else 0
 
 

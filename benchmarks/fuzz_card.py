@@ -42,8 +42,20 @@ logger = logging.getLogger(__name__)
 
 INTERVAL_S = 0.05
 CLIENTS = (b"\x00fz-a", b"\x00fz-b", b"")
-_CARD_CMDS = st.sampled_from([Cmd.SUBMIT, Cmd.SUBMIT, Cmd.REQUEST, Cmd.REQUEST, Cmd.HEARTBEAT,
-                              Cmd.DISCONNECT, Cmd.COMPLETE, Cmd.HELLO, b"\x7f", b""])  # fmt: skip
+_CARD_CMDS = st.sampled_from(
+    [
+        Cmd.SUBMIT,
+        Cmd.SUBMIT,
+        Cmd.REQUEST,
+        Cmd.REQUEST,
+        Cmd.HEARTBEAT,
+        Cmd.DISCONNECT,
+        Cmd.COMPLETE,
+        Cmd.HELLO,
+        b"\x7f",
+        b"",
+    ]
+)
 _MUTATE = st.one_of(
     st.none(),
     st.none(),
@@ -58,7 +70,7 @@ _DIRECT = st.builds(
     route=st.one_of(st.sampled_from(CLIENTS[:2]), st.binary(max_size=6)),
     body=st.one_of(fi.TASK_LISTS, fi.CARD_REQUESTS, st.binary(max_size=16)),
     mutate=_MUTATE,
-)  # fmt: skip
+)
 _FRAMING = st.builds(
     lambda frames: fi.Draft("card.framing", "card", b"", None, None, raw=tuple(frames)),
     st.lists(st.binary(max_size=10), min_size=1, max_size=7),
@@ -78,15 +90,29 @@ class CardRig:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.address)
         self.identity = b"card0.1"
-        spec = {"farm_id": self.farm_id, "device_id": 0, "epoch": 1, "backend": self.address,
-                "hbm_bytes": hbm_bytes, "soc_name": "Ascend910B", "speed_factor": 1.0,
-                "jitter_sigma": 0.0, "exec_slots": 2, "time_scale": 0.0,
-                "heartbeat_interval_s": INTERVAL_S, "heartbeat_liveness": 4, "seed": 0}  # fmt: skip
+        spec = {
+            "farm_id": self.farm_id,
+            "device_id": 0,
+            "epoch": 1,
+            "backend": self.address,
+            "hbm_bytes": hbm_bytes,
+            "soc_name": "Ascend910B",
+            "speed_factor": 1.0,
+            "jitter_sigma": 0.0,
+            "exec_slots": 2,
+            "time_scale": 0.0,
+            "heartbeat_interval_s": INTERVAL_S,
+            "heartbeat_liveness": 4,
+            "seed": 0,
+        }
         env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "device", "--spec", json.dumps(spec)], cwd=REPO, env=env,
-            stdout=subprocess.DEVNULL, stderr=open(f"{self.tmp}/card.log", "w"),  # noqa: SIM115
-        )  # fmt: skip
+            [sys.executable, "-m", "device", "--spec", json.dumps(spec)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{self.tmp}/card.log", "w"),  # noqa: SIM115
+        )
         self.replies: Counter = Counter()
         self.rows: Counter = Counter()
         self.row_codes: dict[Any, int] = {}
@@ -255,10 +281,16 @@ def fuzz_card(drafts: list[fi.Draft], batch: int = 250) -> dict[str, Any]:
         counted = _card_malformed(rig, ids) if rig.process.poll() is None else None
         code = rig.close()
         tail = rig.log_tail()
-    return {"inputs_sent": sent, "skipped_shutdowns": skipped, "malformed_sent": malformed,
-            "malformed_counted": counted, "per_frame_kind": dict(kinds),
-            "violations": violations, "card_exit_code": code,
-            "card_log_tail": tail if violations else ""}  # fmt: skip
+    return {
+        "inputs_sent": sent,
+        "skipped_shutdowns": skipped,
+        "malformed_sent": malformed,
+        "malformed_counted": counted,
+        "per_frame_kind": dict(kinds),
+        "violations": violations,
+        "card_exit_code": code,
+        "card_log_tail": tail if violations else "",
+    }
 
 
 def _batch_problems(rig, rids, tasks, malformed, ids, shm, start) -> list[str]:

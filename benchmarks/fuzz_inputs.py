@@ -45,8 +45,23 @@ BROKER_OPS = ("restart", "trace", "inject", "recover", "status")
 _TASK_KINDS = ("exec", "copy", "memset", "record", "wait")
 
 # -- scalars and values ----------------------------------------------------------------------
-_EDGE_INTS = [-(2**63), -(2**31), -1, 0, 1, 2, 7, 255, 2**16, 2**31 - 1, 2**31, 2**32,
-              2**48, 2**63 - 1, 2**64 - 1]  # fmt: skip
+_EDGE_INTS = [
+    -(2**63),
+    -(2**31),
+    -1,
+    0,
+    1,
+    2,
+    7,
+    255,
+    2**16,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**48,
+    2**63 - 1,
+    2**64 - 1,
+]
 INTS = st.one_of(st.integers(-3, 64), st.sampled_from(_EDGE_INTS), st.integers(-(2**63), 2**64 - 1))
 SCALARS = st.one_of(
     st.none(),
@@ -220,9 +235,16 @@ def _draft(kind: str, socket: str, cmd, route, body, mutate=_NO_MUTATION) -> st.
 
 
 _WORKER_CMDS = st.sampled_from(
-    [Cmd.READY, Cmd.HEARTBEAT, Cmd.CARD_EVENT, Cmd.CARD_EVENT, Cmd.COMPLETE, Cmd.REPLY,
-     Cmd.DISCONNECT]
-)  # fmt: skip
+    [
+        Cmd.READY,
+        Cmd.HEARTBEAT,
+        Cmd.CARD_EVENT,
+        Cmd.CARD_EVENT,
+        Cmd.COMPLETE,
+        Cmd.REPLY,
+        Cmd.DISCONNECT,
+    ]
+)
 _FAULT_EVENT = st.fixed_dictionaries(
     {"kind": st.one_of(st.sampled_from(KINDS), VALUES)},
     optional={"card": VALUES, "rule": VALUES, "t_s": VALUES, "epoch": VALUES},
@@ -233,13 +255,15 @@ _WORKER_BODIES = st.one_of(
         {"device_id": INTS, "epoch": INTS},
         optional={"shm_name": VALUES, "hbm_bytes": INTS, "soc_name": VALUES},
     ),
-    st.fixed_dictionaries({"faults": st.lists(st.one_of(_FAULT_EVENT, _FAULT_EVENT, VALUES),
-                                               max_size=3)}),
-    st.fixed_dictionaries({"faults": st.lists(st.one_of(_FAULT_EVENT, _FAULT_EVENT, VALUES),
-                                               max_size=3)}),
+    st.fixed_dictionaries(
+        {"faults": st.lists(st.one_of(_FAULT_EVENT, _FAULT_EVENT, VALUES), max_size=3)}
+    ),
+    st.fixed_dictionaries(
+        {"faults": st.lists(st.one_of(_FAULT_EVENT, _FAULT_EVENT, VALUES), max_size=3)}
+    ),
     st.lists(st.lists(VALUES, max_size=6), max_size=3),
     _GARBAGE,
-)  # fmt: skip
+)
 
 FRAME_KINDS: dict[str, st.SearchStrategy] = {
     "client.framing": st.builds(
@@ -248,17 +272,17 @@ FRAME_KINDS: dict[str, st.SearchStrategy] = {
     ),
     "client.mutated": _draft(
         "client.mutated", "front", _ANY_CMD, _ROUTES, st.one_of(VALUES, _GARBAGE), _MUTATION
-    ),  # fmt: skip
+    ),
     "client.submit": _draft(
         "client.submit", "front", Cmd.SUBMIT, _ROUTES, st.one_of(TASK_LISTS, TASK_LISTS, _GARBAGE)
-    ),  # fmt: skip
+    ),
     "client.request.card": _draft(
         "client.request.card",
         "front",
         Cmd.REQUEST,
         st.sampled_from(["card", "card", "stale", "nodev"]),
         st.one_of(CARD_REQUESTS, _GARBAGE),
-    ),  # fmt: skip
+    ),
     "client.request.broker": _draft(
         "client.request.broker",
         "front",
@@ -279,7 +303,7 @@ FRAME_KINDS: dict[str, st.SearchStrategy] = {
                 Cmd.REPLY,
                 Cmd.CARD_EVENT,
             ]
-        ),  # fmt: skip
+        ),
         st.sampled_from(["broker", "card", "nodev"]),
         st.one_of(VALUES, _GARBAGE, st.lists(st.lists(VALUES, max_size=5), max_size=3)),
     ),
@@ -294,7 +318,7 @@ FRAME_KINDS: dict[str, st.SearchStrategy] = {
         st.one_of(st.just(b""), st.binary(max_size=12)),
         _WORKER_BODIES,
         st.one_of(st.none(), st.none(), _MUTATION),
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -53,10 +53,21 @@ def _convert(work: Path) -> tuple[Path, Path]:
     source = build_cnn(work / "cnn.onnx", image=IMAGE)
     shape = ",".join(map(str, (BATCH, *IMAGE)))
     subprocess.run(
-        [sys.executable, "-m", "npufarm", "atc", f"--model={source}", "--framework=5",
-         f"--output={work / 'cnn'}", "--soc_version=Ascend910B", f"--input_shape=x:{shape}"],
-        cwd=REPO, check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "atc",
+            f"--model={source}",
+            "--framework=5",
+            f"--output={work / 'cnn'}",
+            "--soc_version=Ascend910B",
+            f"--input_shape=x:{shape}",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     return source, work / "cnn.om"
 
 
@@ -210,7 +221,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
                 "target": "ratio >= 0.75",
                 "meets_target": throughput / parallel >= 0.75,
             },
-        },  # fmt: skip
+        },
     }
 
 

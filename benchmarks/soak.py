@@ -82,11 +82,27 @@ class Soak:
         env["NPUFARM_ADDRESS"] = self.farm.address
         env["PYTHONPATH"] = str(REPO)
         journal = self.work / f"client{slot}-g{generation}.jsonl"
-        cmd = [sys.executable, "-m", "benchmarks.soak_client", "--journal", str(journal),
-               "--client", str(slot), "--generation", str(generation), "--seed",
-               str(self.args.seed), "--cards", str(self.args.cards), "--threads",
-               str(self.args.threads), "--duration-s", f"{remaining_s:.3f}", "--models",
-               str(self.work / "models")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.soak_client",
+            "--journal",
+            str(journal),
+            "--client",
+            str(slot),
+            "--generation",
+            str(generation),
+            "--seed",
+            str(self.args.seed),
+            "--cards",
+            str(self.args.cards),
+            "--threads",
+            str(self.args.threads),
+            "--duration-s",
+            f"{remaining_s:.3f}",
+            "--models",
+            str(self.work / "models"),
+        ]
         log = open(self.work / f"client{slot}-g{generation}.log", "w")  # noqa: SIM115
         self.clients[slot] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log)
         log.close()
@@ -111,8 +127,11 @@ class Soak:
             else:
                 record["skipped"] = f"card {card['state']}"
         else:
-            body = {"op": "inject", "rule": action.rule} if action.kind == "inject" else {
-                "op": "recover", "kinds": list(action.kinds or ())}  # fmt: skip
+            body = (
+                {"op": "inject", "rule": action.rule}
+                if action.kind == "inject"
+                else {"op": "recover", "kinds": list(action.kinds or ())}
+            )
             try:
                 record["reply"] = broker_request(self.farm.address, body, timeout_s=5.0)
             except NpuFarmError as exc:
@@ -130,9 +149,11 @@ class Soak:
         plan_path = write_plan(self.work / "plan.toml", self.plan)
         fault_log = self.work / "faults.jsonl"
         self.farm = start_farm(
-            cards=args.cards, config=config, log_path=self.work / "farm.log",
+            cards=args.cards,
+            config=config,
+            log_path=self.work / "farm.log",
             extra=["--faults", str(plan_path), "--fault-log", str(fault_log)],
-        )  # fmt: skip
+        )
         try:
             self.drive()
             self.settle()
@@ -183,8 +204,14 @@ class Soak:
             pass
         rtt_s = time.monotonic() - t0
         cpu_s = sum(broker.cpu_times()[:2]) - cpu_before
-        self.rtts.append((round(now_s, 2), round(rtt_s * 1000, 1), round(cpu_s * 1000, 1),
-                          round(psutil.getloadavg()[0], 2)))  # fmt: skip
+        self.rtts.append(
+            (
+                round(now_s, 2),
+                round(rtt_s * 1000, 1),
+                round(cpu_s * 1000, 1),
+                round(psutil.getloadavg()[0], 2),
+            )
+        )
 
     def watch_summary(self) -> dict[str, Any]:
         if not self.rtts:
@@ -195,7 +222,7 @@ class Soak:
             "status_rtt_ms_max": ranked[-1][1],
             "slowest": [
                 dict(zip(("at_s", "rtt_ms", "broker_cpu_ms", "load1"), r)) for r in ranked[-5:]
-            ],  # fmt: skip
+            ],
         }
 
     def settle(self) -> None:
@@ -220,8 +247,11 @@ class Soak:
         samples = []
         while time.monotonic() - gone_s < max(3 * bound_s, 5.0):
             status = self.status()
-            used = sum((c.get("stats") or {}).get("hbm_used", 0)
-                       for c in status["cards"] if c["state"] == "ready")  # fmt: skip
+            used = sum(
+                (c.get("stats") or {}).get("hbm_used", 0)
+                for c in status["cards"]
+                if c["state"] == "ready"
+            )
             samples.append((round(time.monotonic() - gone_s, 3), used))
             if used == 0:
                 break
@@ -239,8 +269,11 @@ class Soak:
             broker_request(self.farm.address, {"op": "recover"}, timeout_s=5.0)
         except NpuFarmError as exc:
             self.violations.append(f"recover before the final check: {exc}")
-        probe = [acl_roundtrip(self.farm.address, c["device_id"])
-                 for c in status["cards"] if c["state"] == "ready"]  # fmt: skip
+        probe = [
+            acl_roundtrip(self.farm.address, c["device_id"])
+            for c in status["cards"]
+            if c["state"] == "ready"
+        ]
         self.violations += [f"final client check: {p}" for p in probe if p]
 
     def _drained(self) -> dict:
@@ -253,8 +286,11 @@ class Soak:
 
     def judge(self, fault_log: Path) -> None:
         args, report = self.args, self.report
-        events = [json.loads(line) for line in fault_log.read_text().splitlines() if line] \
-            if fault_log.exists() else []  # fmt: skip
+        events = (
+            [json.loads(line) for line in fault_log.read_text().splitlines() if line]
+            if fault_log.exists()
+            else []
+        )
         losses = [
             (int(m.group(1)), int(m.group(2)), m.group(3).strip())
             for line in self.farm.log_text().splitlines()
@@ -269,13 +305,16 @@ class Soak:
         v += checks.check_wrong_outputs(sessions, events)
         if "start" in report and "end" in report:
             v += checks.check_growth(report["start"], report["end"], checks.GrowthBounds())
-            v += [f"/dev/shm: {name} left after every client was gone"
-                  for name in report["end"]["stray_segments"]]  # fmt: skip
+            v += [
+                f"/dev/shm: {name} left after every client was gone"
+                for name in report["end"]["stray_segments"]
+            ]
         again = build_schedule(args.seed, args.duration, args.cards, args.clients)
         v += checks.check_same("schedule", self.schedule, again)
         replay = replay_keys(self.plan, args.cards)
-        v += checks.check_same("fault plan replay", replay, replay_keys(
-            build_plan(args.seed, args.cards), args.cards))  # fmt: skip
+        v += checks.check_same(
+            "fault plan replay", replay, replay_keys(build_plan(args.seed, args.cards), args.cards)
+        )
         report.update(
             seed=args.seed,
             cards=args.cards,
@@ -350,8 +389,10 @@ def render(report: dict[str, Any]) -> None:
     zero, bound = hbm.get("zero_after_s"), hbm.get("bound_s")
     table.add_row("HBM back to 0", f"after {zero} s (bound {bound} s)")
     watch = report.get("broker_watch") or {}
-    table.add_row("broker STATUS answer", f"p50 {watch.get('status_rtt_ms_p50')} ms, "
-                  f"max {watch.get('status_rtt_ms_max')} ms")  # fmt: skip
+    table.add_row(
+        "broker STATUS answer",
+        f"p50 {watch.get('status_rtt_ms_p50')} ms, max {watch.get('status_rtt_ms_max')} ms",
+    )
     table.add_row("violations", str(len(report["violations"])))
     console.print(table)
     for violation in report["violations"]:
@@ -383,10 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clients", type=int, default=3, help="client processes")
     parser.add_argument("--threads", type=int, default=2, help="threads per client")
     parser.add_argument(
-        "--heartbeat-interval-s", type=float, default=0.25,
+        "--heartbeat-interval-s",
+        type=float,
+        default=0.25,
         help="x --liveness = the expiry; default 1 s as configs/default.toml (at 0.1 s x 4 a "
-             "2-core box at load 7 starves the broker past the expiry: cards leave)",
-    )  # fmt: skip
+        "2-core box at load 7 starves the broker past the expiry: cards leave)",
+    )
     parser.add_argument("--liveness", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (journals, logs)")
     parser.add_argument("--out", help="JSON report path")

@@ -156,8 +156,10 @@ def check_hbm_reclaimed(
                 return [f"HBM returned to 0 only after {t_s:.2f}s (bound {deadline_s:.2f}s)"], t_s
             return [], t_s
     last = samples[-1] if samples else (0.0, None)
-    return [f"HBM used {last[1]} bytes {last[0]:.2f}s after the last client left "
-            f"(bound {deadline_s:.2f}s)"], None  # fmt: skip
+    return [
+        f"HBM used {last[1]} bytes {last[0]:.2f}s after the last client left "
+        f"(bound {deadline_s:.2f}s)"
+    ], None
 
 
 @dataclass(frozen=True)

@@ -161,11 +161,11 @@ class Worker:
         stream, size = dev.stream, loaded.out_size
         rets = [acl.rt.memset_async(loaded.output, size, 0x5A, size, stream)]
         if rets[-1] == 0:
-            rets.append(acl.mdl.execute_async(loaded.model_id, loaded.in_ds, loaded.out_ds,
-                                              stream))  # fmt: skip
+            rets.append(acl.mdl.execute_async(loaded.model_id, loaded.in_ds, loaded.out_ds, stream))
         if rets[-1] == 0:
-            rets.append(acl.rt.memcpy_async(loaded.host_out, size, loaded.output, size, D2H,
-                                            stream))  # fmt: skip
+            rets.append(
+                acl.rt.memcpy_async(loaded.host_out, size, loaded.output, size, D2H, stream)
+            )
         self.journal.write(e="sub", sid=sid, n=sum(1 for r in rets if r == 0))
         if rets[-1] != 0:
             self.outcome(device_id, name, rets[-1], reset=rets[-1] in (_LOST, _TIMEOUT))
@@ -175,8 +175,11 @@ class Worker:
         if code == 0:
             got = loaded.view.view(reference.dtype).reshape(reference.shape)
             exact = spec.kind in ("add", "identity")
-            wrong = not (np.array_equal(got, reference) if exact
-                         else np.allclose(got, reference, rtol=1e-4, atol=1e-5))  # fmt: skip
+            wrong = not (
+                np.array_equal(got, reference)
+                if exact
+                else np.allclose(got, reference, rtol=1e-4, atol=1e-5)
+            )
         self.outcome(device_id, name, code, wrong=wrong, reset=code in (_LOST, _TIMEOUT))
 
     def outcome(self, device_id, name, code, wrong=None, reset=False) -> None:
@@ -184,8 +187,9 @@ class Worker:
 
         session = RUNTIME.session
         epoch = session.epochs.get(device_id, -1) if session is not None else -1
-        self.journal.write(e="iter", sid=self.sid, card=device_id, epoch=epoch, model=name,
-                           code=code, wrong=wrong)  # fmt: skip
+        self.journal.write(
+            e="iter", sid=self.sid, card=device_id, epoch=epoch, model=name, code=code, wrong=wrong
+        )
         if reset or code == _LOST:
             self.reset(device_id)
 

@@ -55,7 +55,7 @@ def build_plan(seed: int, cards: int) -> FaultPlan:
             api="execute",
             after_tasks=int(rng.integers(100, 400)),
             name="crash-once",
-        ),  # fmt: skip
+        ),
         FaultRule("drop", card=dropper, probability=0.001, name="lost-tasks"),
     )
     return FaultPlan(seed=seed, rules=rules)
@@ -98,8 +98,12 @@ def replay_keys(plan: FaultPlan, cards: int, calls: int = 2000) -> list[tuple]:
                 api = apis.get(hook)
                 stream = index % 3 if hook in ("card.execute", "broker.route") else None
                 fired = target.evaluate(
-                    hook, now_s, stream=stream, model=None, api=api,
+                    hook,
+                    now_s,
+                    stream=stream,
+                    model=None,
+                    api=api,
                     card=card if hook.startswith("broker.") else None,
-                )  # fmt: skip
+                )
                 keys += [f.event.replay_key() for f in fired]
     return keys

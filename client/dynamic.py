@@ -102,12 +102,14 @@ class DynamicShapeApi:
         buffers = self.handles.dataset_buffers(dataset)
         i = _int(index, "index")
         if buffers is None or not 0 <= i < len(buffers):
-            raise AclError(f"no data buffer {index!r} in dataset {dataset!r}",
-                           ACL_ERROR_INVALID_PARAM)  # fmt: skip
+            raise AclError(
+                f"no data buffer {index!r} in dataset {dataset!r}", ACL_ERROR_INVALID_PARAM
+            )
         entry = self.handles.buffer(buffers[i])
         if entry is None or entry[0] == 0:
-            raise AclError("the dynamic input's data buffer has no address",
-                           ACL_ERROR_INVALID_PARAM)  # fmt: skip
+            raise AclError(
+                "the dynamic input's data buffer has no address", ACL_ERROR_INVALID_PARAM
+            )
         return entry[1]
 
     @api()
@@ -119,8 +121,10 @@ class DynamicShapeApi:
         model = self.model(model_id)
         if nbytes < 4:
             raise AclError("dynamic input under 4 bytes", ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID)
-        raise AclError(f"model {model.model_id} ({model.spec.name}) has no batch gear {batch}",
-                       ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID)  # fmt: skip
+        raise AclError(
+            f"model {model.model_id} ({model.spec.name}) has no batch gear {batch}",
+            ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
+        )
 
     @api()
     def set_dynamic_hw_size(
@@ -133,8 +137,10 @@ class DynamicShapeApi:
         model = self.model(model_id)
         if nbytes < 8:
             raise AclError("dynamic input under 8 bytes", ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID)
-        raise AclError(f"model {model.model_id} ({model.spec.name}) has no gear "
-                       f"{height}x{width}", ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID)  # fmt: skip
+        raise AclError(
+            f"model {model.model_id} ({model.spec.name}) has no gear {height}x{width}",
+            ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
+        )
 
     @api()
     def set_input_dynamic_dims(self, model_id: Any, dataset: Any, index: Any, dims: Any) -> None:
@@ -147,5 +153,7 @@ class DynamicShapeApi:
             raise AclError(f"dimCount {count} invalid", ACL_ERROR_INVALID_PARAM)
         self._dynamic_input(dataset, index)
         model = self.model(model_id)
-        raise AclError(f"model {model.model_id} ({model.spec.name}) has no dynamic dims",
-                       ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID)  # fmt: skip
+        raise AclError(
+            f"model {model.model_id} ({model.spec.name}) has no dynamic dims",
+            ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID,
+        )

@@ -72,10 +72,12 @@ class ExceptionInfo:
     error_code: int
 
     @classmethod
-    def task_failed(cls, task_id: int, stream_id: int, thread_id: int, device_id: int,
-                    code: int) -> ExceptionInfo:  # fmt: skip
-        return cls(task_id & _U32, stream_id & _U32, thread_id & _U32, device_id & _U32,
-                   code & _U32)  # fmt: skip
+    def task_failed(
+        cls, task_id: int, stream_id: int, thread_id: int, device_id: int, code: int
+    ) -> ExceptionInfo:
+        return cls(
+            task_id & _U32, stream_id & _U32, thread_id & _U32, device_id & _U32, code & _U32
+        )
 
     @classmethod
     def device_lost(cls, device_id: int) -> ExceptionInfo:
@@ -119,8 +121,9 @@ class ExceptionReporter:
                 self._pending.popleft()
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
-                    logger.warning("exception-info callback falls behind: %d infos dropped",
-                                   self.dropped)  # fmt: skip
+                    logger.warning(
+                        "exception-info callback falls behind: %d infos dropped", self.dropped
+                    )
             self._pending.append((fn, handle))
             if self._thread is None:
                 self._thread = threading.Thread(

@@ -267,9 +267,11 @@ class Runtime:
         references; built once per distinct binding and kept until an allocation goes away
         (a pipeline resubmits the same buffers task after task). See :mod:`client.poison`."""
         key = (
-            tuple(x for ref in writes for x in ref), tuple(x for ref in reads for x in ref),
-            tensors, self.allocations.generation,
-        )  # fmt: skip
+            tuple(x for ref in writes for x in ref),
+            tuple(x for ref in reads for x in ref),
+            tensors,
+            self.allocations.generation,
+        )
         plan = self.task_plans.get(key)
         if plan is None:
             spans = spans_of(reads)
@@ -278,15 +280,23 @@ class Runtime:
                 for (ptr, nbytes), tensor in zip(writes, tensors):
                     span = (ptr, ptr + nbytes)
                     if not overlaps(span, spans):  # a task that reads its outputs keeps them
-                        fills.append((span, poison_fill(self.memory.address(ptr), nbytes,
-                                                        tensor.np_dtype)))  # fmt: skip
+                        fills.append(
+                            (span, poison_fill(self.memory.address(ptr), nbytes, tensor.np_dtype))
+                        )
             if len(self.task_plans) > 4096:
                 self.task_plans.clear()
             plan = self.task_plans[key] = (spans, tuple(fills))
         return plan
 
-    def submit_task(self, track: StreamTrack, task: dict, reads: list, writes: list,
-                    call: str, plan: tuple | None = None) -> int:  # fmt: skip
+    def submit_task(
+        self,
+        track: StreamTrack,
+        task: dict,
+        reads: list,
+        writes: list,
+        call: str,
+        plan: tuple | None = None,
+    ) -> int:
         """Submit ``task`` and remember which byte ranges it reads until it completes
         (``plan``: its :meth:`_task_plan`, if the caller has it)."""
         spans = (plan or self._task_plan(writes, reads))[0]

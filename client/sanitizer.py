@@ -171,8 +171,9 @@ class Sanitizer:
         """An async task was enqueued; it is unsynced until a covering sync returns."""
         if not self.enabled:
             return
-        task = _Task(task_id, device_id, stream_id, _ranges(reads), _ranges(writes), call,
-                     user_frames())  # fmt: skip
+        task = _Task(
+            task_id, device_id, stream_id, _ranges(reads), _ranges(writes), call, user_frames()
+        )
         with self._lock:
             self._add(task)
             code = self._early.pop(task_id, ACL_SUCCESS)
@@ -185,8 +186,15 @@ class Sanitizer:
         """A ``stream_wait_event`` task: covering it covers ``on_stream`` up to ``on_task``."""
         if not self.enabled:
             return
-        task = _Task(task_id, device_id, stream_id, (), (), "acl.rt.stream_wait_event",
-                     waits=(on_stream, on_task))  # fmt: skip
+        task = _Task(
+            task_id,
+            device_id,
+            stream_id,
+            (),
+            (),
+            "acl.rt.stream_wait_event",
+            waits=(on_stream, on_task),
+        )
         with self._lock:
             self._add(task)
 
@@ -404,8 +412,17 @@ class Sanitizer:
         known = self._seen.get(key)
         if known is not None:
             return known, False
-        finding = Finding(kind, call, task.device, task.stream, task.task_id, where, message,
-                          format_stack(frames), format_stack(task.origin))  # fmt: skip
+        finding = Finding(
+            kind,
+            call,
+            task.device,
+            task.stream,
+            task.task_id,
+            where,
+            message,
+            format_stack(frames),
+            format_stack(task.origin),
+        )
         if len(self._findings) >= FINDINGS_LIMIT:
             self.dropped["findings"] += 1
             return finding, False

@@ -47,8 +47,11 @@ def _own_dirs() -> tuple[str, ...]:
 
 def _stdlib_dirs() -> tuple[str, ...]:
     paths = sysconfig.get_paths()
-    found = {os.path.normcase(os.path.realpath(paths[key])) + os.sep
-             for key in ("stdlib", "platstdlib") if paths.get(key)}  # fmt: skip
+    found = {
+        os.path.normcase(os.path.realpath(paths[key])) + os.sep
+        for key in ("stdlib", "platstdlib")
+        if paths.get(key)
+    }
     return tuple(sorted(found))
 
 

@@ -320,8 +320,9 @@ class StreamApi:
         session = self.require()
         if first.track is None or last.track is None:
             # CANN: RT_ERROR_EVENT_RECORDER_NULL, reported as ACL_ERROR_RT_INTERNAL_ERROR
-            raise AclError("event_elapsed_time of a never recorded event",
-                           ACL_ERROR_RT_INTERNAL_ERROR)  # fmt: skip
+            raise AclError(
+                "event_elapsed_time of a never recorded event", ACL_ERROR_RT_INTERNAL_ERROR
+            )
         session.check_device(first.track.device_id)
         session.check_device(last.track.device_id)
         with session.cond:

@@ -234,9 +234,16 @@ class FaultInjector:
                 state.first_s = now_s
             detail = _detail(rule, stream, model, api)
             event = FaultEvent(
-                now_s, target, self.epoch, hook, index, rule.kind, rule.effective_code,
-                state.rule_id, detail,
-            )  # fmt: skip
+                now_s,
+                target,
+                self.epoch,
+                hook,
+                index,
+                rule.kind,
+                rule.effective_code,
+                state.rule_id,
+                detail,
+            )
             logger.debug("fault fired: %s", event.to_json_line())
             fired.append(Fired(state.rule_id, rule, event))
         return fired
@@ -268,8 +275,13 @@ class FaultInjector:
             raise ValueError(f"rule id {rule_id} is negative or already in use")
         self._states.append(_RuleState(rule_id, rule))
         self._next_id = max(self._next_id, rule_id + 1)
-        logger.info("card %d epoch %d: fault rule %d added: %s", self.card, self.epoch, rule_id,
-                    rule.to_dict())  # fmt: skip
+        logger.info(
+            "card %d epoch %d: fault rule %d added: %s",
+            self.card,
+            self.epoch,
+            rule_id,
+            rule.to_dict(),
+        )
         return rule_id
 
     def clear(self, kinds: Iterable[str] | None = None) -> int:

@@ -110,21 +110,26 @@ def _fix_inputs(model, shapes: dict[str, tuple[int, ...]]) -> list:
     inputs = [i for i in graph.input if i.name not in initializers]
     unknown = sorted(set(shapes) - {i.name for i in inputs})
     if unknown:
-        raise AtcError(f"--input_shape names {unknown}; the model's inputs are "
-                       f"{[i.name for i in inputs]}")  # fmt: skip
+        raise AtcError(
+            f"--input_shape names {unknown}; the model's inputs are {[i.name for i in inputs]}"
+        )
     for value_info in inputs:
         dims = _dims(value_info)
         if value_info.name in shapes:
             wanted = shapes[value_info.name]
             if len(wanted) != len(dims):
-                raise AtcError(f"--input_shape {value_info.name}: rank {len(wanted)}, "
-                               f"the model's is {len(dims)}")  # fmt: skip
+                raise AtcError(
+                    f"--input_shape {value_info.name}: rank {len(wanted)}, "
+                    f"the model's is {len(dims)}"
+                )
             for dim, size in zip(value_info.type.tensor_type.shape.dim, wanted):
                 dim.Clear()
                 dim.dim_value = size
         elif -1 in dims:
-            raise AtcError(f"input {value_info.name!r} has dynamic dims {dims}: fix them with "
-                           f'--input_shape="{value_info.name}:..."')  # fmt: skip
+            raise AtcError(
+                f"input {value_info.name!r} has dynamic dims {dims}: fix them with "
+                f'--input_shape="{value_info.name}:..."'
+            )
     return inputs
 
 
@@ -153,8 +158,10 @@ def convert(
     """Convert an ONNX model into ``<output>.om``; return that path."""
     if framework != FRAMEWORK_ONNX:
         name = FRAMEWORKS.get(framework, "unknown")
-        raise AtcError(f"--framework={framework} ({name}): npufarm atc converts ONNX models "
-                       "only (--framework=5); export the model to ONNX first")  # fmt: skip
+        raise AtcError(
+            f"--framework={framework} ({name}): npufarm atc converts ONNX models "
+            "only (--framework=5); export the model to ONNX first"
+        )
     if not soc_version or not soc_version.startswith("Ascend"):
         raise AtcError(f"--soc_version={soc_version!r}: expected an Ascend SoC, e.g. Ascend310")
     if input_format not in ACL_FORMATS:
@@ -180,12 +187,15 @@ def convert(
     ]
     out = Path(output if output.endswith(".om") else output + ".om")
     metadata = {
-        "name": out.stem, "framework": framework, "soc_version": soc_version,
-        "source": Path(model_path).name, "inputs": inputs, "outputs": outputs,
+        "name": out.stem,
+        "framework": framework,
+        "soc_version": soc_version,
+        "source": Path(model_path).name,
+        "inputs": inputs,
+        "outputs": outputs,
         "latency": {"fixed_s": latency_ms / 1000.0},
-        "atc": {"input_shape": input_shape or "", "input_format": input_format,
-                **(recorded or {})},
-    }  # fmt: skip
+        "atc": {"input_shape": input_shape or "", "input_format": input_format, **(recorded or {})},
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(pack_om(metadata, model_bytes, framework))
     return out
@@ -206,8 +216,12 @@ def _parser() -> argparse.ArgumentParser:
     add("--input_format", default="NCHW", help="NCHW (default), NHWC or ND")
     add("--om", help="the .om to dump (mode 1)")
     add("--json", help="the JSON file to write (mode 1)")
-    add("--npufarm_latency_ms", type=float, default=0.0,
-        help="npufarm only: modelled execution time per request (ms)")  # fmt: skip
+    add(
+        "--npufarm_latency_ms",
+        type=float,
+        default=0.0,
+        help="npufarm only: modelled execution time per request (ms)",
+    )
     for name in _RECORDED:
         add(f"--{name}", help="accepted and recorded in the .om; no effect on npufarm")
     for name, what in _REFUSED.items():
@@ -239,22 +253,32 @@ def atc_main(argv: list[str] | None = None) -> int:
         if args.mode == 1:
             _mode_1(args)
         else:
-            missing = [f"--{o}" for o in ("model", "framework", "output", "soc_version")
-                       if getattr(args, o) is None]  # fmt: skip
+            missing = [
+                f"--{o}"
+                for o in ("model", "framework", "output", "soc_version")
+                if getattr(args, o) is None
+            ]
             if missing:
                 raise AtcError(f"missing required option(s): {', '.join(missing)}")
             print("ATC start working now, please wait for a moment.")
             out = convert(
-                args.model, args.output, framework=args.framework, soc_version=args.soc_version,
-                input_shape=args.input_shape, input_format=args.input_format,
+                args.model,
+                args.output,
+                framework=args.framework,
+                soc_version=args.soc_version,
+                input_shape=args.input_shape,
+                input_format=args.input_format,
                 latency_ms=args.npufarm_latency_ms,
                 recorded={n: getattr(args, n) for n in _RECORDED if getattr(args, n) is not None},
-            )  # fmt: skip
+            )
             print(f"wrote {out}")
     except AtcError as exc:
         print(f"npufarm atc: {exc}", file=sys.stderr)
-        print("ATC run failed, Please check the detail log, Try 'npufarm atc --help' for more "
-              "information", file=sys.stderr)  # fmt: skip
+        print(
+            "ATC run failed, Please check the detail log, Try 'npufarm atc --help' for more "
+            "information",
+            file=sys.stderr,
+        )
         return 1
     print("ATC run success, welcome to the next use.")
     return 0

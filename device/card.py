@@ -326,8 +326,12 @@ class Card:
         if now - self._warned_s < _WARN_EVERY_S:
             self._unwarned += 1
             return
-        logger.warning("card %d: %s (%d more malformed inputs since the last warning)",
-                       self.spec.device_id, what, self._unwarned)  # fmt: skip
+        logger.warning(
+            "card %d: %s (%d more malformed inputs since the last warning)",
+            self.spec.device_id,
+            what,
+            self._unwarned,
+        )
         self._warned_s, self._unwarned = now, 0
 
     def on_submit(self, client: bytes, tasks: Any) -> int:
@@ -433,9 +437,16 @@ class Card:
             counts["reclaimed_models"] += len(handles)
             counts["reclaimed_streams"] += streams
             counts["reclaimed_tasks"] += ended
-            logger.info("card %d: reclaimed %d bytes, %d models, %d streams, %d tasks, %d mappings "
-                        "of a departed client", self.spec.device_id, hbm_bytes, len(handles),
-                        streams, ended, len(segments))  # fmt: skip
+            logger.info(
+                "card %d: reclaimed %d bytes, %d models, %d streams, %d tasks, %d mappings "
+                "of a departed client",
+                self.spec.device_id,
+                hbm_bytes,
+                len(handles),
+                streams,
+                ended,
+                len(segments),
+            )
 
     def end_tasks(self, client: bytes) -> int:
         """End every task of a departed ``client`` still queued or running here with 107023
@@ -557,8 +568,15 @@ class Card:
         self.hung.discard((task.client, task.task_id))
         self.complete(task.client, task.task_id, code, task.started_s, now, task)
 
-    def complete(self, client: bytes, task_id: int, code: int, start_s: float, end_s: float,
-                 task: Task | None = None) -> None:  # fmt: skip
+    def complete(
+        self,
+        client: bytes,
+        task_id: int,
+        code: int,
+        start_s: float,
+        end_s: float,
+        task: Task | None = None,
+    ) -> None:
         self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
         stream, queued_s = (task.stream, task.submitted_s) if task is not None else (0, start_s)
         self.outbox.setdefault(client, []).append(

@@ -181,8 +181,12 @@ def _bind(card: Card, task: Task, spec, kernel) -> tuple[list, list] | None:
     """Typed input/output arrays for an exec task, checked once per distinct binding and cached
     until the card frees memory (pipelines reuse the same buffers task after task)."""
     body = task.body
-    key = (task.client, body["m"], tuple(x for ref in body["i"] for x in ref),
-           tuple(x for ref in body["o"] for x in ref))  # fmt: skip
+    key = (
+        task.client,
+        body["m"],
+        tuple(x for ref in body["i"] for x in ref),
+        tuple(x for ref in body["o"] for x in ref),
+    )
     bound = card.bindings.get(key)
     if bound is not None:
         return bound

@@ -45,8 +45,13 @@ class Heartbeat:
     ``tick(now, from_loop)`` sends the heartbeat; it is always called with ``io_lock`` held.
     """
 
-    def __init__(self, interval_s: float, tick: Callable[[float, bool], None],
-                 io_lock: threading.Lock, name: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        interval_s: float,
+        tick: Callable[[float, bool], None],
+        io_lock: threading.Lock,
+        name: str,
+    ) -> None:
         if interval_s <= 0:
             raise ValueError(f"heartbeat interval must be positive, got {interval_s}")
         self.interval_s = interval_s

@@ -49,8 +49,14 @@ class TaskFault:
 class CardFaults:
     """Fault state of one card epoch; times are seconds since the farm started."""
 
-    def __init__(self, plan: dict | None, device_id: int, epoch: int, farm_start_s: float,
-                 op_timeout_s: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plan: dict | None,
+        device_id: int,
+        epoch: int,
+        farm_start_s: float,
+        op_timeout_s: float,
+    ) -> None:
         self.injector = FaultInjector(
             FaultPlan.from_dict(plan) if plan else FaultPlan(), device_id, epoch
         )
@@ -74,9 +80,12 @@ class CardFaults:
             return None
         with self._lock:
             fired = self.injector.evaluate(
-                "card.execute", self.now_s(), stream=stream, model=model,
+                "card.execute",
+                self.now_s(),
+                stream=stream,
+                model=model,
                 api=API_BY_TASK_KIND.get(kind),
-            )  # fmt: skip
+            )
             self._record(fired)
         if not fired:
             return None

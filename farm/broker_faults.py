@@ -125,8 +125,9 @@ class FaultControl:
         for row in rows:
             stream = row[4] if isinstance(row, list) and len(row) > 4 else None
             stream = stream if _is_int(stream) else None
-            fired = self.route_faults.evaluate("broker.complete", now_s, stream=stream,
-                                               card=device_id)  # fmt: skip
+            fired = self.route_faults.evaluate(
+                "broker.complete", now_s, stream=stream, card=device_id
+            )
             self.log_faults([f.event.to_dict() for f in fired])
             if any(f.kind == "drop" for f in fired):
                 self.ledger.dropped_tasks(device_id, 1)
@@ -277,8 +278,15 @@ class FaultControl:
                     used_up = all(fired.get(card, 0) >= rule.count for card in targets)
                 if used_up:
                     continue
-            active.append({"rule_id": rule_id, **rule.to_dict(), "card": rule.card,
-                           "hook": rule.hook, "fired": sum(fired.values())})  # fmt: skip
+            active.append(
+                {
+                    "rule_id": rule_id,
+                    **rule.to_dict(),
+                    "card": rule.card,
+                    "hook": rule.hook,
+                    "fired": sum(fired.values()),
+                }
+            )
         return active
 
     def _tell_cards(self, device_id: int | None, request: dict) -> None:

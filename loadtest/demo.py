@@ -119,8 +119,9 @@ def _convert_tiny_cnn(out: Path) -> Path | None:
     module_spec.loader.exec_module(tiny_cnn)
     source = tiny_cnn.build_cnn(out / "tiny_cnn.onnx")
     shape = ",".join(map(str, (4, *tiny_cnn.IMAGE)))
-    return convert(str(source), str(out / "tiny_cnn"), soc_version="Ascend910B",
-                   input_shape=f"x:{shape}")  # fmt: skip
+    return convert(
+        str(source), str(out / "tiny_cnn"), soc_version="Ascend910B", input_shape=f"x:{shape}"
+    )
 
 
 _DROP_INTO_LOAD_S = 3.0  # the link drop falls this long after the load (warm-up included) starts
@@ -149,8 +150,10 @@ def _check_all(console: Console, address: str, out: Path, check_requests: int) -
         return checks
     onnx_checks = _check_compute(address, onnx_model, _ONNX_REQUESTS)
     for device_id, (correct, total) in sorted(onnx_checks.items()):
-        console.print(f"card {device_id}: {correct}/{total} outputs of an ONNX CNN "
-                      "(npufarm atc .om) equal host onnxruntime's")  # fmt: skip
+        console.print(
+            f"card {device_id}: {correct}/{total} outputs of an ONNX CNN "
+            "(npufarm atc .om) equal host onnxruntime's"
+        )
     return {**checks, **{-1 - d: v for d, v in onnx_checks.items()}}
 
 
@@ -167,11 +170,21 @@ def _load(console: Console, address: str, out: Path, duration_s: float, rate: fl
         logger.info("phase %s: card 3 link drop at farm time %.1f s", name, at_s)
 
     config = BenchConfig(
-        address=address, model=str(_MODEL), mode="open", rates=(rate,),
-        arrival="poisson", duration_s=duration_s, warmup_s=0.5, slo_ms=50.0,
-        per_request=True, out_dir=str(out), workers=2, seed=2026, sync_timeout_ms=2000,
+        address=address,
+        model=str(_MODEL),
+        mode="open",
+        rates=(rate,),
+        arrival="poisson",
+        duration_s=duration_s,
+        warmup_s=0.5,
+        slo_ms=50.0,
+        per_request=True,
+        out_dir=str(out),
+        workers=2,
+        seed=2026,
+        sync_timeout_ms=2000,
         live=None,
-    )  # fmt: skip
+    )
     return run_bench(config, on_phase_start=on_phase_start)
 
 
@@ -198,9 +211,10 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     trace = out / "trace.json"
     farm = EmbeddedFarm(
-        config_path, faults=str(_PLAN),
+        config_path,
+        faults=str(_PLAN),
         extra=["--trace", str(trace), "--fault-log", str(out / "faults.jsonl")],
-    )  # fmt: skip
+    )
     try:
         checks = _check_all(console, farm.address, out, check_requests)
         result = _load(console, farm.address, out, duration_s, rate)

@@ -43,9 +43,22 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def csv_columns(percentiles: Sequence[float]) -> list[str]:
     """The columns of :func:`write_csv`."""
     lat = [f"latency_ms_{percentile_key(q)}" for q in percentiles]
-    return ["phase", "mode", "concurrency", "rate", "card", "requests", "completed", "errors",
-            "error_rate", "throughput_rps", "goodput_rps", *lat, "latency_ms_max",
-            "latency_ms_mean"]  # fmt: skip
+    return [
+        "phase",
+        "mode",
+        "concurrency",
+        "rate",
+        "card",
+        "requests",
+        "completed",
+        "errors",
+        "error_rate",
+        "throughput_rps",
+        "goodput_rps",
+        *lat,
+        "latency_ms_max",
+        "latency_ms_mean",
+    ]
 
 
 def _csv_row(phase: Mapping[str, Any], card: str, figures: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,10 +94,15 @@ def write_jsonl(samples: np.ndarray, path: str | Path, origin_s: float = 0.0) ->
         for row, ms in zip(samples.tolist(), lat.tolist()):
             phase, slot, card, code, intended, start, end = row
             record = {
-                "phase": phase, "slot": slot, "card": card, "code": code,
-                "intended_s": round(intended - origin_s, 6), "start_s": round(start - origin_s, 6),
-                "end_s": round(end - origin_s, 6), "latency_ms": round(ms, 4),
-            }  # fmt: skip
+                "phase": phase,
+                "slot": slot,
+                "card": card,
+                "code": code,
+                "intended_s": round(intended - origin_s, 6),
+                "start_s": round(start - origin_s, 6),
+                "end_s": round(end - origin_s, 6),
+                "latency_ms": round(ms, 4),
+            }
             handle.write(json.dumps(record) + "\n")
     logger.debug("wrote %d samples to %s", samples.size, path)
     return path

@@ -179,7 +179,7 @@ class BenchRun:
                     self.results,
                     self.stop_all,
                     self.budget,
-                ),  # fmt: skip
+                ),
             )
             for i in range(n)
         ]
@@ -305,13 +305,22 @@ class BenchRun:
         runs = self._runs()
         out_dir = Path(config.out_dir) if config.out_dir else None
         result = report.build_result(
-            dataclasses.asdict(config), status, runs, cards=self.cards, fault_events=events,
-            farm_start_s=self.farm_start_s, origin_s=self.bench_t0,
+            dataclasses.asdict(config),
+            status,
+            runs,
+            cards=self.cards,
+            fault_events=events,
+            farm_start_s=self.farm_start_s,
+            origin_s=self.bench_t0,
             interrupted=self.interrupted_s is not None,
-            generator={"workers": self.n_workers, "slots": len(self.slots),
-                       "start_method": "spawn", "setup_s": round(self.setup_s, 3)},
+            generator={
+                "workers": self.n_workers,
+                "slots": len(self.slots),
+                "start_method": "spawn",
+                "setup_s": round(self.setup_s, 3),
+            },
             samples_file="requests.jsonl" if out_dir and config.per_request else None,
-        )  # fmt: skip
+        )
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             report.write_json(result, out_dir / "result.json")
@@ -336,8 +345,11 @@ def _fault_events(status: dict[str, Any]) -> list[dict[str, Any]]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="npufarm bench", description=__doc__.split("\n")[0])
     add = p.add_argument
-    add("--address", help="farm endpoint (default: NPUFARM_ADDRESS, the running default farm, "
-        "else an embedded farm from --config)")  # fmt: skip
+    add(
+        "--address",
+        help="farm endpoint (default: NPUFARM_ADDRESS, the running default farm, "
+        "else an embedded farm from --config)",
+    )
     add("--config", help="farm config TOML for an embedded farm")
     add("--faults", help="fault plan TOML for an embedded farm")
     add(
@@ -348,13 +360,20 @@ def _parser() -> argparse.ArgumentParser:
     add("--cards", default="all", help='"all" or a comma list of device ids')
     add("--streams-per-card", type=int, help="slots per card (default: enough for the sweep)")
     add("--workers", type=int, help="client processes (default: min(2, cards))")
-    add("--concurrency", default="1", help="closed loop: start:stop:step (stop included, "
-        "1:16:4 runs 1,5,9,13,16) or a comma list")  # fmt: skip
-    add("--request-rate", help="open loop: requests/s, start:stop:step (stop included) or a "
-        "comma list")  # fmt: skip
+    add(
+        "--concurrency",
+        default="1",
+        help="closed loop: start:stop:step (stop included, "
+        "1:16:4 runs 1,5,9,13,16) or a comma list",
+    )
+    add(
+        "--request-rate",
+        help="open loop: requests/s, start:stop:step (stop included) or a comma list",
+    )
     add("--arrival", choices=("constant", "poisson"), default="constant")
-    add("--duration-s", type=float, help="measured seconds per phase (default 10 unless "
-        "--requests)")  # fmt: skip
+    add(
+        "--duration-s", type=float, help="measured seconds per phase (default 10 unless --requests)"
+    )
     add("--requests", type=int, help="measured requests per phase")
     add("--warmup-s", type=float, default=1.0, help="excluded warm-up per phase")
     add("--slo-ms", type=float, help="latency objective for goodput and fault detection")
@@ -366,8 +385,11 @@ def _parser() -> argparse.ArgumentParser:
         default=10_000,
         help="stream-sync timeout per request (also bounds how long Ctrl-C can take)",
     )
-    add("--out", help="directory for result.json, summary.csv, requests.jsonl (--per-request) "
-        "and the PNGs (with matplotlib)")  # fmt: skip
+    add(
+        "--out",
+        help="directory for result.json, summary.csv, requests.jsonl (--per-request) "
+        "and the PNGs (with matplotlib)",
+    )
     add("--per-request", action="store_true", help="also write requests.jsonl")
     add("--quiet", action="store_true", help="no summary table")
     add("-v", "--verbose", action="count", default=0)
@@ -381,17 +403,25 @@ def bench_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         config = BenchConfig(
-            address=args.address or resolve_address(), model=args.model,
+            address=args.address or resolve_address(),
+            model=args.model,
             cards=None if args.cards == "all" else parse_sweep(args.cards, int),
-            streams_per_card=args.streams_per_card, workers=args.workers,
+            streams_per_card=args.streams_per_card,
+            workers=args.workers,
             mode="open" if args.request_rate else "closed",
             concurrency=parse_sweep(args.concurrency, int),
             rates=parse_sweep(args.request_rate) if args.request_rate else (),
-            arrival=args.arrival, requests=args.requests, warmup_s=args.warmup_s,
+            arrival=args.arrival,
+            requests=args.requests,
+            warmup_s=args.warmup_s,
             duration_s=args.duration_s if args.duration_s or args.requests else 10.0,
-            slo_ms=args.slo_ms, percentiles=parse_sweep(args.percentiles), seed=args.seed,
-            sync_timeout_ms=args.sync_timeout_ms, out_dir=args.out, per_request=args.per_request,
-        )  # fmt: skip
+            slo_ms=args.slo_ms,
+            percentiles=parse_sweep(args.percentiles),
+            seed=args.seed,
+            sync_timeout_ms=args.sync_timeout_ms,
+            out_dir=args.out,
+            per_request=args.per_request,
+        )
     except ValueError as exc:
         print(f"npufarm bench: {exc}", file=sys.stderr)
         return 2

@@ -78,8 +78,15 @@ def parse_sweep(text: str, kind: type = float) -> tuple:
     return tuple(dict.fromkeys(values))
 
 
-def arrival_offsets(rate: float, arrival: str, *, warmup_s: float, duration_s: float | None,
-                    requests: int | None, seed: int = 0) -> np.ndarray:  # fmt: skip
+def arrival_offsets(
+    rate: float,
+    arrival: str,
+    *,
+    warmup_s: float,
+    duration_s: float | None,
+    requests: int | None,
+    seed: int = 0,
+) -> np.ndarray:
     """Intended send times (s from the phase start, the first at 0 for constant arrivals): the
     warm-up ones, then ``requests`` or up to ``warmup_s + duration_s``, whichever ends first."""
     limit_s = warmup_s + duration_s if duration_s is not None else math.inf
@@ -111,15 +118,28 @@ def plan(config: BenchConfig, cards: list[int]) -> tuple[list[tuple[int, int]], 
     for value in config.concurrency if config.mode == "closed" else config.rates:
         i = len(phases)
         if config.mode == "closed":
-            phase = {"name": f"c{value}", "concurrency": value, "rate": None,
-                     "slots": dict.fromkeys(range(value))}  # fmt: skip
+            phase = {
+                "name": f"c{value}",
+                "concurrency": value,
+                "rate": None,
+                "slots": dict.fromkeys(range(value)),
+            }
         else:
-            offsets = arrival_offsets(value, config.arrival, warmup_s=config.warmup_s,
-                                      duration_s=config.duration_s, requests=config.requests,
-                                      seed=config.seed + i)  # fmt: skip
+            offsets = arrival_offsets(
+                value,
+                config.arrival,
+                warmup_s=config.warmup_s,
+                duration_s=config.duration_s,
+                requests=config.requests,
+                seed=config.seed + i,
+            )
             sids = [sid for sid, _ in slots]
-            phase = {"name": f"r{value:g}", "concurrency": None, "rate": value,
-                     "slots": {sid: offsets[j :: len(sids)] for j, sid in enumerate(sids)},
-                     "last_s": float(offsets[-1]) if offsets.size else 0.0}  # fmt: skip
+            phase = {
+                "name": f"r{value:g}",
+                "concurrency": None,
+                "rate": value,
+                "slots": {sid: offsets[j :: len(sids)] for j, sid in enumerate(sids)},
+                "last_s": float(offsets[-1]) if offsets.size else 0.0,
+            }
         phases.append({"index": i, "mode": config.mode, **phase})
     return slots, phases

@@ -49,11 +49,18 @@ def fault_spans(items, shift: float, farm_x: float | None, xlim) -> list[dict[st
         ttd, ttr = item.get("time_to_detect_s"), item.get("time_to_recover_s")
         detail = event.get("detail") or {}
         params = item.get("params") or {k: detail[k] for k in PARAMS if k in detail}
-        spans.append({"kind": str(event.get("kind", "fault")), "card": event.get("card"),
-                      "params": params,
-                      "events": event.get("events") or 1, "start": where[0], "end": where[1],
-                      "detect": None if ttd is None else where[0] + ttd,
-                      "recover": None if ttr is None else where[0] + ttr})  # fmt: skip
+        spans.append(
+            {
+                "kind": str(event.get("kind", "fault")),
+                "card": event.get("card"),
+                "params": params,
+                "events": event.get("events") or 1,
+                "start": where[0],
+                "end": where[1],
+                "detect": None if ttd is None else where[0] + ttd,
+                "recover": None if ttr is None else where[0] + ttr,
+            }
+        )
     if skipped:
         logger.info("%d fault(s) without a time or outside the plotted range not drawn", skipped)
     return spans
@@ -84,8 +91,10 @@ def fault_lanes(spans: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def draw_timeline(ax, lanes: Mapping[str, list[dict[str, Any]]]) -> None:
     """Fault windows as bars (single events as ticks), detection ▼ and recovery △ marked."""
-    marks = {"detect": ("v", "black", "fault detected (first bad request)"),
-             "recover": ("^", "white", "recovered (first of a run of good requests)")}  # fmt: skip
+    marks = {
+        "detect": ("v", "black", "fault detected (first bad request)"),
+        "recover": ("^", "white", "recovered (first of a run of good requests)"),
+    }
     labelled: set[str] = set()
     for y, group in enumerate(lanes.values()):
         colour = FAULT_COLOURS.get(group[0]["kind"], "#444444")
@@ -96,8 +105,16 @@ def draw_timeline(ax, lanes: Mapping[str, list[dict[str, Any]]]) -> None:
         for key, (marker, face, label) in marks.items():
             at = [f[key] for f in group if f[key] is not None]
             if at:
-                ax.plot(at, [y] * len(at), ls="", marker=marker, ms=7, mfc=face, mec="black",
-                        label=None if key in labelled else label)  # fmt: skip
+                ax.plot(
+                    at,
+                    [y] * len(at),
+                    ls="",
+                    marker=marker,
+                    ms=7,
+                    mfc=face,
+                    mec="black",
+                    label=None if key in labelled else label,
+                )
                 labelled.add(key)
     ax.set_yticks(range(len(lanes)), list(lanes), fontsize=8)
     ax.set_ylim(len(lanes) - 0.5, -0.5)

@@ -28,14 +28,35 @@ FIGSIZE = (12.0, 7.0)
 DPI = 100
 #: Card colours: tab10/tab20 without the reds, which are kept for errors.
 CARD_COLOURS = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-    "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
-]  # fmt: skip
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#c7c7c7",
+]
 FAULT_COLOURS = {
-    "crash": "#404040", "hang": "#6a3d9a", "slow": "#ff7f00", "error": "#d62728",
-    "disconnect": "#1f3b73", "heartbeat_loss": "#00827f", "drop": "#8c510a",
-    "corrupt": "#c51b7d", "ecc": "#556b2f", "oom": "#7f0000",
-}  # fmt: skip
+    "crash": "#404040",
+    "hang": "#6a3d9a",
+    "slow": "#ff7f00",
+    "error": "#d62728",
+    "disconnect": "#1f3b73",
+    "heartbeat_loss": "#00827f",
+    "drop": "#8c510a",
+    "corrupt": "#c51b7d",
+    "ecc": "#556b2f",
+    "oom": "#7f0000",
+}
 
 
 def figure(title: str):

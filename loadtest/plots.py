@@ -80,12 +80,23 @@ def _columns(samples: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         lat = s.get("latency_ms")
         end = s.get("end_s", s.get("t_end_s"))
         lat = (end - when) * 1000.0 if lat is None and end is not None else lat
-        rows.append((float(when), math.nan if lat is None else float(lat), str(s.get("card")),
-                     s.get("code") not in _OK_CODES, s.get("phase", "")))  # fmt: skip
+        rows.append(
+            (
+                float(when),
+                math.nan if lat is None else float(lat),
+                str(s.get("card")),
+                s.get("code") not in _OK_CODES,
+                s.get("phase", ""),
+            )
+        )
     t, lat, card, err, phase = zip(*rows) if rows else ((),) * 5
-    return {"t": np.asarray(t, dtype=float), "lat": np.asarray(lat, dtype=float),
-            "card": np.asarray(card, dtype=object), "err": np.asarray(err, dtype=bool),
-            "phase": np.asarray(phase, dtype=object)}  # fmt: skip
+    return {
+        "t": np.asarray(t, dtype=float),
+        "lat": np.asarray(lat, dtype=float),
+        "card": np.asarray(card, dtype=object),
+        "err": np.asarray(err, dtype=bool),
+        "phase": np.asarray(phase, dtype=object),
+    }
 
 
 def _rolling_percentiles(t: np.ndarray, lat: np.ndarray, width: float):
@@ -113,8 +124,15 @@ def _draw_requests(ax, x, lat, err, card, counted, span: float) -> tuple[np.ndar
     shown = np.random.default_rng(0).permutation(np.flatnonzero(ok))[:MAX_POINTS]
     cards = sorted(set(card.tolist()), key=card_key)
     colour_of = {c: CARD_COLOURS[i % len(CARD_COLOURS)] for i, c in enumerate(cards)}
-    ax.scatter(x[shown], lat[shown], s=6 if shown.size > 20_000 else 12, alpha=0.45, linewidths=0,
-               c=[colour_of[c] for c in card[shown]], rasterized=True)  # fmt: skip
+    ax.scatter(
+        x[shown],
+        lat[shown],
+        s=6 if shown.size > 20_000 else 12,
+        alpha=0.45,
+        linewidths=0,
+        c=[colour_of[c] for c in card[shown]],
+        rasterized=True,
+    )
     for c, label in card_legend(card, err, counted):
         ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
     positive = lat[ok & (lat > 0)]
@@ -127,8 +145,16 @@ def _draw_requests(ax, x, lat, err, card, counted, span: float) -> tuple[np.ndar
     err_lat = err & np.isfinite(lat)
     if err_lat.any():
         n_err = int(np.count_nonzero(err & counted))
-        ax.scatter(x[err_lat], lat[err_lat], marker="x", s=28, color="#d62728", lw=1.2,
-                   label=f"error ({n_err})", zorder=4)  # fmt: skip
+        ax.scatter(
+            x[err_lat],
+            lat[err_lat],
+            marker="x",
+            s=28,
+            color="#d62728",
+            lw=1.2,
+            label=f"error ({n_err})",
+            zorder=4,
+        )
     return shown, ok
 
 
@@ -146,8 +172,14 @@ def _draw_windows(ax, cols, x, t0: float, phases, counted, faults, span: float) 
         _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
     short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
     for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
-        ax.axvspan(f["start"], f["end"], color=FAULT_COLOURS.get(f["kind"], "#444444"),
-                   alpha=0.12, lw=0, zorder=0)  # fmt: skip
+        ax.axvspan(
+            f["start"],
+            f["end"],
+            color=FAULT_COLOURS.get(f["kind"], "#444444"),
+            alpha=0.12,
+            lw=0,
+            zorder=0,
+        )
 
 
 def plot_latency_over_time(
@@ -198,8 +230,11 @@ def plot_latency_over_time(
     shown, ok = _draw_requests(ax, x, lat, err, card, counted, span)
     _draw_windows(ax, cols, x, t0, phases, counted, faults, span)
     if len(shown) < np.count_nonzero(ok):
-        ax.set_title(f"{len(shown):,} of {np.count_nonzero(ok):,} successful requests drawn",
-                     fontsize=9, color="dimgray")  # fmt: skip
+        ax.set_title(
+            f"{len(shown):,} of {np.count_nonzero(ok):,} successful requests drawn",
+            fontsize=9,
+            color="dimgray",
+        )
     fig.legend(loc="outside right upper", fontsize=9, framealpha=0.9)
     return save(fig, path)
 
@@ -239,8 +274,13 @@ def card_legend(card: np.ndarray, err: np.ndarray, counted: np.ndarray) -> list[
     return labels
 
 
-def _draw_phase_windows(ax, phases: Sequence[Mapping[str, Any]], t0: float, hatch: bool,
-                        label: str = "not measured (warm-up)") -> None:  # fmt: skip
+def _draw_phase_windows(
+    ax,
+    phases: Sequence[Mapping[str, Any]],
+    t0: float,
+    hatch: bool,
+    label: str = "not measured (warm-up)",
+) -> None:
     """Dotted lines at each phase's start and end, its name centred at the bottom; with ``hatch``
     what lies outside every (measured) window is hatched."""
     prev_end = ax.get_xlim()[0]
@@ -250,14 +290,30 @@ def _draw_phase_windows(ax, phases: Sequence[Mapping[str, Any]], t0: float, hatc
             continue
         start, end = float(p["start_s"]) - t0, float(p["end_s"]) - t0
         if hatch and start > prev_end:
-            ax.axvspan(prev_end, start, facecolor="none", edgecolor="#c8c8c8", hatch="//", lw=0,
-                       label=label, zorder=0)  # fmt: skip
+            ax.axvspan(
+                prev_end,
+                start,
+                facecolor="none",
+                edgecolor="#c8c8c8",
+                hatch="//",
+                lw=0,
+                label=label,
+                zorder=0,
+            )
             label = None
         for edge in (start, end):
             ax.axvline(edge, color="gray", ls=":", lw=1.0)
-        ax.annotate(_phase_title(p), ((start + end) / 2, 0.0), xycoords=ax.get_xaxis_transform(),
-                    xytext=(0, 5), textcoords="offset points", ha="center", size=9, bbox=box,
-                    color="#333333")  # fmt: skip
+        ax.annotate(
+            _phase_title(p),
+            ((start + end) / 2, 0.0),
+            xycoords=ax.get_xaxis_transform(),
+            xytext=(0, 5),
+            textcoords="offset points",
+            ha="center",
+            size=9,
+            bbox=box,
+            color="#333333",
+        )
         prev_end = end
 
 
@@ -296,8 +352,12 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
     xs = _set_load_axis(ax_t, phases)
     ax.set_ylabel("latency (ms)")
     ax.grid(True, which="major", alpha=0.3)
-    styles = [("p50", "#1f77b4", "-"), ("p90", "#2ca02c", "-"), ("p99", "#ff7f0e", "-"),
-              ("p99.9", "#d62728", "--")]  # fmt: skip
+    styles = [
+        ("p50", "#1f77b4", "-"),
+        ("p90", "#2ca02c", "-"),
+        ("p99", "#ff7f0e", "-"),
+        ("p99.9", "#d62728", "--"),
+    ]
     values = []
     for name, colour, ls in styles:
         ys = [p["latency_ms"].get(name) for p in phases]
@@ -316,8 +376,16 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
         lat = [p["latency_ms"].get(k) for k in ("p99.9", "p99", "p50")]
         top = next((v for v in lat if v is not None), None)
         if n_err and top is not None:
-            ax.annotate(f"{n_err} err", (x, top), xytext=(0, 9), textcoords="offset points",
-                        ha="center", fontsize=10, color="#d62728", fontweight="bold")  # fmt: skip
+            ax.annotate(
+                f"{n_err} err",
+                (x, top),
+                xytext=(0, 9),
+                textcoords="offset points",
+                ha="center",
+                fontsize=10,
+                color="#d62728",
+                fontweight="bold",
+            )
     ax.legend(loc="upper left", fontsize=10, framealpha=0.9, title="latency percentile")
 
     rates = {"throughput": "throughput_rps", "goodput": "goodput_rps"}
@@ -355,21 +423,38 @@ def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Pat
         stats = [by_card.get(c, {}) for by_card in per_card]
         heights = [float(s.get("throughput_rps") or 0.0) for s in stats]
         top = max(top, *heights)
-        ax.bar(offsets, heights, width * 0.92, color=CARD_COLOURS[i % len(CARD_COLOURS)],
-               label=card_label(c), edgecolor="white", lw=0.5)  # fmt: skip
+        ax.bar(
+            offsets,
+            heights,
+            width * 0.92,
+            color=CARD_COLOURS[i % len(CARD_COLOURS)],
+            label=card_label(c),
+            edgecolor="white",
+            lw=0.5,
+        )
         for x, h, st in zip(offsets, heights, stats):
             n_err = _n_errors(st.get("errors"))
             if n_err:
                 text = f"{n_err} err" if bar_px > 50 else str(n_err)
-                ax.annotate(text, (x, h), xytext=(0, 6), textcoords="offset points", ha="center",
-                            va="bottom", fontsize=9, color="#d62728", weight="bold",
-                            bbox={"fc": "white", "ec": "none", "pad": 1, "alpha": 0.8})  # fmt: skip
+                ax.annotate(
+                    text,
+                    (x, h),
+                    xytext=(0, 6),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=9,
+                    color="#d62728",
+                    weight="bold",
+                    bbox={"fc": "white", "ec": "none", "pad": 1, "alpha": 0.8},
+                )
     share_label = "even share (phase throughput / cards it used)"
     for g, p in enumerate(phases):
         if p.get("throughput_rps") is not None:
             share = float(p["throughput_rps"]) / len(per_card[g])
-            ax.hlines(share, g - 0.42, g + 0.42, colors="black", linestyles="--", lw=1,
-                      label=share_label)  # fmt: skip
+            ax.hlines(
+                share, g - 0.42, g + 0.42, colors="black", linestyles="--", lw=1, label=share_label
+            )
             share_label = None
     if bar_px <= 50 and any(_n_errors(st.get("errors")) for pc in per_card for st in pc.values()):
         ax.set_title("red numbers above bars: failed requests", fontsize=9, color="#d62728")
@@ -423,11 +508,16 @@ def render_all(
         phases = result.get("phases", [])
         names = {i: p.get("name", str(i)) for i, p in enumerate(phases)}
         rows = ({**s, "phase": names.get(s.get("phase"), s.get("phase", ""))} for s in samples)
-        written.append(plot_latency_over_time(
-            rows, _windows_and_events(result), out / "latency_over_time.png",
-            farm_start_s=farm - bench if farm is not None and bench is not None else None,
-            t0_s=0.0 if clock else None, phases=phases if clock else None,
-        ))  # fmt: skip
+        written.append(
+            plot_latency_over_time(
+                rows,
+                _windows_and_events(result),
+                out / "latency_over_time.png",
+                farm_start_s=farm - bench if farm is not None and bench is not None else None,
+                t0_s=0.0 if clock else None,
+                phases=phases if clock else None,
+            )
+        )
     written.append(plot_percentiles_vs_load(result, out / "percentiles_vs_load.png"))
     written.append(plot_per_card_throughput(result, out / "per_card_throughput.png"))
     logger.info("rendered %d plot(s) into %s", len(written), out)

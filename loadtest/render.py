@@ -144,14 +144,23 @@ def _card_name(card: Any) -> str:
     return "broker" if str(card) == "-1" else str(card)
 
 
-def _table(title: str, columns: Sequence[str], caption: str | None = None, *,
-           wrap_labels: bool = False):  # fmt: skip
+def _table(
+    title: str, columns: Sequence[str], caption: str | None = None, *, wrap_labels: bool = False
+):
     """A compact table (one space between columns, so 80 columns suffice): columns named
     ``"<name"`` are left-aligned; numbers are never wrapped or cut; with ``wrap_labels`` the
     left-aligned columns may wrap (a label folds rather than being cut)."""
-    table = Table(title=title, title_justify="left", title_style="bold", caption=caption,
-                  caption_justify="left", box=box.SIMPLE_HEAD, header_style="bold",
-                  padding=(0, 0), show_edge=False)  # fmt: skip
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        padding=(0, 0),
+        show_edge=False,
+    )
     for name in columns:
         if name.startswith("<"):
             table.add_column(name[1:], justify="left", no_wrap=not wrap_labels)
@@ -176,12 +185,22 @@ def _phase_notes(result: Mapping[str, Any]) -> list[str]:
     phases = result.get("phases", [])
     slo = next((p["slo_ms"] for p in phases if p.get("slo_ms") is not None), None)
     good = f"good/s: completed within {slo:g} ms, per s" if slo else "good/s: completed, per s"
-    notes = ["latency in ms over completed requests", "thr/s: completed per s of the window",
-             good, "err: failed requests"]  # fmt: skip
-    notes += [f"{p.get('name', '?')} errors: {_codes(p['errors'])}" for p in phases
-              if isinstance(p.get("errors"), Mapping) and p["errors"]]  # fmt: skip
-    notes += [f"{p.get('name', '?')}: {p['missed']} scheduled requests never sent" for p in phases
-              if p.get("missed")]  # fmt: skip
+    notes = [
+        "latency in ms over completed requests",
+        "thr/s: completed per s of the window",
+        good,
+        "err: failed requests",
+    ]
+    notes += [
+        f"{p.get('name', '?')} errors: {_codes(p['errors'])}"
+        for p in phases
+        if isinstance(p.get("errors"), Mapping) and p["errors"]
+    ]
+    notes += [
+        f"{p.get('name', '?')}: {p['missed']} scheduled requests never sent"
+        for p in phases
+        if p.get("missed")
+    ]
     if any(p.get("interrupted") for p in phases):
         notes.append("[yellow]run interrupted: the last phase is partial[/]")
     if (result.get("generator") or {}).get("saturated"):
@@ -282,8 +301,19 @@ def _fault_table(result: Mapping[str, Any], wide: bool):
         return None
     named = len(phases) > 1  # the phase column only when there is more than one
     extra = ["<rule", "code", "events"] if wide else []
-    columns = [*(["<phase"] if named else []), "<fault", *extra, "window s", "p99\nbefore",
-               "p99\nduring", "p99\nafter", "others\np99", "err", "detect", "recover"]  # fmt: skip
+    columns = [
+        *(["<phase"] if named else []),
+        "<fault",
+        *extra,
+        "window s",
+        "p99\nbefore",
+        "p99\nduring",
+        "p99\nafter",
+        "others\np99",
+        "err",
+        "detect",
+        "recover",
+    ]
     table = _table("Fault windows", columns, _FAULT_CAPTION, wrap_labels=True)
     for p, w in rows:
         table.add_row(*([str(p.get("name", "?"))] if named else []), *_fault_row(w, wide))
@@ -303,19 +333,22 @@ def bench_table(result: Mapping[str, Any]):
     lag or gap and its CPU) beside the farm's, every column explained in the caption."""
     model = Path((result.get("config") or {}).get("model") or "?").stem
     cards = (result.get("farm") or {}).get("cards")
-    columns = ["<phase", "req", "err", "thr/s", "good/s", "p50", "p99", "max", "lag|gap ms",
-               "cpu"]  # fmt: skip
+    columns = ["<phase", "req", "err", "thr/s", "good/s", "p50", "p99", "max", "lag|gap ms", "cpu"]
     table = _table(f"npufarm bench: {model} on cards {cards}", columns, _GENERATOR_CAPTION)
     for p in result.get("phases", []):
         lat, gen = p.get("latency_ms") or {}, p.get("generator") or {}
         lag = gen.get("lag_ms") or gen.get("issue_gap_ms") or {}
         cpu = max(gen.get("worker_cpu_util") or [], default=None)
         table.add_row(
-            str(p.get("name", "?")), str(p.get("requests", "—")), _count(_total(p.get("errors"))),
-            _num(p.get("throughput_rps")), _num(p.get("goodput_rps")),
+            str(p.get("name", "?")),
+            str(p.get("requests", "—")),
+            _count(_total(p.get("errors"))),
+            _num(p.get("throughput_rps")),
+            _num(p.get("goodput_rps")),
             *(_ms(lat.get(k)) for k in ("p50", "p99", "max")),
-            _ms(lag.get("p50")), "—" if cpu is None else f"{cpu:.2f}",
-        )  # fmt: skip
+            _ms(lag.get("p50")),
+            "—" if cpu is None else f"{cpu:.2f}",
+        )
     return table
 
 
@@ -413,8 +446,11 @@ def report_main(argv: Sequence[str] | None = None) -> int:
         samples = load_samples(samples_path) if samples_path else None  # read in one pass
         paths = render_all(result, out_dir, samples=samples)
     except ImportError as exc:
-        print(f"npufarm report: cannot plot ({exc}); install the 'plot' extra "
-              "(pip install 'npufarm[plot]') or pass --no-plots", file=sys.stderr)  # fmt: skip
+        print(
+            f"npufarm report: cannot plot ({exc}); install the 'plot' extra "
+            "(pip install 'npufarm[plot]') or pass --no-plots",
+            file=sys.stderr,
+        )
         return 1
     except (OSError, ValueError) as exc:  # unwritable --out, unreadable requests.jsonl
         print(f"npufarm report: cannot render the plots into {out_dir}: {exc}", file=sys.stderr)

@@ -204,11 +204,17 @@ def group_fault_events(fault_events: Iterable[Any], farm_start_s: float) -> list
         g = groups.get(key)
         if g is None:
             g = groups[key] = {
-                "rule": key[0], "card": key[1], "kind": e["kind"], "code": int(e["code"]),
-                "name": (e.get("detail") or {}).get("name", ""), "events": 0,
-                "start_s": t, "end_s": t, "duration_s": duration_s,
+                "rule": key[0],
+                "card": key[1],
+                "kind": e["kind"],
+                "code": int(e["code"]),
+                "name": (e.get("detail") or {}).get("name", ""),
+                "events": 0,
+                "start_s": t,
+                "end_s": t,
+                "duration_s": duration_s,
                 "params": {k: v for k, v in (e.get("detail") or {}).items() if k in PARAMS},
-            }  # fmt: skip
+            }
         g["events"] += 1
         g["start_s"], g["end_s"] = min(g["start_s"], t), max(g["end_s"], t)
     for g in groups.values():
@@ -292,8 +298,11 @@ def fault_windows(
             return []
         window = (float(samples["intended_s"].min()), float(samples["end_s"].max()))
     w0, w1 = window
-    groups = [g for g in group_fault_events(fault_events, farm_start_s)
-              if g["start_s"] < w1 and g["end_s"] >= w0]  # fmt: skip
+    groups = [
+        g
+        for g in group_fault_events(fault_events, farm_start_s)
+        if g["start_s"] < w1 and g["end_s"] >= w0
+    ]
     t, done = samples["intended_s"], samples["end_s"]
     in_window = (t >= w0) & (t < w1)
     out = []
@@ -308,15 +317,21 @@ def fault_windows(
             "during": (in_window & (done >= start) & (t <= end), end - start),
             "after": (in_window & (t > end), w1 - end),
         }
-        phases = {name: _part(samples[mask], g["card"], span, percentiles, slo_ms)
-                  for name, (mask, span) in parts.items()}  # fmt: skip
-        out.append({
-            **{k: g[k] for k in ("rule", "card", "kind", "code", "name", "events", "params")},
-            "start_s": _num(start - origin_s), "end_s": _num(end - origin_s), "end_by": end_by,
-            **phases,
-            "time_to_detect_s": _num(detected - start) if detected is not None else None,
-            "time_to_recover_s": _num(recovered - start) if recovered is not None else None,
-        })  # fmt: skip
+        phases = {
+            name: _part(samples[mask], g["card"], span, percentiles, slo_ms)
+            for name, (mask, span) in parts.items()
+        }
+        out.append(
+            {
+                **{k: g[k] for k in ("rule", "card", "kind", "code", "name", "events", "params")},
+                "start_s": _num(start - origin_s),
+                "end_s": _num(end - origin_s),
+                "end_by": end_by,
+                **phases,
+                "time_to_detect_s": _num(detected - start) if detected is not None else None,
+                "time_to_recover_s": _num(recovered - start) if recovered is not None else None,
+            }
+        )
     return out
 
 
@@ -418,7 +433,7 @@ def phase_result(
             percentiles=percentiles,
             slo_ms=slo_ms,
             origin_s=origin_s,
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -440,12 +455,20 @@ def build_result(
     ``generator``: run-wide facts (workers, slots, ...) merged into ``generator``."""
     percentiles = config.get("percentiles") or DEFAULT_PERCENTILES
     phases = [
-        phase_result(samples, phase, window, percentiles=percentiles,
-                     slo_ms=config.get("slo_ms"), fault_events=fault_events,
-                     farm_start_s=farm_start_s, origin_s=origin_s, worker_stats=stats,
-                     interrupted=interrupted)
+        phase_result(
+            samples,
+            phase,
+            window,
+            percentiles=percentiles,
+            slo_ms=config.get("slo_ms"),
+            fault_events=fault_events,
+            farm_start_s=farm_start_s,
+            origin_s=origin_s,
+            worker_stats=stats,
+            interrupted=interrupted,
+        )
         for phase, samples, window, stats in runs
-    ]  # fmt: skip
+    ]
     return {
         "schema": SCHEMA,
         "config": dict(config),
@@ -455,7 +478,7 @@ def build_result(
             "time_scale": farm_status.get("time_scale"),
             "cards": list(cards),
             "card_count": len(farm_status.get("cards", ())),
-        },  # fmt: skip
+        },
         "clock": {"bench_start_monotonic_s": origin_s, "farm_start_monotonic_s": farm_start_s},
         "phases": phases,
         "generator": generator_summary(phases, **(generator or {})),

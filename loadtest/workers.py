@@ -85,9 +85,13 @@ class _Slot(threading.Thread):
         self.datasets = (acl.mdl.create_dataset(), acl.mdl.create_dataset())
         for dataset, count, size_of, host_list in (
             (self.datasets[0], acl.mdl.get_num_inputs, acl.mdl.get_input_size_by_index, self.ins),
-            (self.datasets[1], acl.mdl.get_num_outputs, acl.mdl.get_output_size_by_index,
-             self.outs),
-        ):  # fmt: skip
+            (
+                self.datasets[1],
+                acl.mdl.get_num_outputs,
+                acl.mdl.get_output_size_by_index,
+                self.outs,
+            ),
+        ):
             for index in range(count(self.desc)):
                 size = size_of(self.desc, index)
                 ptr, ret = acl.rt.malloc(size, 0)
@@ -113,12 +117,21 @@ class _Slot(threading.Thread):
             (acl.mdl.destroy_desc, getattr(self, "desc", None)),
             (acl.rt.destroy_stream, getattr(self, "stream", None)),
             (acl.rt.destroy_context, getattr(self, "context", None)),
-        ):  # fmt: skip
+        ):
             if args[0] is not None:
                 with contextlib.suppress(Exception):
                     call(*args)
-        for name in ("config", "buffers", "datasets", "ins", "outs", "model_id", "desc",
-                     "stream", "context"):  # fmt: skip
+        for name in (
+            "config",
+            "buffers",
+            "datasets",
+            "ins",
+            "outs",
+            "model_id",
+            "desc",
+            "stream",
+            "context",
+        ):
             self.__dict__.pop(name, None)  # released: a second teardown must not touch them
         if self.__dict__.pop("holds_device", False):
             with contextlib.suppress(Exception):
@@ -213,8 +226,16 @@ class _Slot(threading.Thread):
 
 
 class _Worker:
-    def __init__(self, index: int, slots: list[tuple[int, int]], model: str,
-                 sync_timeout_ms: int, results, stop_all, budget) -> None:  # fmt: skip
+    def __init__(
+        self,
+        index: int,
+        slots: list[tuple[int, int]],
+        model: str,
+        sync_timeout_ms: int,
+        results,
+        stop_all,
+        budget,
+    ) -> None:
         self.acl, self.index, self.model, self.sync_timeout_ms = acl, index, model, sync_timeout_ms
         self.results, self.stop_all, self.budget = results, stop_all, budget
         self.stop = threading.Event()
@@ -279,13 +300,18 @@ class _Worker:
                 self.stop.set()
             self.flush()
         wall_s = time.monotonic() - max(wall0, phase.t0)
-        stats = {"cpu_s": time.process_time() - cpu0, "wall_s": wall_s,
-                 "missed": sum(s.missed for s in active), "active": len(active)}  # fmt: skip
+        stats = {
+            "cpu_s": time.process_time() - cpu0,
+            "wall_s": wall_s,
+            "missed": sum(s.missed for s in active),
+            "active": len(active),
+        }
         self.results.put(PhaseDone(self.index, phase.index, stats))
 
 
-def worker_main(index, address, slots, model, sync_timeout_ms, log_level, commands, results,
-                 stop_all, budget) -> None:  # fmt: skip
+def worker_main(
+    index, address, slots, model, sync_timeout_ms, log_level, commands, results, stop_all, budget
+) -> None:
     """Entry of a worker process (spawned): Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -294,8 +320,9 @@ def worker_main(index, address, slots, model, sync_timeout_ms, log_level, comman
     try:
         ret = acl.init()
         if ret != 0:
-            raise RuntimeError(f"worker {index}: acl.init returned {ret}: "
-                               f"{acl.get_recent_err_msg()}")  # fmt: skip
+            raise RuntimeError(
+                f"worker {index}: acl.init returned {ret}: {acl.get_recent_err_msg()}"
+            )
         try:
             worker = _Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget)
             worker.run(commands)

@@ -75,8 +75,11 @@ def _announce_ready(config: FarmConfig, stop: threading.Event) -> None:
         state = statefile.read_state(path)
         if state is not None and state.get("pid") == os.getpid():
             cards = state.get("cards") or []
-            print(f"npufarm: farm {config.name!r} ready at {state['endpoint']}: {len(cards)} "
-                  f"card{'s' * (len(cards) != 1)}, state file {path}", flush=True)  # fmt: skip
+            print(
+                f"npufarm: farm {config.name!r} ready at {state['endpoint']}: {len(cards)} "
+                f"card{'s' * (len(cards) != 1)}, state file {path}",
+                flush=True,
+            )
             return
 
 
@@ -90,8 +93,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.watch_parent is None:  # an embedded farm's lines would land in its program's output
         threading.Thread(target=_announce_ready, args=(config, stop), daemon=True).start()
     try:
-        run_farm(config, args.watch_parent, plan=plan, fault_log=args.fault_log,
-                 trace=args.trace, metrics_port=args.metrics_port)  # fmt: skip
+        run_farm(
+            config,
+            args.watch_parent,
+            plan=plan,
+            fault_log=args.fault_log,
+            trace=args.trace,
+            metrics_port=args.metrics_port,
+        )
     finally:
         stop.set()
     if args.watch_parent is None:

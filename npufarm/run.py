@@ -57,20 +57,25 @@ class _Refused(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="npufarm run", usage="npufarm run [options] -- COMMAND [ARGS...]",
+        prog="npufarm run",
+        usage="npufarm run [options] -- COMMAND [ARGS...]",
         description="Run a pyACL program against a farm; print its ledger and sanitizer findings.",
-    )  # fmt: skip
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser.add_argument("--sanitizer", choices=("off", "warn", "raise"),
-                        help="the program's sync sanitizer mode (NPUFARM_SANITIZER)")  # fmt: skip
+    parser.add_argument(
+        "--sanitizer",
+        choices=("off", "warn", "raise"),
+        help="the program's sync sanitizer mode (NPUFARM_SANITIZER)",
+    )
     parser.add_argument("--json", help="also write the summary here as JSON")
     embedded = parser.add_argument_group("embedded farm (default)")
     for flag, keywords in _FARM_OPTIONS:
         embedded.add_argument(flag, **keywords)
     running = parser.add_argument_group("a running farm (left running)")
     running.add_argument("--address", help="the farm at this address")
-    running.add_argument("--attach", action="store_true",
-                         help="the farm of $NPUFARM_ADDRESS, or the default farm")  # fmt: skip
+    running.add_argument(
+        "--attach", action="store_true", help="the farm of $NPUFARM_ADDRESS, or the default farm"
+    )
     return parser
 
 
@@ -104,8 +109,12 @@ def _start_embedded(args: argparse.Namespace):
                     return farm, status
             time.sleep(0.05)
         code = farm.process.poll()
-        raise _Refused(2, f"the farm exited with status {code} at start" if code is not None
-                       else f"the farm was not ready within {_READY_TIMEOUT_S:g}s")  # fmt: skip
+        raise _Refused(
+            2,
+            f"the farm exited with status {code} at start"
+            if code is not None
+            else f"the farm was not ready within {_READY_TIMEOUT_S:g}s",
+        )
     except BaseException:
         farm.stop()
         raise
@@ -151,8 +160,9 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     was, now = before.get("ledger") or {}, after["ledger"]
     ledger = {key: now[key] - was.get(key, 0) for key in ("submitted", "completed", "dropped")}
     old_failed = was.get("failed", {})
-    ledger["failed"] = {c: n - old_failed.get(c, 0) for c, n in now["failed"].items()
-                        if n > old_failed.get(c, 0)}  # fmt: skip
+    ledger["failed"] = {
+        c: n - old_failed.get(c, 0) for c, n in now["failed"].items() if n > old_failed.get(c, 0)
+    }
     ledger["in_flight"] = now["in_flight"]
     old = {(c["device_id"], c["epoch"]): c.get("stats") or {} for c in before.get("cards", [])}
     cards = []

@@ -74,8 +74,16 @@ def _counts_text(counts: Any, unit_keys: tuple[str, ...] = ("bytes",)) -> str:
     return ", ".join(parts) or "none"
 
 
-_RECLAIM_KEYS = ("clients", "by_cause", "card_clients", "hbm_bytes", "models", "streams",
-                 "cards", "silence_limit_s")  # fmt: skip
+_RECLAIM_KEYS = (
+    "clients",
+    "by_cause",
+    "card_clients",
+    "hbm_bytes",
+    "models",
+    "streams",
+    "cards",
+    "silence_limit_s",
+)
 
 
 def _reclaimed_text(reclaimed: Any) -> str:
@@ -131,8 +139,19 @@ def status_lines(farm: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-_COLUMNS = ("card", "pid", "epoch", "<state", "<soc", "HBM MiB", "streams", "queued",
-            "running", "done", "failed")  # fmt: skip
+_COLUMNS = (
+    "card",
+    "pid",
+    "epoch",
+    "<state",
+    "<soc",
+    "HBM MiB",
+    "streams",
+    "queued",
+    "running",
+    "done",
+    "failed",
+)
 
 
 def _card_row(card: Mapping[str, Any]) -> tuple[str, ...]:
@@ -158,10 +177,15 @@ def status_view(farm: Mapping[str, Any]):
 
     table = Table(
         title=f"npufarm {farm['name']} at {farm['endpoint']} (pid {farm['pid']}, "
-        f"up {farm['uptime_s']:.0f}s)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0),
-        show_edge=False, caption="HBM MiB: used/total; tasks: queued, running, done, failed "
-        "on the card's current epoch", caption_justify="left",
-    )  # fmt: skip
+        f"up {farm['uptime_s']:.0f}s)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+        show_edge=False,
+        caption="HBM MiB: used/total; tasks: queued, running, done, failed "
+        "on the card's current epoch",
+        caption_justify="left",
+    )
     for column in _COLUMNS:
         left = column.startswith("<")
         table.add_column(column.lstrip("<"), justify="left" if left else "right", no_wrap=True)

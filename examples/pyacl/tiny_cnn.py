@@ -27,17 +27,22 @@ def build_cnn(path: str | Path, seed: int = 7, image: tuple[int, int, int] = IMA
     rng = np.random.default_rng(seed)
 
     def weight(name: str, *shape: int, scale: float = 0.3):
-        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32),
-                                       name)  # fmt: skip
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * scale).astype(np.float32), name
+        )
 
     initializers = [
-        weight("w1", 8, image[0], 3, 3), weight("b1", 8),
-        weight("gamma", 8, scale=0.1), weight("beta", 8, scale=0.1),
+        weight("w1", 8, image[0], 3, 3),
+        weight("b1", 8),
+        weight("gamma", 8, scale=0.1),
+        weight("beta", 8, scale=0.1),
         numpy_helper.from_array(np.zeros(8, np.float32), "mean"),
         numpy_helper.from_array(np.ones(8, np.float32), "var"),
-        weight("w2", 16, 8, 3, 3), weight("b2", 16),
-        weight("fc_w", CLASSES, 16), weight("fc_b", CLASSES),
-    ]  # fmt: skip
+        weight("w2", 16, 8, 3, 3),
+        weight("b2", 16),
+        weight("fc_w", CLASSES, 16),
+        weight("fc_b", CLASSES),
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"]),
@@ -51,13 +56,15 @@ def build_cnn(path: str | Path, seed: int = 7, image: tuple[int, int, int] = IMA
         helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny_cnn",
+        nodes,
+        "tiny_cnn",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *image])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", CLASSES])],
         initializers,
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="npufarm-tests")  # fmt: skip
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="npufarm-tests"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     path = Path(path)

@@ -32,8 +32,17 @@ BROKER_ROUTE = pack_route(BROKER_DEVICE, 0)
 
 
 def _event(device_id: int, kind: object = "error", **extra) -> dict:
-    event = {"t_s": 0.5, "card": device_id, "epoch": 1, "hook": "task", "call": 1, "kind": kind,
-             "code": 507011, "rule": 0, "detail": {}}  # fmt: skip
+    event = {
+        "t_s": 0.5,
+        "card": device_id,
+        "epoch": 1,
+        "hook": "task",
+        "call": 1,
+        "kind": kind,
+        "code": 507011,
+        "rule": 0,
+        "detail": {},
+    }
     event.update(extra)
     return event
 

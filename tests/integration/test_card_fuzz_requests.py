@@ -17,9 +17,13 @@ pytestmark = pytest.mark.timeout(120)
 
 FIELDS = ["size", "offset", "handle", "spec", "name", "stream", "rule", "rule_id", "kinds"]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(),
+    st.text(max_size=8),
     st.binary(max_size=8),
-)  # fmt: skip
+)
 values = st.recursive(
     scalars,
     lambda inner: st.one_of(

@@ -146,8 +146,12 @@ def test_two_waits_on_each_others_streams_fail_at_once(harness):  # noqa: F811
     h.start()
     b = h.broker
     first, second = b.task_id(), b.task_id()
-    b.submit([{"k": "wait", "t": first, "s": 1, "ws": 2, "wt": first + 9},
-              {"k": "wait", "t": second, "s": 2, "ws": 1, "wt": second + 8}])  # fmt: skip
+    b.submit(
+        [
+            {"k": "wait", "t": first, "s": 1, "ws": 2, "wt": first + 9},
+            {"k": "wait", "t": second, "s": 2, "ws": 1, "wt": second + 8},
+        ]
+    )
     rows = b.completions([first, second], timeout_s=2.0)
     assert {rows[t][1] for t in (first, second)} == {ACL_ERROR_RT_PARAM_INVALID}
     assert h.alive(), h.errors
@@ -186,8 +190,10 @@ def test_a_departed_clients_tasks_all_end_with_stream_abort(slow_harness):
     b = h.broker
     block = h.malloc(BLOCK, CLIENT)
     ids = [b.task_id() for _ in range(6)]
-    tasks = [{"k": "memset", "t": t, "s": 1 + i % 2, "dst": [h.shm_name, block], "n": 64, "v": 1}
-             for i, t in enumerate(ids)]  # fmt: skip
+    tasks = [
+        {"k": "memset", "t": t, "s": 1 + i % 2, "dst": [h.shm_name, block], "n": 64, "v": 1}
+        for i, t in enumerate(ids)
+    ]
     b.submit(tasks)
     b.pump_for(lambda: b.request("stats", OTHER_CLIENT)["running"] == 2)  # two on timers
     sent_s = time.monotonic()

@@ -82,8 +82,18 @@ def test_heartbeats_go_on_while_a_kernel_computes(make_harness, tmp_path):
     h.shm.view(x, nbytes).view(np.float32)[:] = 1.5
     task_id = b.task_id()
     beats = [time.monotonic()]
-    b.submit([{"k": "exec", "t": task_id, "s": 0, "m": reply["handle"],
-               "i": [[h.ptr(x), nbytes]], "o": [[h.ptr(y), nbytes]]}])  # fmt: skip
+    b.submit(
+        [
+            {
+                "k": "exec",
+                "t": task_id,
+                "s": 0,
+                "m": reply["handle"],
+                "i": [[h.ptr(x), nbytes]],
+                "o": [[h.ptr(y), nbytes]],
+            }
+        ]
+    )
     deadline = time.monotonic() + 30.0
     while not b.pending(Cmd.COMPLETE):
         assert time.monotonic() < deadline, "the exec never completed"
@@ -103,8 +113,9 @@ def test_heartbeats_go_on_while_a_kernel_computes(make_harness, tmp_path):
 
 
 @pytest.mark.parametrize("populate", [True, False], ids=["madvise", "touch"])
-def test_heartbeats_go_on_while_a_large_malloc_commits_its_pages(make_harness, monkeypatch,
-                                                                 populate):  # fmt: skip
+def test_heartbeats_go_on_while_a_large_malloc_commits_its_pages(
+    make_harness, monkeypatch, populate
+):
     """768 MiB of fresh pages take longer than the expiry to commit (MADV_POPULATE_WRITE in
     chunks between loop turns, or the zero-writing fallback in one go)."""
     import device.memory
@@ -171,8 +182,19 @@ def _copy_in(h: CardHarness, source: HostSegment, client: bytes) -> bytes:
     """H2D copy of the host segment into a fresh block of ``client``; the block's bytes."""
     dst = h.malloc(PAGE, client)
     task_id = h.broker.task_id()
-    h.broker.submit([{"k": "copy", "t": task_id, "s": 0, "dst": [h.shm_name, dst],
-                      "src": [source.name, 0], "n": PAGE}], client)  # fmt: skip
+    h.broker.submit(
+        [
+            {
+                "k": "copy",
+                "t": task_id,
+                "s": 0,
+                "dst": [h.shm_name, dst],
+                "src": [source.name, 0],
+                "n": PAGE,
+            }
+        ],
+        client,
+    )
     row = h.broker.completions([task_id], client)[task_id]
     assert row[1] == ACL_SUCCESS, row
     return bytes(h.shm.view(dst, PAGE))
@@ -272,9 +294,19 @@ def test_a_deferred_result_never_lands_in_memory_freed_meanwhile(make_harness):
     handle = h.load_add(CLIENT)
     scratch = h.malloc(PAGE, CLIENT)
     ids = [b.task_id(), b.task_id()]
-    b.submit([buffers.task(ids[0], handle, stream=1),
-              {"k": "memset", "t": ids[1], "s": 2, "dst": [h.shm_name, scratch], "n": PAGE,
-               "v": 0x77}])  # fmt: skip
+    b.submit(
+        [
+            buffers.task(ids[0], handle, stream=1),
+            {
+                "k": "memset",
+                "t": ids[1],
+                "s": 2,
+                "dst": [h.shm_name, scratch],
+                "n": PAGE,
+                "v": 0x77,
+            },
+        ]
+    )
     b.pump_for(lambda: b.request("stats")["running"] == 2, 2.0)
     for offset in (buffers.z, scratch):
         assert b.request("free", offset=offset)["code"] == ACL_SUCCESS
@@ -302,8 +334,9 @@ def test_destroy_stream_removes_the_card_stream_once_drained(make_harness):
     b = h.broker
     scratch = h.malloc(PAGE)
     task_id = b.task_id()
-    b.submit([{"k": "memset", "t": task_id, "s": 7, "dst": [h.shm_name, scratch], "n": PAGE,
-               "v": 1}])  # fmt: skip
+    b.submit(
+        [{"k": "memset", "t": task_id, "s": 7, "dst": [h.shm_name, scratch], "n": PAGE, "v": 1}]
+    )
     b.pump_for(lambda: b.request("stats")["running"] == 1, 2.0)
     assert b.request("destroy_stream", stream=7)["code"] == ACL_SUCCESS
     assert b.request("stats")["streams"] == 1  # still running: kept until it is drained
@@ -346,8 +379,12 @@ def test_integer_fields_must_be_integers(make_harness):
     h = make_harness()
     b = h.broker
     offset = h.malloc(PAGE)
-    for op, field in (("malloc", "size"), ("free", "offset"), ("unload", "handle"),
-                      ("destroy_stream", "stream")):  # fmt: skip
+    for op, field in (
+        ("malloc", "size"),
+        ("free", "offset"),
+        ("unload", "handle"),
+        ("destroy_stream", "stream"),
+    ):
         for bad in (str(PAGE), float(PAGE), True, None, [PAGE]):
             reply = b.request(op, **{field: bad})
             assert reply["code"] == ACL_ERROR_INVALID_PARAM, (op, bad, reply)

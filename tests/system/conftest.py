@@ -63,8 +63,21 @@ class RunningFarm:
 def start_farm(cards: int = 2, extra: list[str] | None = None, config: Path = CI_CONFIG):
     runtime_dir = Path(tempfile.mkdtemp(prefix="nf", dir="/tmp"))
     name = f"t{os.getpid()}"
-    cmd = [sys.executable, "-m", "npufarm", "up", "--config", str(config), "--runtime-dir",
-           str(runtime_dir), "--name", name, "--cards", str(cards), *(extra or [])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "npufarm",
+        "up",
+        "--config",
+        str(config),
+        "--runtime-dir",
+        str(runtime_dir),
+        "--name",
+        name,
+        "--cards",
+        str(cards),
+        *(extra or []),
+    ]
     process = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL)
     state_file = runtime_dir / f"{name}.json"
     try:

@@ -99,8 +99,14 @@ def test_event_elapsed_time_measures_the_card_clock(timed_farm, acl_on, tmp_path
 
 
 def test_exception_callback_reports_an_injected_task_error(tmp_path, acl_on, exception_callback):
-    rule = {"kind": "error", "card": 1, "api": "execute", "after_tasks": 1, "count": 1,
-            "code": 507015}  # fmt: skip
+    rule = {
+        "kind": "error",
+        "card": 1,
+        "api": "execute",
+        "after_tasks": 1,
+        "count": 1,
+        "code": 507015,
+    }
     with fault_farm(tmp_path, rule) as farm, acl_on(farm) as acl:
         assert acl.rt.set_device(1) == 0
         stream, _ = acl.rt.create_stream()

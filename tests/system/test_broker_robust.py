@@ -182,9 +182,13 @@ def test_a_killed_client_gives_its_hbm_back_within_twice_the_expiry(fresh, raw, 
     held = 200 * MIB
     env = {**os.environ, "NPUFARM_ADDRESS": farm.address}
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER.format(nbytes=held)], cwd=REPO, env=env,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", _HOLDER.format(nbytes=held)],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         poll_for(lambda: admin.status()["cards"][0]["stats"].get("hbm_used", 0) >= held, 5.0)

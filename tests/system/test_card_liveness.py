@@ -58,20 +58,24 @@ def chain_om(tmp_path: Path, steps: int, rows: int, width: int, name: str = "cha
 
     from device.atc import convert
 
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"m{i - 1}", "w"], [f"m{i}"])
-             for i in range(steps)]  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"m{i - 1}", "w"], [f"m{i}"])
+        for i in range(steps)
+    ]
     nodes.append(helper.make_node("Identity", [f"m{steps - 1}"], ["y"]))
     graph = helper.make_graph(
-        nodes, name,
+        nodes,
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])],
         [numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / f"{name}.onnx"))
-    return Path(convert(str(tmp_path / f"{name}.onnx"), str(tmp_path / name),
-                        soc_version="Ascend910B"))  # fmt: skip
+    return Path(
+        convert(str(tmp_path / f"{name}.onnx"), str(tmp_path / name), soc_version="Ascend910B")
+    )
 
 
 def _onnx_model(tmp_path: Path) -> Path:

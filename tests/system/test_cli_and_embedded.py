@@ -23,9 +23,13 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(60)]
 
 def _npufarm(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "npufarm", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=30, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "npufarm", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -46,8 +50,9 @@ def test_up_status_down_over_tcp(runtime_dir):
     common = ["--config", str(CI_CONFIG), "--runtime-dir", str(runtime_dir), "--name", "cli"]
     farm = subprocess.Popen(
         [sys.executable, "-m", "npufarm", "up", *common, "--endpoint", f"tcp://127.0.0.1:{port}"],
-        cwd=REPO, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         state_file = runtime_dir / "cli.json"
         poll_for(state_file.exists, 30.0)
@@ -74,10 +79,24 @@ def test_up_status_down_over_tcp(runtime_dir):
 def test_ctrl_c_to_the_process_group_stops_cleanly(runtime_dir):
     """A terminal's Ctrl-C signals the farm, its forkserver and every card at once."""
     farm = subprocess.Popen(
-        [sys.executable, "-m", "npufarm", "up", "--config", str(CI_CONFIG), "--runtime-dir",
-         str(runtime_dir), "--name", "cc", "--cards", "3"],
-        cwd=REPO, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "up",
+            "--config",
+            str(CI_CONFIG),
+            "--runtime-dir",
+            str(runtime_dir),
+            "--name",
+            "cc",
+            "--cards",
+            "3",
+        ],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         poll_for((runtime_dir / "cc.json").exists, 30.0)
         pids = [c["pid"] for c in query_status(f"ipc://{runtime_dir}/cc.sock")["cards"]]
@@ -123,9 +142,13 @@ def test_embedded_farm_starts_at_init_and_stops(ending, runtime_dir):
     env.update(NPUFARM_CONFIG=str(CI_CONFIG), NPUFARM_RUNTIME_DIR=str(runtime_dir))
     before = npufarm_segments()
     done = subprocess.run(
-        [sys.executable, "-c", _EMBEDDED, ending], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=50,
-    )  # fmt: skip
+        [sys.executable, "-c", _EMBEDDED, ending],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ok"]
@@ -158,9 +181,14 @@ def test_ctrl_c_at_a_terminal_reaches_the_program_not_its_embedded_farm(runtime_
     env.update(NPUFARM_CONFIG=str(CI_CONFIG), NPUFARM_RUNTIME_DIR=str(runtime_dir))
     before = npufarm_segments()
     program = subprocess.Popen(
-        [sys.executable, "-c", _CTRL_C], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", _CTRL_C],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert program.stdout.readline().strip() == "ready"
         os.killpg(program.pid, signal.SIGINT)  # what Ctrl-C at the terminal does
@@ -192,9 +220,13 @@ def test_a_killed_client_has_its_memory_released(farm):
     """A client that dies without acl.finalize stops pinging; the broker releases its HBM."""
     env = {**os.environ, "NPUFARM_ADDRESS": farm.address}
     done = subprocess.run(
-        [sys.executable, "-c", _KILLED_CLIENT], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=30,
-    )  # fmt: skip
+        [sys.executable, "-c", _KILLED_CLIENT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert "allocated" in done.stdout and done.returncode == -signal.SIGKILL
 
     def used() -> int:
@@ -206,10 +238,24 @@ def test_a_killed_client_has_its_memory_released(farm):
 
 def test_status_watch_refreshes_until_ctrl_c(farm):
     watch = subprocess.Popen(
-        [sys.executable, "-m", "npufarm", "status", "--watch", "--interval-s", "0.1",
-         "--runtime-dir", str(farm.runtime_dir), "--name", farm.name],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "status",
+            "--watch",
+            "--interval-s",
+            "0.1",
+            "--runtime-dir",
+            str(farm.runtime_dir),
+            "--name",
+            farm.name,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert watch.stdout is not None
         first = ""
@@ -258,14 +304,20 @@ def test_up_makes_a_missing_runtime_dir_and_says_when_ready_and_stopped(runtime_
     missing = runtime_dir / "new" / "dir"
     common = ["--config", str(CI_CONFIG), "--runtime-dir", str(missing), "--name", "rd"]
     farm = subprocess.Popen(
-        [sys.executable, "-m", "npufarm", "up", *common], cwd=REPO, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "npufarm", "up", *common],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert farm.stdout is not None
         ready = farm.stdout.readline()
-        assert ready == (f"npufarm: farm 'rd' ready at ipc://{missing}/rd.sock: 2 cards, "
-                         f"state file {missing}/rd.json\n"), farm.stderr  # fmt: skip
+        assert ready == (
+            f"npufarm: farm 'rd' ready at ipc://{missing}/rd.sock: 2 cards, "
+            f"state file {missing}/rd.json\n"
+        ), farm.stderr
         assert (missing.stat().st_mode & 0o777) == 0o700
         assert _npufarm("down", *common).returncode == 0
         out, err = farm.communicate(timeout=15)

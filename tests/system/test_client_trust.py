@@ -128,8 +128,14 @@ _LOST_PROGRAM = textwrap.dedent(
 
 def _run_program(farm, source: str) -> dict:
     env = {**os.environ, "NPUFARM_ADDRESS": farm.address}
-    done = subprocess.run([sys.executable, "-c", source], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=45)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -144,10 +150,18 @@ def test_new_program_sees_a_silent_card_lost_then_restarts_it(fresh_farm):
     poll_for(lambda: query_status(fresh_farm.address)["cards"][1]["state"] == "lost", 10.0)
     out = _run_program(fresh_farm, _LOST_PROGRAM)
     assert out == {
-        "init": 0, "set": LOST, "set_again": LOST, "status": [1, 0],
-        "other": 0, "reset": 0, "restart": 0, "status_after": [0, 0], "malloc_after": 0,
-        "free_after": 0, "finalize": 0,
-    }  # fmt: skip
+        "init": 0,
+        "set": LOST,
+        "set_again": LOST,
+        "status": [1, 0],
+        "other": 0,
+        "reset": 0,
+        "restart": 0,
+        "status_after": [0, 0],
+        "malloc_after": 0,
+        "free_after": 0,
+        "finalize": 0,
+    }
     card = query_status(fresh_farm.address)["cards"][1]
     assert card["state"] == "ready" and card["epoch"] == 2
 
@@ -183,10 +197,16 @@ def test_model_checks_come_before_the_context_check(farm, acl_on, tmp_path):
         worker.start()
         worker.join(30)
     assert no_context == {
-        "missing": 145002, "garbage": 145006, "mem_garbage": 145006, "mem_null": 100000,
-        "good": 107002, "execute_bad_id": 145003,
-        "execute_async_bad_id": 145003, "malloc_zero": 100000, "malloc": 107002,
-    }  # fmt: skip
+        "missing": 145002,
+        "garbage": 145006,
+        "mem_garbage": 145006,
+        "mem_null": 100000,
+        "good": 107002,
+        "execute_bad_id": 145003,
+        "execute_async_bad_id": 145003,
+        "malloc_zero": 100000,
+        "malloc": 107002,
+    }
 
 
 # -- one device's recovery does not stall another's calls (found by reading, 4a) -------------

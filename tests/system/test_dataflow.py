@@ -183,7 +183,7 @@ def test_two_client_processes_share_the_farm(farm):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for seed in (1, 2)
     ]
     outputs = [p.communicate(timeout=50) for p in procs]

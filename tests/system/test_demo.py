@@ -16,18 +16,38 @@ pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 def test_demo_experiment_writes_a_full_report(tmp_path):
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "npufarm", "demo", "--out", str(out), "--duration-s", "7",
-         "--rate", "200"],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "demo",
+            "--out",
+            str(out),
+            "--duration-s",
+            "7",
+            "--rate",
+            "200",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"report: {out}" in done.stdout.replace("\n", "")
     for card in range(4):  # real compute: the synthetic matmul and an ONNX CNN, on every card
         assert f"card {card}: 50/50 matmul outputs equal the host's" in done.stdout
         assert f"card {card}: 10/10 outputs of an ONNX CNN" in done.stdout
-    for name in ("result.json", "summary.csv", "requests.jsonl", "latency_over_time.png",
-                 "percentiles_vs_load.png", "per_card_throughput.png", "trace.json",
-                 "faults.jsonl"):  # fmt: skip
+    for name in (
+        "result.json",
+        "summary.csv",
+        "requests.jsonl",
+        "latency_over_time.png",
+        "percentiles_vs_load.png",
+        "per_card_throughput.png",
+        "trace.json",
+        "faults.jsonl",
+    ):
         assert (out / name).stat().st_size > 0, name
     result = json.loads((out / "result.json").read_text())
     windows = {w["kind"]: w for w in result["phases"][0]["fault_windows"]}

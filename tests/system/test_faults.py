@@ -163,8 +163,16 @@ def timed(call):
 def npufarm_cli(farm, *args: str) -> subprocess.CompletedProcess:
     """``npufarm ARGS`` against ``farm``, found by runtime dir + name (not NPUFARM_ADDRESS)."""
     env = {k: v for k, v in os.environ.items() if k != "NPUFARM_ADDRESS"}
-    command = [sys.executable, "-m", "npufarm", *args, "--runtime-dir", str(farm.runtime_dir),
-               "--name", farm.name]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "npufarm",
+        *args,
+        "--runtime-dir",
+        str(farm.runtime_dir),
+        "--name",
+        farm.name,
+    ]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
 
 
@@ -177,10 +185,16 @@ def test_error_reported_once_then_stream_recovers(tmp_path, acl_on, monkeypatch)
 
     monkeypatch.setenv("NPUFARM_SANITIZER", "warn")
     rules = (
-        {"kind": "error", "card": 0, "api": "execute", "after_tasks": 1, "count": 1,
-         "code": 507015},
+        {
+            "kind": "error",
+            "card": 0,
+            "api": "execute",
+            "after_tasks": 1,
+            "count": 1,
+            "code": 507015,
+        },
         {"kind": "error", "card": 1, "api": "execute", "count": 1, "code": 507015},
-    )  # fmt: skip
+    )
     with fault_farm(tmp_path, *rules) as farm:
         with acl_on(farm) as acl:
             assert acl.rt.set_device(0) == 0

@@ -51,8 +51,14 @@ def farm():
 
 
 def bench(farm, model, **kwargs) -> dict:
-    defaults = {"address": farm.address, "model": model, "workers": 2, "warmup_s": 0.3,
-                "duration_s": 1.0, "live": False}  # fmt: skip
+    defaults = {
+        "address": farm.address,
+        "model": model,
+        "workers": 2,
+        "warmup_s": 0.3,
+        "duration_s": 1.0,
+        "live": False,
+    }
     result = run_bench(BenchConfig(**{**defaults, **kwargs}))
     assert not multiprocessing.active_children(), "bench left worker processes"
     assert result["schema"] == SCHEMA
@@ -80,13 +86,26 @@ def test_closed_loop_sweep(farm, model, tmp_path):
     with (tmp_path / "summary.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["phase"], r["card"]) for r in rows] == [
-        ("c1", "all"), ("c1", "0"), ("c4", "all"), ("c4", "0"), ("c4", "1")]  # fmt: skip
+        ("c1", "all"),
+        ("c1", "0"),
+        ("c4", "all"),
+        ("c4", "0"),
+        ("c4", "1"),
+    ]
     lines = (tmp_path / "requests.jsonl").read_text().splitlines()
     assert result["samples_file"] == "requests.jsonl"
     assert len(lines) >= c1["requests"] + c4["requests"]  # warm-up requests are in the file too
     first = json.loads(lines[0])
-    assert set(first) == {"phase", "slot", "card", "code", "intended_s", "start_s", "end_s",
-                          "latency_ms"}  # fmt: skip
+    assert set(first) == {
+        "phase",
+        "slot",
+        "card",
+        "code",
+        "intended_s",
+        "start_s",
+        "end_s",
+        "latency_ms",
+    }
 
 
 def test_open_loop_rates(farm, model):
@@ -102,8 +121,16 @@ def test_open_loop_rates(farm, model):
 
 
 def test_poisson_arrivals_with_a_request_budget(farm, model):
-    result = bench(farm, model, mode="open", rates=(200.0,), arrival="poisson", duration_s=None,
-                   requests=150, seed=3)  # fmt: skip
+    result = bench(
+        farm,
+        model,
+        mode="open",
+        rates=(200.0,),
+        arrival="poisson",
+        duration_s=None,
+        requests=150,
+        seed=3,
+    )
     (phase,) = result["phases"]
     assert phase["requests"] == 150 and phase["errors"] == {}
     assert phase["throughput_rps"] == pytest.approx(200.0, rel=0.35)
@@ -125,11 +152,11 @@ def test_sweeps_schedules_and_config_checks():
     assert constant.size == 250 and constant[1] == pytest.approx(0.01)
     budget = arrival_offsets(100.0, "constant", warmup_s=0.5, duration_s=None, requests=30)
     assert (budget >= 0.5).sum() == 30 and (budget < 0.5).sum() == 50
-    poisson = arrival_offsets(1000.0, "poisson", warmup_s=0.0, duration_s=20.0, requests=None,
-                              seed=5)  # fmt: skip
+    poisson = arrival_offsets(
+        1000.0, "poisson", warmup_s=0.0, duration_s=20.0, requests=None, seed=5
+    )
     assert poisson.size == pytest.approx(20_000, rel=0.03) and np.all(np.diff(poisson) > 0)
-    again = arrival_offsets(1000.0, "poisson", warmup_s=0.0, duration_s=20.0, requests=None,
-                            seed=5)  # fmt: skip
+    again = arrival_offsets(1000.0, "poisson", warmup_s=0.0, duration_s=20.0, requests=None, seed=5)
     assert np.array_equal(poisson, again)
     with pytest.raises(ValueError):
         BenchConfig(mode="open")  # no rates
@@ -145,8 +172,14 @@ def _inject_hang_once_running(address: str, errors: list) -> None:
         time.sleep(0.3)
         env = {**os.environ, "NPUFARM_ADDRESS": address}
         rule = ["kind=hang", "card=1", "api=execute", f"duration_s={STALL_S}", "name=stall"]
-        done = subprocess.run([sys.executable, "-m", "npufarm", "inject", *rule], env=env, cwd=REPO,
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "npufarm", "inject", *rule],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
     except BaseException as exc:  # reported by the test
         errors.append(exc)
@@ -156,8 +189,9 @@ def test_stalled_card_shows_in_open_loop_percentiles_and_fault_window(farm, mode
     errors: list = []
     injector = threading.Thread(target=_inject_hang_once_running, args=(farm.address, errors))
     injector.start()
-    result = bench(farm, model, mode="open", rates=(200.0,), duration_s=3.0, warmup_s=0.2,
-                   slo_ms=100.0)  # fmt: skip
+    result = bench(
+        farm, model, mode="open", rates=(200.0,), duration_s=3.0, warmup_s=0.2, slo_ms=100.0
+    )
     injector.join()
     assert not errors, errors
     (phase,) = result["phases"]
@@ -184,9 +218,24 @@ def test_cli_with_an_embedded_farm(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("NPUFARM_ADDRESS", raising=False)
     monkeypatch.setenv("NPUFARM_RUNTIME_DIR", str(tmp_path / "runtime"))  # no default farm
     out = tmp_path / "out"
-    code = bench_main(["--config", str(CI_CONFIG), "--model", str(MODELS / "zero.toml"),
-                       "--concurrency", "1,2", "--duration-s", "0.4", "--warmup-s", "0.1",
-                       "--percentiles", "50,99", "--out", str(out)])  # fmt: skip
+    code = bench_main(
+        [
+            "--config",
+            str(CI_CONFIG),
+            "--model",
+            str(MODELS / "zero.toml"),
+            "--concurrency",
+            "1,2",
+            "--duration-s",
+            "0.4",
+            "--warmup-s",
+            "0.1",
+            "--percentiles",
+            "50,99",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert [p["name"] for p in result["phases"]] == ["c1", "c2"]

@@ -34,11 +34,22 @@ def cnn(tmp_path_factory):
     work = tmp_path_factory.mktemp("cnn")
     onnx_path = build_cnn(work / "tiny_cnn.onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "npufarm", "atc", f"--model={onnx_path}", "--framework=5",
-         f"--output={work / 'out' / 'tiny_cnn'}", "--soc_version=Ascend310",
-         f"--input_shape=x:{BATCH},{','.join(map(str, IMAGE))}"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "atc",
+            f"--model={onnx_path}",
+            "--framework=5",
+            f"--output={work / 'out' / 'tiny_cnn'}",
+            "--soc_version=Ascend310",
+            f"--input_shape=x:{BATCH},{','.join(map(str, IMAGE))}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ATC run success" in done.stdout
     images = np.random.default_rng(11).standard_normal((STEPS, BATCH, *IMAGE)).astype(np.float32)
@@ -56,8 +67,12 @@ def run_program(name, *args, address=None, env_extra=None, cwd=None):
     env.update(env_extra or {})
     done = subprocess.run(
         [sys.executable, str(PROGRAMS / name), *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=80,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -72,38 +87,53 @@ def assert_matches(out_path, reference):
 
 def test_sync_program_matches_onnxruntime_on_the_host(farm, cnn):
     om, images, reference, work = cnn
-    stdout = run_program("classify_sync.py", om, images, work / "sync.npy", 1,
-                         address=farm.address, cwd=work)  # fmt: skip
+    stdout = run_program(
+        "classify_sync.py", om, images, work / "sync.npy", 1, address=farm.address, cwd=work
+    )
     assert_matches(work / "sync.npy", reference)
     described = stdout.splitlines()[0]
     # the model description reports the tensors exactly as the converted model defines them
     facts = (
-        "'input_name': 'x'", f"'input_dims': [{BATCH}, 3, 16, 16]", "'input_dtype': 0",
-        "'input_format': 0", "'output_name': 'prob'", f"'output_dims': [{BATCH}, 10]",
-    )  # fmt: skip
+        "'input_name': 'x'",
+        f"'input_dims': [{BATCH}, 3, 16, 16]",
+        "'input_dtype': 0",
+        "'input_format': 0",
+        "'output_name': 'prob'",
+        f"'output_dims': [{BATCH}, 10]",
+    )
     for fact in facts:
         assert fact in described, described
 
 
 def test_sync_program_loading_from_memory(farm, cnn):
     om, images, reference, work = cnn
-    run_program("classify_sync.py", om, images, work / "mem.npy", 0, "--from-mem",
-                address=farm.address, cwd=work)  # fmt: skip
+    run_program(
+        "classify_sync.py",
+        om,
+        images,
+        work / "mem.npy",
+        0,
+        "--from-mem",
+        address=farm.address,
+        cwd=work,
+    )
     assert_matches(work / "mem.npy", reference)
 
 
 def test_async_program_with_callbacks_events_and_three_streams(farm, cnn):
     om, images, reference, work = cnn
-    stdout = run_program("classify_async.py", om, images, work / "async.npy", 3,
-                         address=farm.address, cwd=work)  # fmt: skip
+    stdout = run_program(
+        "classify_async.py", om, images, work / "async.npy", 3, address=farm.address, cwd=work
+    )
     assert_matches(work / "async.npy", reference)
     assert f"{STEPS} requests on 3 streams; end event status 1" in stdout
 
 
 def test_multicard_program_one_thread_per_device(farm, cnn):
     om, images, reference, work = cnn
-    stdout = run_program("classify_multicard.py", om, images, work / "multi.npy",
-                         address=farm.address, cwd=work)  # fmt: skip
+    stdout = run_program(
+        "classify_multicard.py", om, images, work / "multi.npy", address=farm.address, cwd=work
+    )
     assert_matches(work / "multi.npy", reference)
     assert "on devices [0, 1]" in stdout
 
@@ -111,25 +141,43 @@ def test_multicard_program_one_thread_per_device(farm, cnn):
 def test_plain_python_prog_starts_an_embedded_farm(cnn):
     """``python prog.py`` with nothing set: acl.init() starts a farm, finalize stops it."""
     om, images, reference, work = cnn
-    run_program("classify_sync.py", om, images, work / "embedded.npy",
-                env_extra={"NPUFARM_CONFIG": str(CI_CONFIG)}, cwd=work)  # fmt: skip
+    run_program(
+        "classify_sync.py",
+        om,
+        images,
+        work / "embedded.npy",
+        env_extra={"NPUFARM_CONFIG": str(CI_CONFIG)},
+        cwd=work,
+    )
     assert_matches(work / "embedded.npy", reference)
 
 
 def test_atc_mode_1_dumps_the_metadata(cnn):
     om, _, _, work = cnn
     done = subprocess.run(
-        [sys.executable, "-m", "npufarm", "atc", "--mode=1", f"--om={om}",
-         f"--json={work / 'meta.json'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "npufarm",
+            "atc",
+            "--mode=1",
+            f"--om={om}",
+            f"--json={work / 'meta.json'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     meta = json.loads((work / "meta.json").read_text())
     assert meta["soc_version"] == "Ascend310" and meta["framework"] == 5
-    assert meta["inputs"] == [{"name": "x", "dtype": "float32", "shape": [BATCH, 3, 16, 16],
-                               "format": 0}]  # fmt: skip
-    assert meta["outputs"] == [{"name": "prob", "dtype": "float32", "shape": [BATCH, 10],
-                                "format": 2}]  # fmt: skip
+    assert meta["inputs"] == [
+        {"name": "x", "dtype": "float32", "shape": [BATCH, 3, 16, 16], "format": 0}
+    ]
+    assert meta["outputs"] == [
+        {"name": "prob", "dtype": "float32", "shape": [BATCH, 10], "format": 2}
+    ]
 
 
 def test_bad_models_get_145006_and_the_card_lives_on(farm, cnn, acl_on, tmp_path):
@@ -139,8 +187,11 @@ def test_bad_models_get_145006_and_the_card_lives_on(farm, cnn, acl_on, tmp_path
 
     om, _, _, work = cnn
     broken = tmp_path / "broken.om"
-    meta = {"name": "broken", "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
-            "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}]}  # fmt: skip
+    meta = {
+        "name": "broken",
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [1]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [1]}],
+    }
     broken.write_bytes(pack_om(meta, b"\x08\x07 not a graph"))
     real = tmp_path / "real.om"
     real.write_bytes(b"IMOD" + bytes(512))
@@ -168,14 +219,18 @@ def test_a_long_model_build_never_silences_the_card(farm, acl_on, tmp_path):
     from farm.admin import query_status
 
     steps, width = 30_000, 16
-    nodes = [helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", "c"], [f"a{i}"])
-             for i in range(steps)]  # fmt: skip
+    nodes = [
+        helper.make_node("Add", ["x" if i == 0 else f"a{i - 1}", "c"], [f"a{i}"])
+        for i in range(steps)
+    ]
     nodes.append(helper.make_node("Identity", [f"a{steps - 1}"], ["y"]))
     graph = helper.make_graph(
-        nodes, "long_chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        nodes,
+        "long_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
         [numpy_helper.from_array(np.full((1, width), 0.001, np.float32), "c")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "chain.onnx"))

@@ -43,11 +43,13 @@ def run(tmp_path_factory):
         "[latency]\nfixed_s = 0.005\n"
     )
     plan = tmp / "plan.toml"
-    plan.write_text('seed = 1\n[[fault]]\nname = "straggler"\nkind = "slow"\ncard = 1\n'
-                    "factor = 3.0\n")  # fmt: skip
+    plan.write_text(
+        'seed = 1\n[[fault]]\nname = "straggler"\nkind = "slow"\ncard = 1\nfactor = 3.0\n'
+    )
     log = tmp / "faults.jsonl"
-    farm = start_farm(cards=2, extra=["--time-scale", "1", "--faults", str(plan),
-                                      "--fault-log", str(log)])  # fmt: skip
+    farm = start_farm(
+        cards=2, extra=["--time-scale", "1", "--faults", str(plan), "--fault-log", str(log)]
+    )
     try:
         errors: list = []
         injector = threading.Thread(target=_drop_link_mid_run, args=(farm.address, errors))
@@ -55,12 +57,31 @@ def run(tmp_path_factory):
         out = tmp / "out"
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
-            code = bench_main([
-                "--address", farm.address, "--model", str(model), "--request-rate", "50:100:50",
-                "--arrival", "poisson", "--duration-s", "2.5", "--warmup-s", "0.3",
-                "--slo-ms", str(SLO_MS), "--workers", "2", "--sync-timeout-ms", "2000",
-                "--per-request", "--out", str(out),
-            ])  # fmt: skip
+            code = bench_main(
+                [
+                    "--address",
+                    farm.address,
+                    "--model",
+                    str(model),
+                    "--request-rate",
+                    "50:100:50",
+                    "--arrival",
+                    "poisson",
+                    "--duration-s",
+                    "2.5",
+                    "--warmup-s",
+                    "0.3",
+                    "--slo-ms",
+                    str(SLO_MS),
+                    "--workers",
+                    "2",
+                    "--sync-timeout-ms",
+                    "2000",
+                    "--per-request",
+                    "--out",
+                    str(out),
+                ]
+            )
         injector.join()
         assert not errors, errors
         assert code == 0, stdout.getvalue()
@@ -101,9 +122,14 @@ def _figures(cols, mask: np.ndarray, duration_s: float) -> dict:
     ok = mask & (cols["code"] == 0)
     lat = cols["latency_ms"][ok]
     pct = dict(zip(("p50", "p90", "p99", "p99.9"), np.percentile(lat, [50, 90, 99, 99.9])))
-    return {"req": int(mask.sum()), "err": int((mask & (cols["code"] != 0)).sum()),
-            "thr": ok.sum() / duration_s, "good": (lat <= SLO_MS).sum() / duration_s,
-            **pct, "max": lat.max()}  # fmt: skip
+    return {
+        "req": int(mask.sum()),
+        "err": int((mask & (cols["code"] != 0)).sum()),
+        "thr": ok.sum() / duration_s,
+        "good": (lat <= SLO_MS).sum() / duration_s,
+        **pct,
+        "max": lat.max(),
+    }
 
 
 def _bench_t(event: dict, result: dict) -> float:
@@ -117,10 +143,15 @@ def _detect_recover(cols, mask, card: int, start: float) -> tuple[float | None, 
     the first bad one ends (or of a shorter run that reaches the card's last request)."""
     rows = sorted(
         (float(e), float(i), int(c), float(lat))
-        for e, i, c, lat, k in zip(cols["end_s"][mask], cols["intended_s"][mask],
-                                   cols["code"][mask], cols["latency_ms"][mask],
-                                   cols["card"][mask]) if k == card
-    )  # fmt: skip
+        for e, i, c, lat, k in zip(
+            cols["end_s"][mask],
+            cols["intended_s"][mask],
+            cols["code"][mask],
+            cols["latency_ms"][mask],
+            cols["card"][mask],
+        )
+        if k == card
+    )
     bad = [(e if c else i + SLO_MS / 1000, e) for e, i, c, lat in rows if c or lat > SLO_MS]
     bad = [(known, e) for known, e in bad if known >= start]
     if not bad:
@@ -231,11 +262,14 @@ def test_fault_windows_table_equals_the_fault_log_and_samples(run):
         assert window == f"{start:.2f}–{end:.2f}"
         in_phase = _measured(cols, i, phase)
         t, done, on = cols["intended_s"], cols["end_s"], cols["card"] == card
-        parts = {"before": in_phase & (done < start),
-                 "during": in_phase & (done >= start) & (t <= end),
-                 "after": in_phase & (t > end)}  # fmt: skip
-        shown = dict(zip(("before", "during", "after", "others", "err", "detect", "recover"),
-                         cells[4:]))  # fmt: skip
+        parts = {
+            "before": in_phase & (done < start),
+            "during": in_phase & (done >= start) & (t <= end),
+            "after": in_phase & (t > end),
+        }
+        shown = dict(
+            zip(("before", "during", "after", "others", "err", "detect", "recover"), cells[4:])
+        )
         for name, mask in parts.items():
             ok = mask & on & (cols["code"] == 0)
             if ok.any():
@@ -313,9 +347,16 @@ def test_plots_show_the_samples_figures(run, figures, tmp_path):
     # per-card throughput: bar heights
     (ax,) = figures["per_card_throughput.png"].axes
     heights = [round(bar.get_height(), 3) for bar in ax.patches]
-    want = [round(_figures(cols, _measured(cols, i, p) & (cols["card"] == card),
-                           p["end_s"] - p["start_s"])["thr"], 3)
-            for card in (0, 1) for i, p in enumerate(result["phases"])]  # fmt: skip
+    want = [
+        round(
+            _figures(
+                cols, _measured(cols, i, p) & (cols["card"] == card), p["end_s"] - p["start_s"]
+            )["thr"],
+            3,
+        )
+        for card in (0, 1)
+        for i, p in enumerate(result["phases"])
+    ]
     assert heights == pytest.approx(want, abs=2e-3)
 
 

@@ -161,8 +161,12 @@ def test_program_runs_and_the_ledger_is_printed(prog, short_tmp, tmp_path, sanit
     data = json.loads(summary.read_text())
     assert data["exit_code"] == 0
     assert data["farm"]["ledger"] == {
-        "submitted": 3, "completed": 3, "dropped": 0, "failed": {}, "in_flight": 0,
-    }  # fmt: skip
+        "submitted": 3,
+        "completed": 3,
+        "dropped": 0,
+        "failed": {},
+        "in_flight": 0,
+    }
     cards = {card["device_id"]: card for card in data["farm"]["cards"]}
     assert (cards[0]["submitted"], cards[0]["done"], cards[1]["submitted"]) == (3, 3, 0)
 

@@ -55,10 +55,22 @@ def test_trace_has_tasks_faults_and_card_events(tmp_path, acl_on):
             _work(acl, 1, 3)
             live = tmp_path / "live.json"
             done = subprocess.run(
-                [sys.executable, "-m", "npufarm", "trace", str(live), "--runtime-dir",
-                 str(farm.runtime_dir), "--name", farm.name],
-                cwd=REPO, capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "npufarm",
+                    "trace",
+                    str(live),
+                    "--runtime-dir",
+                    str(farm.runtime_dir),
+                    "--name",
+                    farm.name,
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert done.returncode == 0, done.stderr
             live_events = json.loads(live.read_text())["traceEvents"]
             assert sum(e["ph"] == "X" for e in live_events) >= 8

@@ -17,8 +17,11 @@ def test_quick_fault_benchmark(tmp_path):
     out = tmp_path / "faults.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.faults", "--quick", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=80,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     expiry_ms = result["heartbeat_expiry_ms"]

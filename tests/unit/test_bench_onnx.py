@@ -18,8 +18,11 @@ def test_quick_onnx_benchmark(tmp_path):
     out = tmp_path / "onnx.json"
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.onnx", "--quick", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     assert result["schema"] == "npufarm.bench.onnx/1"

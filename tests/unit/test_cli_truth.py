@@ -67,9 +67,12 @@ def refusing(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     ("argv", "op"),
-    [(["trace", "/no/dir/t.json"], "trace"), (["recover"], "recover"),
-     (["inject", "kind=slow", "card=1", "factor=3"], "inject")],
-)  # fmt: skip
+    [
+        (["trace", "/no/dir/t.json"], "trace"),
+        (["recover"], "recover"),
+        (["inject", "kind=slow", "card=1", "factor=3"], "inject"),
+    ],
+)
 def test_a_refused_request_is_one_line_and_nonzero(refusing, capsys, argv, op):
     assert cli.main(argv) == 1
     out, err = capsys.readouterr()
@@ -117,29 +120,73 @@ def test_up_makes_a_missing_runtime_dir_private(tmp_path):
 # -- status --------------------------------------------------------------------------------
 
 _FARM = {
-    "name": "t", "endpoint": "ipc:///tmp/t.sock", "pid": 10, "uptime_s": 12.0,
+    "name": "t",
+    "endpoint": "ipc:///tmp/t.sock",
+    "pid": 10,
+    "uptime_s": 12.0,
     "cards": [
-        {"device_id": 0, "pid": 11, "epoch": 1, "state": "ready", "soc_name": "Ascend910B",
-         "hbm_bytes": 256 << 20, "lost_reason": None, "stats": {"hbm_used": 200 << 20}},
-        {"device_id": 1, "pid": None, "epoch": 1, "state": "lost", "soc_name": "Ascend910B",
-         "hbm_bytes": 256 << 20, "lost_reason": "no heartbeat for 1.15s", "stats": {}},
-        {"device_id": 2, "pid": 33, "epoch": 2, "state": "ready", "soc_name": "Ascend910B",
-         "hbm_bytes": 256 << 20, "lost_reason": "no heartbeat for 1.02s", "stats": {}},
+        {
+            "device_id": 0,
+            "pid": 11,
+            "epoch": 1,
+            "state": "ready",
+            "soc_name": "Ascend910B",
+            "hbm_bytes": 256 << 20,
+            "lost_reason": None,
+            "stats": {"hbm_used": 200 << 20},
+        },
+        {
+            "device_id": 1,
+            "pid": None,
+            "epoch": 1,
+            "state": "lost",
+            "soc_name": "Ascend910B",
+            "hbm_bytes": 256 << 20,
+            "lost_reason": "no heartbeat for 1.15s",
+            "stats": {},
+        },
+        {
+            "device_id": 2,
+            "pid": 33,
+            "epoch": 2,
+            "state": "ready",
+            "soc_name": "Ascend910B",
+            "hbm_bytes": 256 << 20,
+            "lost_reason": "no heartbeat for 1.02s",
+            "stats": {},
+        },
     ],
-    "ledger": {"submitted": 5, "completed": 4, "failed": {"507010": 1}, "dropped": 0,
-               "in_flight": 0},
-    "faults": {"log": "/tmp/f.jsonl", "counts": {"slow": 840},
-               "plan": {"seed": 0, "fault": [{"kind": "slow", "card": 1, "factor": 3.0}]},
-               "active": [{"rule_id": 4, "kind": "slow", "card": 1, "factor": 3.0, "fired": 840},
-                          {"rule_id": 5, "kind": "error", "card": None, "code": 507015,
-                           "fired": 1}]},
-    "reclaimed": {"clients": 1, "by_cause": {"exited": 1, "silent": 0}, "card_clients": 1,
-                  "hbm_bytes": 200 << 20, "models": 2, "streams": 3,
-                  "cards": {"0": {"clients": 1, "hbm_bytes": 200 << 20, "models": 2, "streams": 3},
-                            "1": {"clients": 0, "hbm_bytes": 0, "models": 0, "streams": 0}},
-                  "silence_limit_s": 2.0},
+    "ledger": {
+        "submitted": 5,
+        "completed": 4,
+        "failed": {"507010": 1},
+        "dropped": 0,
+        "in_flight": 0,
+    },
+    "faults": {
+        "log": "/tmp/f.jsonl",
+        "counts": {"slow": 840},
+        "plan": {"seed": 0, "fault": [{"kind": "slow", "card": 1, "factor": 3.0}]},
+        "active": [
+            {"rule_id": 4, "kind": "slow", "card": 1, "factor": 3.0, "fired": 840},
+            {"rule_id": 5, "kind": "error", "card": None, "code": 507015, "fired": 1},
+        ],
+    },
+    "reclaimed": {
+        "clients": 1,
+        "by_cause": {"exited": 1, "silent": 0},
+        "card_clients": 1,
+        "hbm_bytes": 200 << 20,
+        "models": 2,
+        "streams": 3,
+        "cards": {
+            "0": {"clients": 1, "hbm_bytes": 200 << 20, "models": 2, "streams": 3},
+            "1": {"clients": 0, "hbm_bytes": 0, "models": 0, "streams": 0},
+        },
+        "silence_limit_s": 2.0,
+    },
     "malformed": 17,
-}  # fmt: skip
+}
 
 
 def _text(farm: dict, width: int = 160) -> str:
@@ -156,9 +203,11 @@ def test_status_lists_active_rules_reclaimed_and_malformed():
     assert "#4 slow card 1: factor=3.0 (fired 840 times)" in text
     assert "#5 error all cards: code=507015 (fired 1 time)" in text
     assert "fault events so far: slow×840 (log: /tmp/f.jsonl)" in text
-    assert ("reclaimed from dead clients: 1 client (exited 1), HBM 200 MiB, 2 models, 3 streams; "
-            "card 0: clients 1, hbm 200 MiB, models 2, streams 3; a client silent 2 s is taken "
-            "as dead") in " ".join(text.split())  # fmt: skip
+    assert (
+        "reclaimed from dead clients: 1 client (exited 1), HBM 200 MiB, 2 models, 3 streams; "
+        "card 0: clients 1, hbm 200 MiB, models 2, streams 3; a client silent 2 s is taken "
+        "as dead"
+    ) in " ".join(text.split())
     assert "malformed messages: 17" in text
     assert "200/256" in text
 
@@ -168,8 +217,9 @@ def test_status_shows_none_only_when_no_rule_is_active():
     farm["faults"]["active"] = []
     assert "active fault rules: none" in _text(farm)
     del farm["faults"]["active"]  # a farm without the field: its plan's rules
-    assert active_rules(farm["faults"]) == [{"rule_id": 0, "kind": "slow", "card": 1,
-                                             "factor": 3.0}]  # fmt: skip
+    assert active_rules(farm["faults"]) == [
+        {"rule_id": 0, "kind": "slow", "card": 1, "factor": 3.0}
+    ]
     farm["faults"] = {}
     lines = status_lines({k: v for k, v in farm.items() if k not in ("reclaimed", "malformed")})
     assert not any("fault" in line or "reclaimed" in line or "malformed" in line for line in lines)

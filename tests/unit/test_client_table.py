@@ -34,8 +34,12 @@ def test_a_remote_or_odd_hello_is_judged_by_silence():
     proc = FakeProc()
     proc.start[7] = 1
     table = ClientTable("here", probe=proc)
-    for identity, body in ((b"r", {"pid": 7, "host": "there"}), (b"x", {"pid": True}),
-                           (b"y", [1]), (b"z", {"pid": -3, "host": 5})):  # fmt: skip
+    for identity, body in (
+        (b"r", {"pid": 7, "host": "there"}),
+        (b"x", {"pid": True}),
+        (b"y", [1]),
+        (b"z", {"pid": -3, "host": 5}),
+    ):
         table.hello(identity, body, now=0.0)
         assert not table.clients[identity].watched
     table.seen(b"r", now=0.9)

@@ -59,9 +59,17 @@ def fire_pattern(injector: FaultInjector, calls: int, hook: str = EXEC, **target
 
 def test_every_kind_has_a_hook_and_a_default_code() -> None:
     assert KINDS == (
-        "hang", "slow", "error", "crash", "disconnect", "heartbeat_loss", "drop", "corrupt",
-        "ecc", "oom",
-    )  # fmt: skip
+        "hang",
+        "slow",
+        "error",
+        "crash",
+        "disconnect",
+        "heartbeat_loss",
+        "drop",
+        "corrupt",
+        "ecc",
+        "oom",
+    )
     assert set(HOOKS) == set(KINDS) == set(DEFAULT_CODES)
     # every hook has kinds: one per kind, plus the drop of completions
     assert set(HOOKS.values()) | {"broker.complete"} == set(HOOK_INDEX)
@@ -341,8 +349,16 @@ def test_duration_from_first_fire() -> None:
     injector = FaultInjector(plan_of(rule), card=0)
     times = [0.0, 0.5, 1.0, 1.2, 1.9, 2.1, 2.25, 2.3, 5.0]  # first fire at 1.2: until 2.2
     assert [bool(injector.evaluate(EXEC, t)) for t in times] == [
-        False, False, False, True, True, True, False, False, False,
-    ]  # fmt: skip
+        False,
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_count_caps_fires() -> None:
@@ -531,10 +547,16 @@ def test_event_json_line_and_replay_key(tmp_path: Path) -> None:
     data = json.loads(line)
     assert list(data) == ["call", "card", "code", "detail", "epoch", "hook", "kind", "rule", "t_s"]
     assert data == {
-        "t_s": 1.234568, "card": 3, "epoch": 2, "hook": EXEC, "call": 0, "kind": "corrupt",
-        "code": 0, "rule": 0,
+        "t_s": 1.234568,
+        "card": 3,
+        "epoch": 2,
+        "hook": EXEC,
+        "call": 0,
+        "kind": "corrupt",
+        "code": 0,
+        "rule": 0,
         "detail": {"pattern": "nan", "stream": 5, "api": "execute", "name": "n"},
-    }  # fmt: skip
+    }
     back = FaultEvent.from_json_line(line)
     assert back.replay_key() == fired.event.replay_key()
     later = FaultEvent(**{**back.__dict__, "t_s": 99.0})

@@ -81,8 +81,13 @@ def test_convert_fixes_the_batch_and_the_spec_computes_like_onnxruntime(tmp_path
     import onnxruntime
 
     source = build_cnn(tmp_path / "cnn.onnx")
-    out = convert(str(source), str(tmp_path / "o" / "cnn"), soc_version="Ascend910B",
-                  input_shape="x:2,3,16,16", latency_ms=4.0)  # fmt: skip
+    out = convert(
+        str(source),
+        str(tmp_path / "o" / "cnn"),
+        soc_version="Ascend910B",
+        input_shape="x:2,3,16,16",
+        latency_ms=4.0,
+    )
     assert out == tmp_path / "o" / "cnn.om"
     spec = load_model_file(out)
     assert spec.inputs[0].shape == (2, 3, 16, 16) and spec.inputs[0].format == 0  # NCHW
@@ -116,8 +121,17 @@ def test_convert_refuses_with_the_option_named(tmp_path, kwargs, message):
 def test_atc_command_line(tmp_path, capsys):
     source = build_cnn(tmp_path / "cnn.onnx")
     common = [f"--model={source}", "--framework=5", f"--output={tmp_path / 'cnn'}"]
-    assert atc_main([*common, "--soc_version=Ascend310", "--input_shape=x:1,3,16,16",
-                     "--precision_mode=allow_fp32_to_fp16"]) == 0  # fmt: skip
+    assert (
+        atc_main(
+            [
+                *common,
+                "--soc_version=Ascend310",
+                "--input_shape=x:1,3,16,16",
+                "--precision_mode=allow_fp32_to_fp16",
+            ]
+        )
+        == 0
+    )
     assert "ATC run success" in capsys.readouterr().out
     meta, _ = om.unpack_om((tmp_path / "cnn.om").read_bytes())
     assert meta["atc"]["precision_mode"] == "allow_fp32_to_fp16"
@@ -138,23 +152,34 @@ def test_two_inputs_two_outputs_and_integer_dtypes(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["sum"]),
-         helper.make_node("Cast", ["sum"], ["wide"], to=TensorProto.INT64)],
+        [
+            helper.make_node("Add", ["a", "b"], ["sum"]),
+            helper.make_node("Cast", ["sum"], ["wide"], to=TensorProto.INT64),
+        ],
         "two_io",
-        [helper.make_tensor_value_info("a", TensorProto.INT32, [2, 5]),
-         helper.make_tensor_value_info("b", TensorProto.INT32, [2, 5])],
-        [helper.make_tensor_value_info("sum", TensorProto.INT32, [2, 5]),
-         helper.make_tensor_value_info("wide", TensorProto.INT64, [2, 5])],
-    )  # fmt: skip
+        [
+            helper.make_tensor_value_info("a", TensorProto.INT32, [2, 5]),
+            helper.make_tensor_value_info("b", TensorProto.INT32, [2, 5]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.INT32, [2, 5]),
+            helper.make_tensor_value_info("wide", TensorProto.INT64, [2, 5]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "two_io.onnx"))
-    spec = load_model_file(convert(str(tmp_path / "two_io.onnx"), str(tmp_path / "two_io"),
-                                   soc_version="Ascend310P3"))  # fmt: skip
+    spec = load_model_file(
+        convert(str(tmp_path / "two_io.onnx"), str(tmp_path / "two_io"), soc_version="Ascend310P3")
+    )
     assert [(t.name, t.dtype, t.acl_dtype, t.format) for t in spec.inputs] == [
-        ("a", "int32", 3, 2), ("b", "int32", 3, 2)]  # fmt: skip
+        ("a", "int32", 3, 2),
+        ("b", "int32", 3, 2),
+    ]
     assert [(t.name, t.dtype, t.acl_dtype, t.nbytes) for t in spec.outputs] == [
-        ("sum", "int32", 3, 40), ("wide", "int64", 9, 80)]  # fmt: skip
+        ("sum", "int32", 3, 40),
+        ("wide", "int64", 9, 80),
+    ]
     a = np.arange(10, dtype=np.int32).reshape(2, 5)
     b = np.full((2, 5), 7, np.int32)
     total, wide = reference(spec, [a, b])

@@ -47,12 +47,22 @@ def _samples(rng) -> tuple[np.ndarray, list[tuple]]:
 
 def _fault_events(samples: np.ndarray) -> list[dict]:
     def event(t_bench, rule, kind, code, **detail):
-        return {"t_s": round(BENCH_START + t_bench - FARM_START, 6), "card": 1, "epoch": 0,
-                "hook": "card.execute", "call": 0, "kind": kind, "code": code, "rule": rule,
-                "detail": detail}  # fmt: skip
+        return {
+            "t_s": round(BENCH_START + t_bench - FARM_START, 6),
+            "card": 1,
+            "epoch": 0,
+            "hook": "card.execute",
+            "call": 0,
+            "kind": kind,
+            "code": code,
+            "rule": rule,
+            "detail": detail,
+        }
 
-    slow = [event(t, 0, "slow", 0, duration_s=1.5, name="slow-card-1")
-            for t in np.arange(SLOW[0], SLOW[1], 0.02)]  # fmt: skip
+    slow = [
+        event(t, 0, "slow", 0, duration_s=1.5, name="slow-card-1")
+        for t in np.arange(SLOW[0], SLOW[1], 0.02)
+    ]
     bad = samples[samples["code"] != 0]["start_s"] - BENCH_START
     errors = [event(float(t), 1, "error", 507015) for t in bad]
     warmup = [event(0.1, 2, "hang", 507046), event(0.3, 2, "hang", 507046)]
@@ -67,13 +77,22 @@ def make_result(rng_seed: int = 1) -> tuple[dict, list[dict]]:
     for index, name, conc, warm_end, end in plan:
         window = (BENCH_START + warm_end, BENCH_START + end)
         part = samples[samples["phase"] == index]
-        phases.append({
-            "name": name, "mode": "closed", "concurrency": conc, "rate": None,
-            "start_s": warm_end, "end_s": end, "interrupted": False, "missed": 0,
-            **report.summarize(part, window=window),
-            "fault_windows": report.fault_windows(
-                part, events, FARM_START, window=window, origin_s=BENCH_START),
-        })  # fmt: skip
+        phases.append(
+            {
+                "name": name,
+                "mode": "closed",
+                "concurrency": conc,
+                "rate": None,
+                "start_s": warm_end,
+                "end_s": end,
+                "interrupted": False,
+                "missed": 0,
+                **report.summarize(part, window=window),
+                "fault_windows": report.fault_windows(
+                    part, events, FARM_START, window=window, origin_s=BENCH_START
+                ),
+            }
+        )
     result = {
         "schema": report.SCHEMA,
         "config": {"concurrency": [4, 16], "duration_s": 4.0, "slo_ms": None},
@@ -88,12 +107,18 @@ def make_result(rng_seed: int = 1) -> tuple[dict, list[dict]]:
     }
     lat = report.latency_ms(samples)
     rows = [
-        {"phase": int(r["phase"]), "slot": int(r["slot"]), "card": int(r["card"]),
-         "code": int(r["code"]), "intended_s": float(r["intended_s"]) - BENCH_START,
-         "start_s": float(r["start_s"]) - BENCH_START, "end_s": float(r["end_s"]) - BENCH_START,
-         "latency_ms": float(ms)}
+        {
+            "phase": int(r["phase"]),
+            "slot": int(r["slot"]),
+            "card": int(r["card"]),
+            "code": int(r["code"]),
+            "intended_s": float(r["intended_s"]) - BENCH_START,
+            "start_s": float(r["start_s"]) - BENCH_START,
+            "end_s": float(r["end_s"]) - BENCH_START,
+            "latency_ms": float(ms),
+        }
         for r, ms in zip(samples, lat)
-    ]  # fmt: skip
+    ]
     return json.loads(json.dumps(result)), rows
 
 
@@ -139,9 +164,16 @@ def test_latency_plot_other_clocks_and_bare_events(tmp_path):
     # no farm start: t_s is taken as relative to the first request
     _check_png(plots.plot_latency_over_time(samples, events, tmp_path / "a.png"))
     # monotonic times with t_-prefixed names and phase names, the farm start on that clock
-    mono = [{"phase": f"p{s['phase']}", "card": s["card"], "code": s["code"],
-             "t_intended_s": s["intended_s"] + BENCH_START, "t_end_s": s["end_s"] + BENCH_START}
-            for s in samples]  # fmt: skip
+    mono = [
+        {
+            "phase": f"p{s['phase']}",
+            "card": s["card"],
+            "code": s["code"],
+            "t_intended_s": s["intended_s"] + BENCH_START,
+            "t_end_s": s["end_s"] + BENCH_START,
+        }
+        for s in samples
+    ]
     path = plots.plot_latency_over_time(mono, events, tmp_path / "b.png", farm_start_s=FARM_START)
     _check_png(path)
     _check_png(plots.plot_latency_over_time([], None, tmp_path / "empty.png"))
@@ -170,9 +202,12 @@ def test_fault_windows_deduplicated_and_loose_events_grouped():
     n = plot_faults.MAX_LANES
     many = [{**f, "card": c} for c in range(n) for f in spans]
     assert sorted(plot_faults.fault_lanes(many)) == sorted(
-        [f"hang ({n} cards): {2 * n} events", f"slow 1.5 s ({n} cards): {75 * n} events",
-         f"error ({n} cards): {len(err) * n} events"]
-    )  # fmt: skip
+        [
+            f"hang ({n} cards): {2 * n} events",
+            f"slow 1.5 s ({n} cards): {75 * n} events",
+            f"error ({n} cards): {len(err) * n} events",
+        ]
+    )
 
 
 def test_phase_titles():
@@ -182,10 +217,20 @@ def test_phase_titles():
 
 
 def test_plots_tolerate_sparse_results(tmp_path):
-    result = {"schema": "npufarm.bench/1", "phases": [
-        {"name": "rate=200", "mode": "open", "concurrency": None, "rate": 200.0,
-         "latency_ms": {"p50": 3.0, "p90": None, "p99": 9.0}, "errors": {}, "per_card": {}},
-    ]}  # fmt: skip
+    result = {
+        "schema": "npufarm.bench/1",
+        "phases": [
+            {
+                "name": "rate=200",
+                "mode": "open",
+                "concurrency": None,
+                "rate": 200.0,
+                "latency_ms": {"p50": 3.0, "p90": None, "p99": 9.0},
+                "errors": {},
+                "per_card": {},
+            },
+        ],
+    }
     for path in plots.render_all(result, tmp_path):
         _check_png(path)
 

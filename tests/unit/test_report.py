@@ -103,18 +103,37 @@ def _stall_scenario():
     card0 = make(np.full(t.size, 2.0), card=0)
     farm_start = 90.0
     events = [
-        {"t_s": 11.0, "card": 1, "epoch": 0, "hook": "card.execute", "call": 7, "kind": "hang",
-         "code": 507014, "rule": 2, "detail": {"duration_s": 0.5}},
-        {"t_s": 11.2, "card": 1, "epoch": 0, "hook": "card.execute", "call": 8, "kind": "hang",
-         "code": 507014, "rule": 2, "detail": {"duration_s": 0.5}},
-    ]  # fmt: skip
+        {
+            "t_s": 11.0,
+            "card": 1,
+            "epoch": 0,
+            "hook": "card.execute",
+            "call": 7,
+            "kind": "hang",
+            "code": 507014,
+            "rule": 2,
+            "detail": {"duration_s": 0.5},
+        },
+        {
+            "t_s": 11.2,
+            "card": 1,
+            "epoch": 0,
+            "hook": "card.execute",
+            "call": 8,
+            "kind": "hang",
+            "code": 507014,
+            "rule": 2,
+            "detail": {"duration_s": 0.5},
+        },
+    ]
     return np.concatenate([card0, card1]), events, farm_start
 
 
 def test_fault_window_before_during_after_with_detect_and_recover():
     samples, events, farm_start = _stall_scenario()
-    windows = fault_windows(samples, events, farm_start, window=(100.0, 103.0), slo_ms=100.0,
-                            origin_s=100.0)  # fmt: skip
+    windows = fault_windows(
+        samples, events, farm_start, window=(100.0, 103.0), slo_ms=100.0, origin_s=100.0
+    )
     assert len(windows) == 1
     w = windows[0]
     assert (w["rule"], w["card"], w["kind"], w["events"]) == (2, 1, "hang", 2)
@@ -137,8 +156,19 @@ def test_fault_window_detect_by_error_code():
     errors = make([1.0] * 20, card=0, t0=101.0, code=LOST)
     ok_after = make([2.0] * 50, card=0, t0=101.2)
     samples = np.concatenate([ok_before, errors, ok_after])
-    events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.heartbeat", "call": 3,
-               "kind": "heartbeat_loss", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
+    events = [
+        {
+            "t_s": 0.955,
+            "card": 0,
+            "epoch": 1,
+            "hook": "card.heartbeat",
+            "call": 3,
+            "kind": "heartbeat_loss",
+            "code": LOST,
+            "rule": 0,
+            "detail": {},
+        }
+    ]
     (w,) = fault_windows(samples, events, 100.0)
     assert w["time_to_detect_s"] == pytest.approx(0.046)  # the first error ends at 101.001
     assert w["time_to_recover_s"] == pytest.approx(101.202 - 100.955)
@@ -153,8 +183,19 @@ def test_fault_window_detect_by_error_code():
 def test_fault_window_of_a_card_never_recovered_lasts_to_the_run_end():
     ok_before = make([2.0] * 100, card=0, t0=100.0)
     errors = make([1.0] * 50, card=0, t0=101.0, code=LOST)
-    events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.link", "call": 3,
-               "kind": "disconnect", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
+    events = [
+        {
+            "t_s": 0.955,
+            "card": 0,
+            "epoch": 1,
+            "hook": "card.link",
+            "call": 3,
+            "kind": "disconnect",
+            "code": LOST,
+            "rule": 0,
+            "detail": {},
+        }
+    ]
     (w,) = fault_windows(np.concatenate([ok_before, errors]), events, 100.0, window=(100.0, 102.0))
     assert w["time_to_recover_s"] is None and w["time_to_detect_s"] == pytest.approx(0.046)
     assert (w["end_s"], w["end_by"]) == (pytest.approx(102.0), "run end")
@@ -166,9 +207,20 @@ def test_fault_window_figures_are_attributed_by_card():
     slow = make([9.0] * 100, card=1, t0=100.0)
     fast = make([3.0] * 100, card=0, t0=100.0)
     lost = make([1.0] * 5, card=3, t0=100.5, code=LOST)
-    events = [{"t_s": t, "card": 1, "epoch": 1, "hook": "card.execute", "call": i, "kind": "slow",
-               "code": 0, "rule": 0, "detail": {"factor": 3.0, "name": "straggler"}}
-              for i, t in enumerate((0.0, 0.99))]  # fmt: skip
+    events = [
+        {
+            "t_s": t,
+            "card": 1,
+            "epoch": 1,
+            "hook": "card.execute",
+            "call": i,
+            "kind": "slow",
+            "code": 0,
+            "rule": 0,
+            "detail": {"factor": 3.0, "name": "straggler"},
+        }
+        for i, t in enumerate((0.0, 0.99))
+    ]
     (w,) = fault_windows(np.concatenate([slow, fast, lost]), events, 100.0)
     assert w["params"] == {"factor": 3.0} and w["end_by"] == "events"
     during = w["during"]
@@ -180,8 +232,19 @@ def test_fault_window_figures_are_attributed_by_card():
 
 def test_fault_window_without_bad_samples_and_outside_the_window():
     samples = make([2.0] * 100)
-    events = [{"t_s": 0.5, "card": 0, "epoch": 0, "hook": "card.execute", "call": 1,
-               "kind": "slow", "code": 0, "rule": 1, "detail": {"factor": 2.0}}]  # fmt: skip
+    events = [
+        {
+            "t_s": 0.5,
+            "card": 0,
+            "epoch": 0,
+            "hook": "card.execute",
+            "call": 1,
+            "kind": "slow",
+            "code": 0,
+            "rule": 1,
+            "detail": {"factor": 2.0},
+        }
+    ]
     (w,) = fault_windows(samples, events, 100.0, slo_ms=10.0)
     assert w["time_to_detect_s"] is None and w["time_to_recover_s"] is None
     assert fault_windows(samples, events, 200.0) == []  # the fault is after the samples
@@ -189,13 +252,25 @@ def test_fault_window_without_bad_samples_and_outside_the_window():
 
 def test_group_fault_events_per_rule_and_card():
     events = [
-        {"t_s": t, "card": c, "epoch": 0, "hook": "card.execute", "call": i, "kind": "error",
-         "code": 507015, "rule": r, "detail": {"name": "flaky"}}
+        {
+            "t_s": t,
+            "card": c,
+            "epoch": 0,
+            "hook": "card.execute",
+            "call": i,
+            "kind": "error",
+            "code": 507015,
+            "rule": r,
+            "detail": {"name": "flaky"},
+        }
         for i, (t, c, r) in enumerate([(1.0, 0, 0), (2.0, 1, 0), (3.0, 0, 0), (0.5, 0, 1)])
-    ]  # fmt: skip
+    ]
     groups = report.group_fault_events(events, 10.0)
-    assert [(g["rule"], g["card"], g["events"]) for g in groups] == [(1, 0, 1), (0, 0, 2),
-                                                                    (0, 1, 1)]  # fmt: skip
+    assert [(g["rule"], g["card"], g["events"]) for g in groups] == [
+        (1, 0, 1),
+        (0, 0, 2),
+        (0, 1, 1),
+    ]
     assert groups[1]["start_s"] == 11.0 and groups[1]["end_s"] == 13.0
     assert groups[1]["name"] == "flaky"
 
@@ -203,11 +278,23 @@ def test_group_fault_events_per_rule_and_card():
 def _result(samples):
     phase = {"name": "r100", "mode": "open", "concurrency": None, "rate": 100.0}
     stats = [{"cpu_s": 0.2, "wall_s": 2.0, "missed": 3, "active": 2}]
-    entry = report.phase_result(samples, phase, (100.0, 103.0), percentiles=(50, 99),
-                                slo_ms=100.0, origin_s=100.0, worker_stats=stats)  # fmt: skip
-    return {"schema": report.SCHEMA, "config": {"percentiles": [50, 99]}, "phases": [entry],
-            "generator": report.generator_summary([entry], workers=1), "faults": [],
-            "samples_file": None}  # fmt: skip
+    entry = report.phase_result(
+        samples,
+        phase,
+        (100.0, 103.0),
+        percentiles=(50, 99),
+        slo_ms=100.0,
+        origin_s=100.0,
+        worker_stats=stats,
+    )
+    return {
+        "schema": report.SCHEMA,
+        "config": {"percentiles": [50, 99]},
+        "phases": [entry],
+        "generator": report.generator_summary([entry], workers=1),
+        "faults": [],
+        "samples_file": None,
+    }
 
 
 def test_phase_result_and_generator_figures():
@@ -249,8 +336,19 @@ def test_json_csv_jsonl_round_trip(tmp_path):
 
 
 def test_recovery_needs_a_run_of_good_samples_and_survives_a_stray_late_miss():
-    events = [{"t_s": 0.955, "card": 0, "epoch": 1, "hook": "card.link", "call": 0,
-               "kind": "disconnect", "code": LOST, "rule": 0, "detail": {}}]  # fmt: skip
+    events = [
+        {
+            "t_s": 0.955,
+            "card": 0,
+            "epoch": 1,
+            "hook": "card.link",
+            "call": 0,
+            "kind": "disconnect",
+            "code": LOST,
+            "rule": 0,
+            "detail": {},
+        }
+    ]
     errors = make([1.0] * 5, card=0, t0=101.0, code=LOST)
     flapping = make([2.0, 1.0, 2.0, 1.0] * 2, card=0, t0=101.1)  # good ones in between...
     flapping["code"][1::2] = LOST  # ...and errors: not recovered yet

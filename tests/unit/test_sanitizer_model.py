@@ -70,7 +70,7 @@ ops = st.lists(
             st.just("submit"),
             st.integers(0, STREAMS - 1),
             st.frozensets(st.integers(0, BUFFERS - 1), max_size=2),
-        ),  # fmt: skip
+        ),
         st.tuples(st.just("wait"), st.integers(0, STREAMS - 1), st.integers(0, STREAMS - 1)),
         st.tuples(st.just("sync"), st.integers(0, STREAMS - 1), st.just(None)),
         st.tuples(st.just("observe"), st.integers(0, STREAMS - 1), st.just(None)),

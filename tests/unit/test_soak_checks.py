@@ -17,13 +17,22 @@ from benchmarks.soak_plan import build_plan, build_schedule, replay_keys
 
 
 def _ledger(submitted, completed, failed=None, dropped=0, in_flight=0):
-    return {"submitted": submitted, "completed": completed, "failed": failed or {},
-            "dropped": dropped, "in_flight": in_flight}  # fmt: skip
+    return {
+        "submitted": submitted,
+        "completed": completed,
+        "failed": failed or {},
+        "dropped": dropped,
+        "in_flight": in_flight,
+    }
 
 
 def _finished(client, sub, completed, failed=None, abandoned=0):
-    ledger = {"submitted": sub, "completed": completed, "failed": failed or {},
-              "abandoned": abandoned}  # fmt: skip
+    ledger = {
+        "submitted": sub,
+        "completed": completed,
+        "failed": failed or {},
+        "abandoned": abandoned,
+    }
     return Session(client, 0, finished=True, ledger=ledger, intent=sub, sub=sub)
 
 
@@ -80,8 +89,11 @@ def test_completions_the_clients_never_saw_are_a_violation():
 
 
 # -- losses ----------------------------------------------------------------------------------
-FAULTS = [{"kind": "heartbeat_loss", "card": 1, "epoch": 1}, {"kind": "slow", "card": 2,
-          "epoch": 1}, {"kind": "crash", "card": 3, "epoch": 2}]  # fmt: skip
+FAULTS = [
+    {"kind": "heartbeat_loss", "card": 1, "epoch": 1},
+    {"kind": "slow", "card": 2, "epoch": 1},
+    {"kind": "crash", "card": 3, "epoch": 2},
+]
 KILLS = [{"card": 0, "epoch": 1, "pid": 99}]
 
 
@@ -89,8 +101,11 @@ def test_losses_with_a_fault_or_a_kill_are_explained():
     losses = [(1, 1, "no heartbeat"), (0, 1, "exit -9"), (3, 2, "exit 70")]
     problems, explained = checks.check_losses(losses, FAULTS, KILLS)
     assert problems == []
-    assert [e["cause"] for e in explained] == [["fault heartbeat_loss"], ["SIGKILL"],
-                                               ["fault crash"]]  # fmt: skip
+    assert [e["cause"] for e in explained] == [
+        ["fault heartbeat_loss"],
+        ["SIGKILL"],
+        ["fault crash"],
+    ]
 
 
 def test_a_loss_without_a_cause_is_a_violation():
@@ -143,14 +158,18 @@ def test_growth_within_bounds_passes():
 
 def test_each_kind_of_growth_is_a_violation():
     start = _sample()
-    assert "segments grew 8 -> 9" in checks.check_growth(start, _sample(segments=9),
-                                                         GrowthBounds())[0]  # fmt: skip
+    assert (
+        "segments grew 8 -> 9" in checks.check_growth(start, _sample(segments=9), GrowthBounds())[0]
+    )
     assert "fds grew 20 -> 29" in checks.check_growth(start, _sample(fds=29), GrowthBounds())[0]
-    assert "threads grew 4 -> 7" in checks.check_growth(start, _sample(threads=7),
-                                                        GrowthBounds())[0]  # fmt: skip
+    assert (
+        "threads grew 4 -> 7" in checks.check_growth(start, _sample(threads=7), GrowthBounds())[0]
+    )
     problems = checks.check_growth(start, _sample(rss=200 << 20), GrowthBounds())
-    assert problems == ["broker: RSS grew 100 -> 200 MiB (bound 164 MiB)",
-                        "card0: RSS grew 100 -> 200 MiB (bound 164 MiB)"]  # fmt: skip
+    assert problems == [
+        "broker: RSS grew 100 -> 200 MiB (bound 164 MiB)",
+        "card0: RSS grew 100 -> 200 MiB (bound 164 MiB)",
+    ]
 
 
 # -- determinism -------------------------------------------------------------------------------
@@ -177,12 +196,14 @@ def test_the_plan_file_reads_back_as_the_plan(tmp_path):
 # -- journals ----------------------------------------------------------------------------------
 def test_journals_give_sessions_with_bounds_even_when_a_kill_cut_a_line(tmp_path):
     lines = [
-        {"e": "session", "sid": 0}, {"e": "intent", "sid": 0, "n": 3},
+        {"e": "session", "sid": 0},
+        {"e": "intent", "sid": 0, "n": 3},
         {"e": "sub", "sid": 0, "n": 3},
         {"e": "iter", "sid": 0, "card": 1, "epoch": 1, "code": 0, "wrong": True},
         {"e": "final", "sid": 0, "ret": 0, "ledger": {"submitted": 3}},
-        {"e": "session", "sid": 1}, {"e": "intent", "sid": 1, "n": 3},
-    ]  # fmt: skip
+        {"e": "session", "sid": 1},
+        {"e": "intent", "sid": 1, "n": 3},
+    ]
     text = "\n".join(json.dumps(x) for x in lines) + '\n{"e": "sub", "si'
     (tmp_path / "client2-g1.jsonl").write_text(text)
     first, second = read_journals([tmp_path / "client2-g1.jsonl"])

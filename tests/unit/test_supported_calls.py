@@ -78,8 +78,11 @@ def test_render_and_replace_block():
 
 def test_python_dash_m_acl_prints_the_markdown():
     done = subprocess.run(
-        [sys.executable, "-m", "acl"], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "acl"],
+        capture_output=True,
+        text=True,
+        timeout=60,
         cwd=README.parent,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout == render_markdown()
