@@ -8,6 +8,8 @@ import json
 
 from device.card import run_card
 
+__all__ = ["main"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m device", description=__doc__)

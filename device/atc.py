@@ -35,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from device.models import DTYPES
+from device.model_spec import DTYPES
 from device.om import FRAMEWORK_ONNX, FRAMEWORKS, pack_om, unpack_om
+from device.onnx_kernel import make_session
 
 __all__ = ["AtcError", "convert", "parse_input_shape", "atc_main"]
 
@@ -76,7 +77,7 @@ def parse_input_shape(text: str | None) -> dict[str, tuple[int, ...]]:
 
 def _onnx():
     try:
-        import onnx
+        import onnx  # optional heavy dependency (the onnx extra): imported lazily
     except ImportError as exc:
         raise AtcError("npufarm atc needs the onnx package: pip install 'npufarm[onnx]'") from exc
     return onnx
@@ -136,8 +137,6 @@ def _fix_inputs(model, shapes: dict[str, tuple[int, ...]]) -> list:
 def _output_shapes(model_bytes: bytes, inputs: list[dict[str, Any]], declared: list[list[int]]):
     if all(-1 not in dims for dims in declared):
         return declared
-    from device.onnx_kernel import make_session
-
     session = make_session(model_bytes)
     feeds = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in inputs}
     results = session.run([o.name for o in session.get_outputs()], feeds)

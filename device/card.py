@@ -13,7 +13,9 @@ The real compute itself may take seconds; the heartbeat keeper (device/heartbeat
 the loop meanwhile, which is why every socket call here holds ``io_lock``.
 A card whose broker has been silent for the heartbeat expiry exits and unlinks its segment.
 
-Request ops are the table of device/requests.py. When a client leaves (DISCONNECT naming it)
+Tasks are started and timed by device/runner.py through the executor (device/executor.py);
+request ops are the table of device/requests.py; the spec the card starts with is
+device/card_spec.py (re-exported here). When a client leaves (DISCONNECT naming it)
 the card reclaims everything it held — HBM, models, stream entries, host-segment mappings,
 model builds — and counts it in its stats (``reclaimed_*``). Every task of that client it still
 held (queued, running on a timer) ends with a completion row carrying 107023
@@ -24,7 +26,8 @@ as ended, so a killed client leaves nothing in flight.
 
 from __future__ import annotations
 
-import heapq
+import cProfile
+import ctypes
 import itertools
 import logging
 import os
@@ -32,34 +35,26 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zmq
 
 from core import protocol as proto
-from core.errors import (
-    ACL_ERROR_INVALID_PARAM,
-    ACL_ERROR_RT_DEVICE_MEM_ERROR,
-    ACL_ERROR_RT_INTERNAL_ERROR,
-    ACL_ERROR_RT_PARAM_INVALID,
-    ACL_ERROR_RT_STREAM_ABORT,
-    ACL_SUCCESS,
-    NpuFarmError,
-)
-from core.faults import corrupt_bytes
+from core.errors import ACL_ERROR_RT_PARAM_INVALID, ACL_SUCCESS, NpuFarmError
 from core.protocol import Cmd, TaskKind
-from device import executor
+from device.card_spec import CardSpec
+from device.executor import Executor, ModelTable, Owners
 from device.heartbeat import Heartbeat
-from device.injection import CardFaults, TaskFault
+from device.injection import CardFaults
 from device.loader import ModelLoader
 from device.memory import Allocator, HbmSegment, segment_name
-from device.models import ModelSpec
-from device.requests import OPS
+from device.model_spec import ModelSpec
+from device.requests import dispatch, error_reply
+from device.runner import TaskRunner
 from device.streams import StreamScheduler, Task
 
-__all__ = ["CardSpec", "Card", "run_card"]
+__all__ = ["CardSpec", "Card", "run_card"]  # CardSpec: re-exported for farm/supervisor.py
 
 logger = logging.getLogger(__name__)
 
@@ -79,38 +74,14 @@ _RECLAIMED = (
 )
 
 
-@dataclass(frozen=True)
-class CardSpec:
-    """Everything a card process needs; msgpack/JSON friendly so it crosses process starts."""
-
-    farm_id: str
-    device_id: int
-    epoch: int
-    backend: str
-    hbm_bytes: int
-    soc_name: str
-    speed_factor: float
-    jitter_sigma: float
-    exec_slots: int
-    time_scale: float
-    heartbeat_interval_s: float
-    heartbeat_liveness: int
-    seed: int
-    min_completion_delay_s: float = 0.0
-    op_timeout_s: float = 1091.0  # device watchdog: a hung task fails after this long
-    farm_start_s: float = 0.0  # time.monotonic() of the farm's start (fault plan times)
-    faults: dict[str, Any] | None = None  # this card's part of the fault plan
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CardSpec:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 class Card:
-    """The card's state and its thin socket loop."""
+    """The card's state and its thin socket loop.
+
+    Composed of: the :class:`~device.executor.Executor` (bindings cache, host mappings), the
+    :class:`~device.runner.TaskRunner` (timers, completion rows), the stream scheduler, the
+    model loader, the fault state and the heartbeat keeper. The card owns the HBM segment,
+    allocator, ownership and model tables, shared with the executor by reference.
+    """
 
     def __init__(self, spec: CardSpec) -> None:
         self.spec = spec
@@ -118,29 +89,28 @@ class Card:
             segment_name(spec.farm_id, spec.device_id, spec.epoch), spec.hbm_bytes
         )
         self.allocator = Allocator(spec.hbm_bytes)
-        self.owners: dict[int, tuple[bytes, int]] = {}  # allocation offset -> (client, serial)
+        self.owners: Owners = {}  # allocation offset -> (client, serial)
         self.serials = itertools.count(1)  # allocation serials: deferred writes' leases
-        self.attached: dict[tuple[bytes, str], HbmSegment] = {}  # (client, name): host segments
-        self.models: dict[int, tuple[ModelSpec, Any, bytes]] = {}
+        self.models: ModelTable = {}
         self._model_ids = itertools.count(1)
         self.loader = ModelLoader(spec.device_id)
         self.scheduler = StreamScheduler(spec.exec_slots)
-        self.timers: list[tuple] = []  # (deadline, seq, task, code, commit) heap
-        self._timer_seq = itertools.count()
-        self.outbox: dict[bytes, list] = {}
         self.prefault_queue: deque[tuple[int, int]] = deque()  # (offset, nbytes) to commit
         self.backlog = False  # startable tasks left over when a turn's budget ran out
-        self.bindings: dict[tuple, tuple[list, list]] = {}  # exec buffer views (executor)
         farm_start_s = spec.farm_start_s or time.monotonic()
         self.faults = CardFaults(
             spec.faults, spec.device_id, spec.epoch, farm_start_s, spec.op_timeout_s
         )
-        self.rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
+        rng = np.random.default_rng((spec.seed, spec.device_id, spec.epoch))
+        self.executor = Executor(spec, self.segment, self.allocator, self.owners, self.models, rng)
         self.stats = {"done": 0, "failed": 0, "submitted": 0, "malformed": 0}
+        self.runner = TaskRunner(
+            spec, self.scheduler, self.executor, self.faults, self.stats, self.crash
+        )
         self._warned_s, self._unwarned = float("-inf"), 0  # malformed-input warnings
         self.reclaimed = dict.fromkeys(_RECLAIMED, 0)  # cumulative, from departed clients
-        self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
         self.running = True
+        self.farm_starting = True
         self.io_lock = threading.Lock()  # the socket's: held by the loop except while computing
         self.heartbeat = Heartbeat(
             spec.heartbeat_interval_s, self._tick, self.io_lock, f"card{spec.device_id}-beat"
@@ -148,12 +118,16 @@ class Card:
         self._last_stats: dict[str, Any] = {}
         self._tick_link_up = True
         self.ctx = zmq.Context()
-        self.socket = self.ctx.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.IDENTITY, f"card{spec.device_id}.{spec.epoch}".encode())
-        self.socket.setsockopt(zmq.RECONNECT_IVL, proto.RECONNECT_IVL_MS)
-        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, proto.RECONNECT_IVL_MAX_MS)
-        self.socket.connect(spec.backend)
+        self.socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        socket = self.ctx.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.IDENTITY, f"card{self.spec.device_id}.{self.spec.epoch}".encode())
+        socket.setsockopt(zmq.RECONNECT_IVL, proto.RECONNECT_IVL_MS)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, proto.RECONNECT_IVL_MAX_MS)
+        socket.connect(self.spec.backend)
+        return socket
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
@@ -162,8 +136,7 @@ class Card:
         with self.io_lock:
             self.socket.close(0)
         self.ctx.term()
-        for segment in self.attached.values():
-            segment.close()
+        self.executor.close()
         self.segment.close()
         self.segment.unlink()
 
@@ -237,19 +210,11 @@ class Card:
             self.heartbeat.stop()
 
     def _loop(self) -> None:
-        interval_s = self.spec.heartbeat_interval_s
-        expiry_s = interval_s * self.spec.heartbeat_liveness
-        beat = self.heartbeat
         broker_seen = time.monotonic()
         welcomed = False  # the broker's silence counts only once it has spoken (READY welcome)
         self.farm_starting = True
         while self.running:
-            now = time.monotonic()
-            deadline = min(beat.next_s, self.timers[0][0] if self.timers else beat.next_s)
-            if self.loader.pending:  # look for finished model builds every few ms
-                deadline = min(deadline, now + _LOAD_POLL_S)
-            busy = self.prefault_queue or self.backlog
-            timeout_s = 0.0 if busy else max(0.0, deadline - now)
+            timeout_s = self._poll_timeout_s(time.monotonic())
             link_up = self.faults.link_up()
             readable, inbound = self._receive(timeout_s)
             if readable:
@@ -259,36 +224,58 @@ class Card:
                 for frames in inbound:
                     self.on_message(frames)
             now = time.monotonic()
-            self.fire_timers(now)
-            self.backlog = self.start_ready(now + interval_s * _TURN_BUDGET)
-            if link_up:
-                if self.loader.pending:
-                    self.finish_loads()
-                self.flush()
-                if self.faults.events:
-                    self.report_faults()
-            else:
-                self.outbox.clear()
-            if self.prefault_queue:
-                self.prefault_step()
-            if beat.due(now):
-                with self.io_lock:
-                    if beat.due(now):  # (unless the keeper ticked meanwhile)
-                        beat.loop_tick(now)
-                    lenient = not welcomed or self.farm_starting  # (a start loads the box)
-                    limit_s = max(60.0, 40.0 * expiry_s) if lenient else expiry_s
-                    silent = (
-                        self._tick_link_up
-                        and now - broker_seen > limit_s
-                        and not proto.wait_readable(self.socket, 0)
-                    )
-                if silent:
-                    logger.warning(
-                        "card %d: broker silent for %.2fs, exiting",
-                        self.spec.device_id,
-                        now - broker_seen,
-                    )
-                    self.running = False
+            self._work(now, link_up)
+            if self.heartbeat.due(now) and self._beat(now, broker_seen, welcomed):
+                logger.warning(
+                    "card %d: broker silent for %.2fs, exiting",
+                    self.spec.device_id,
+                    now - broker_seen,
+                )
+                self.running = False
+
+    def _poll_timeout_s(self, now: float) -> float:
+        """How long the loop may wait on its socket: until the next timer or heartbeat (a few
+        ms while a model builds), not at all while work is left over from the last turn."""
+        if self.prefault_queue or self.backlog:
+            return 0.0
+        deadline = self.runner.next_deadline(self.heartbeat.next_s)
+        if self.loader.pending:  # look for finished model builds every few ms
+            deadline = min(deadline, now + _LOAD_POLL_S)
+        return max(0.0, deadline - now)
+
+    def _work(self, now: float, link_up: bool) -> None:
+        """One turn's work after the socket: timers, starts, finished loads, completions out
+        (lost while an injected link drop holds), a chunk of page commits."""
+        self.runner.fire_timers(now)
+        budget_end = now + self.spec.heartbeat_interval_s * _TURN_BUDGET
+        self.backlog = self.runner.start_ready(budget_end)
+        if link_up:
+            if self.loader.pending:
+                self.finish_loads()
+            self.flush()
+            if self.faults.events:
+                self.report_faults()
+        else:
+            self.runner.outbox.clear()
+        if self.prefault_queue:
+            self.prefault_step()
+
+    def _beat(self, now: float, broker_seen: float, welcomed: bool) -> bool:
+        """The loop's heartbeat turn, once one is due: tick (unless the keeper ticked
+        meanwhile); True if the broker has been silent past its expiry (far longer before it
+        welcomed this card or while the farm starts: a start loads the box)."""
+        beat = self.heartbeat
+        expiry_s = self.spec.heartbeat_interval_s * self.spec.heartbeat_liveness
+        with self.io_lock:
+            if beat.due(now):  # (unless the keeper ticked meanwhile)
+                beat.loop_tick(now)
+            lenient = not welcomed or self.farm_starting
+            limit_s = max(60.0, 40.0 * expiry_s) if lenient else expiry_s
+            return (
+                self._tick_link_up
+                and now - broker_seen > limit_s
+                and not proto.wait_readable(self.socket, 0)
+            )
 
     # -- inbound ---------------------------------------------------------------------------
     def on_message(self, frames: list) -> None:
@@ -348,7 +335,7 @@ class Card:
             if problem is not None:
                 self.malformed(f"bad task dropped: {problem}")
                 if isinstance(body, dict) and isinstance(body.get("t"), int):
-                    self.complete(client, body["t"], ACL_ERROR_RT_PARAM_INVALID, now, now)
+                    self.runner.complete(client, body["t"], ACL_ERROR_RT_PARAM_INVALID, now, now)
                     answered += 1
                 continue
             self.stats["submitted"] += 1
@@ -360,37 +347,21 @@ class Card:
         if not isinstance(body, dict) or not isinstance(body.get("rid"), int):
             self.malformed("request without rid dropped")
             return
-        op = body.get("op")
-        handler = OPS.get(op) if isinstance(op, str) else None
-        if handler is None:
-            reply = {"code": ACL_ERROR_INVALID_PARAM, "error": f"unknown op {op!r}"}
-        else:
-            try:
-                reply = handler(self, client, body)
-            except Exception as exc:  # a request must never take the card down
-                reply = self._error_reply(exc, body.get("op"))
-            if reply is None:  # answered later (a model still building: finish_loads)
-                return
-        self.reply(client, body["rid"], reply)
+        reply = dispatch(self, client, body)
+        if reply is not None:  # (None: answered later, a model still building: finish_loads)
+            self.reply(client, body["rid"], reply)
 
     def reply(self, client: bytes, rid: int, reply: dict) -> None:
         reply["rid"] = rid
         reply.setdefault("code", ACL_SUCCESS)
         self.send(Cmd.REPLY, client, reply)
 
-    def _error_reply(self, exc: Exception, op: Any) -> dict:
-        if isinstance(exc, NpuFarmError):
-            return {"code": exc.code, "error": str(exc)}
-        if isinstance(exc, KeyError | TypeError | ValueError | OverflowError):
-            return {"code": ACL_ERROR_INVALID_PARAM, "error": f"bad arguments: {exc}"}
-        logger.error("card %d: request %r failed", self.spec.device_id, op, exc_info=exc)
-        return {"code": ACL_ERROR_RT_INTERNAL_ERROR, "error": repr(exc)}
-
     def finish_loads(self) -> None:
         """Answer the ``load`` requests whose model finished building (device/loader.py)."""
         for load, kernel, exc in self.loader.finished():
             if exc is not None:
-                self.reply(load.client, load.rid, self._error_reply(exc, "load"))
+                reply = error_reply(exc, "load", self.spec.device_id)
+                self.reply(load.client, load.rid, reply)
                 continue
             handle = self.add_model(load.spec, kernel, load.client)
             self.reply(load.client, load.rid, {"handle": handle})
@@ -403,7 +374,7 @@ class Card:
     def release(self, offset: int) -> int:
         """Free the allocation at ``offset``; the bytes it reserved (0 if none)."""
         self.owners.pop(offset, None)
-        self.bindings.clear()
+        self.executor.forget_bindings()
         return self.allocator.free(offset) or 0
 
     def prefault_step(self) -> None:
@@ -425,12 +396,10 @@ class Card:
         for handle in handles:
             del self.models[handle]
         streams = sum(1 for key in self.scheduler.streams if key[0] == client)
-        ended = self.end_tasks(client)
+        ended = self.runner.end_tasks(client)
         self.loader.drop_client(client)
-        segments = [key for key in self.attached if key[0] == client]
-        for key in segments:
-            self.attached.pop(key).close()
-        if hbm_bytes or handles or streams or segments or ended:
+        mappings = self.executor.drop_client(client)
+        if hbm_bytes or handles or streams or mappings or ended:
             counts = self.reclaimed
             counts["reclaimed_clients"] += 1
             counts["reclaimed_hbm_bytes"] += hbm_bytes
@@ -445,88 +414,8 @@ class Card:
                 len(handles),
                 streams,
                 ended,
-                len(segments),
+                mappings,
             )
-
-    def end_tasks(self, client: bytes) -> int:
-        """End every task of a departed ``client`` still queued or running here with 107023
-        (nothing more is computed or written), rows sent at the loop's next flush; how many."""
-        now = time.monotonic()
-        tasks = [entry[2] for entry in self.timers if entry[2].client == client]
-        if tasks:
-            self.timers = [entry for entry in self.timers if entry[2].client != client]
-            heapq.heapify(self.timers)
-        tasks += self.scheduler.drop_client(client)
-        for task in tasks:
-            self.hung.discard((client, task.task_id))
-            start_s = task.started_s or now
-            self.complete(client, task.task_id, ACL_ERROR_RT_STREAM_ABORT, start_s, now, task)
-        return len(tasks)
-
-    # -- execution -------------------------------------------------------------------------
-    def start_ready(self, budget_end: float = float("inf")) -> bool:
-        """Start every startable task; zero-latency ones finish at once, which may free a
-        stream or slot for the next round. True if the time budget ran out first (the loop
-        comes back at once, after a heartbeat and a look at the socket)."""
-        while tasks := self.scheduler.take_startable():
-            if time.monotonic() > budget_end:
-                self.scheduler.put_back(tasks)
-                return True
-            min_delay_s = self.spec.min_completion_delay_s
-            for task in tasks:
-                task.started_s = started_s = time.monotonic()
-                fault = self.task_fault(task) if self.faults.enabled else None
-                defer = min_delay_s > 0 or self.spec.time_scale > 0
-                if fault is None:
-                    code, duration_s, commit = executor.start(self, task, defer)
-                else:
-                    code, duration_s, commit = self.start_faulty(task, fault, defer)
-                done_s = time.monotonic()
-                deadline = max(started_s + max(duration_s, min_delay_s), done_s)
-                if deadline <= done_s:
-                    self.finish(task, code, done_s, commit)
-                else:
-                    entry = (deadline, next(self._timer_seq), task, code, commit)
-                    heapq.heappush(self.timers, entry)
-        return False
-
-    def task_fault(self, task: Task) -> TaskFault | None:
-        model = None
-        if task.kind == "exec":
-            entry = self.models.get(task.body.get("m"))
-            model = entry[0].name if entry is not None else None
-        return self.faults.on_task(task.kind, task.stream, model)
-
-    def start_faulty(self, task: Task, fault: TaskFault, defer: bool):
-        """Start a task some injected fault fired on: (code, duration, commit)."""
-        if fault.crash:
-            self.crash()
-        if fault.fail_code:
-            return fault.fail_code, 0.0, None
-        if fault.hang_s is not None and fault.hang_code:
-            self.hung.add((task.client, task.task_id))
-            return fault.hang_code, fault.hang_s, None  # the watchdog ends it, nothing written
-        corrupt = fault.corrupt if task.kind == "exec" else None
-        code, duration_s, commit = executor.start(self, task, defer or corrupt is not None)
-        if fault.hang_s is not None:
-            duration_s = max(duration_s, fault.hang_s)
-        duration_s *= fault.slow_factor
-        if corrupt is not None and isinstance(commit, executor.Publish):
-            commit = self._corrupted(commit, corrupt)
-        return code, duration_s, commit
-
-    def _corrupted(self, publish: executor.Publish, pattern: str):
-        if pattern == "stale":
-            return None  # the outputs keep their old bytes
-        rng = self.faults.injector.corrupt_rng
-
-        def corrupt(published: executor.Publish) -> None:
-            for destination in published.destinations:
-                flat = destination.reshape(-1).view(np.uint8)
-                corrupt_bytes(flat, destination.dtype, pattern, rng)
-
-        publish.post = corrupt
-        return publish
 
     def report_faults(self) -> None:
         events = self.faults.take_events()
@@ -543,53 +432,14 @@ class Card:
         logger.error("card %d: injected crash", self.spec.device_id)
         os._exit(70)
 
-    def end_hangs(self) -> None:
-        """``recover``: the sticky hangs that fired end now (with their fault's code: nothing
-        was computed), instead of at the watchdog's timeout."""
-        now = time.monotonic()
-        self.timers = [
-            (now, *entry[1:]) if (entry[2].client, entry[2].task_id) in self.hung else entry
-            for entry in self.timers
-        ]
-        heapq.heapify(self.timers)
-
-    def fire_timers(self, now: float) -> None:
-        while self.timers and self.timers[0][0] <= now:
-            _, _, task, code, commit = heapq.heappop(self.timers)
-            self.finish(task, code, now, commit)
-
-    def finish(self, task: Task, code: int, now: float, commit=None) -> None:
-        if commit is not None and code == ACL_SUCCESS:
-            if commit.holds(self):
-                commit()  # results appear at completion, as on hardware
-            else:  # its memory was freed meanwhile (and may be someone else's now)
-                code = ACL_ERROR_RT_DEVICE_MEM_ERROR
-        self.scheduler.finish(task)
-        self.hung.discard((task.client, task.task_id))
-        self.complete(task.client, task.task_id, code, task.started_s, now, task)
-
-    def complete(
-        self,
-        client: bytes,
-        task_id: int,
-        code: int,
-        start_s: float,
-        end_s: float,
-        task: Task | None = None,
-    ) -> None:
-        self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
-        stream, queued_s = (task.stream, task.submitted_s) if task is not None else (0, start_s)
-        self.outbox.setdefault(client, []).append(
-            proto.completion_row(task_id, code, start_s, end_s, stream, queued_s)
-        )
-
     def flush(self) -> None:
-        if not self.outbox:
+        outbox = self.runner.outbox
+        if not outbox:
             return
         with self.io_lock:
-            for client, rows in self.outbox.items():
+            for client, rows in outbox.items():
                 self._send(Cmd.COMPLETE, client, rows)
-        self.outbox.clear()
+        outbox.clear()
 
 
 _PR_SET_TIMERSLACK = 29  # linux/prctl.h
@@ -600,8 +450,6 @@ def _tighten_timer_slack() -> None:
     """Ask Linux to end this process's sleeps within 1 µs of their timeout instead of the
     default 50 µs: a card's completions are timers. Best effort (other systems: no-op)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
     except (OSError, AttributeError):
         logger.debug("timer slack unchanged")
@@ -625,8 +473,6 @@ def run_card(spec_dict: dict[str, Any]) -> None:
     profile_dir = os.environ.get("NPUFARM_CARD_PROFILE_DIR")  # developer aid: cProfile per card
     profiler = None
     if profile_dir:
-        import cProfile
-
         profiler = cProfile.Profile()
         profiler.enable()
     try:

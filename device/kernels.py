@@ -1,4 +1,6 @@
-"""The numpy kernels of synthetic models (re-exported by :mod:`device.models`).
+"""Model kernels: numpy for the synthetic kinds, onnxruntime (device/onnx_kernel.py) for ``onnx``.
+
+Re-exported by :mod:`device.models`; the spec they compute comes from :mod:`device.model_spec`.
 
 Kernels work on flat uint8 views of device memory: :meth:`Kernel.run` reinterprets the first
 ``nbytes`` of each view with the tensor's dtype and shape and writes results in place. Weights
@@ -14,7 +16,6 @@ import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,9 +24,8 @@ from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     AclError,
 )
-
-if TYPE_CHECKING:  # device.models re-exports this module: import it at run time only lazily
-    from device.models import ModelSpec, TensorSpec
+from device.model_spec import ModelSpec, TensorSpec, check_kind
+from device.onnx_kernel import make_onnx_compute
 
 __all__ = [
     "Compute",
@@ -118,12 +118,6 @@ def _make_softmax_classifier(spec: ModelSpec) -> Compute:
     return softmax_classifier
 
 
-def _make_onnx(spec: ModelSpec) -> Compute:
-    from device.onnx_kernel import make_onnx_compute  # onnxruntime only where ONNX runs
-
-    return make_onnx_compute(spec)
-
-
 _FACTORIES: dict[str, Callable[[ModelSpec], Compute]] = {
     "identity": lambda spec: _identity,
     "add": lambda spec: _add,
@@ -131,7 +125,7 @@ _FACTORIES: dict[str, Callable[[ModelSpec], Compute]] = {
     "scale": _make_scale,
     "matmul": _make_matmul,
     "softmax_classifier": _make_softmax_classifier,
-    "onnx": _make_onnx,
+    "onnx": make_onnx_compute,  # onnxruntime is imported when the first ONNX model builds
 }
 
 
@@ -181,9 +175,7 @@ class Kernel:
 
 def build_kernel(spec: ModelSpec) -> Kernel:
     """Validate ``spec`` against its kind and build its kernel (weights from ``spec.seed``)."""
-    from device.models import _check_kind  # device.models imports this module at its top
-
-    _check_kind(spec, f"model {spec.name!r}")
+    check_kind(spec, f"model {spec.name!r}")
     return Kernel(spec, _FACTORIES[spec.kind](spec))
 
 

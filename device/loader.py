@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from device.kernels import build_kernel
-from device.models import ModelSpec
+from device.model_spec import ModelSpec
 
 __all__ = ["PendingLoad", "ModelLoader"]
 

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from device.models import ModelFormatError, ModelSpec, spec_from_document
+from device.model_spec import ModelSpec, invalid_model, spec_from_document
 
 __all__ = [
     "OM_MAGIC",
@@ -80,7 +80,7 @@ def looks_like_onnx(data: bytes) -> bool:
     if len(head) < 2 or head[0] != 0x08 or not 1 <= head[1] < 64:
         return False
     try:
-        import onnx
+        import onnx  # optional heavy dependency (the onnx extra): imported lazily
     except ImportError:
         return True
     try:
@@ -101,37 +101,39 @@ def pack_om(metadata: Mapping[str, Any], model: bytes, framework: int = FRAMEWOR
     return header + text + bytes(model)
 
 
-def _bad(source: str, message: str) -> ModelFormatError:
-    return ModelFormatError(f"{source}: not a model: {message}")
-
-
 def unpack_om(data: bytes, source: str = "<memory>") -> tuple[dict[str, Any], bytes]:
     """(metadata, model bytes) of a container; 145006 when it is not a valid one."""
     view = memoryview(data)
     if is_ascend_om(view):
-        raise _bad(
+        raise invalid_model(
             source,
             "this is an Ascend offline model compiled by ATC for real hardware; npufarm "
             f"cannot run compiled graphs, {CONVERT_HINT}",
         )
     if len(view) < HEADER.size or not is_npufarm_om(view):
-        raise _bad(source, f"too short or no npufarm .om header; {CONVERT_HINT}")
+        raise invalid_model(source, f"too short or no npufarm .om header; {CONVERT_HINT}")
     magic, version, framework, meta_len, model_len, crc = HEADER.unpack_from(view)
     if version != CONTAINER_VERSION:
-        raise _bad(source, f"container version {version}, this npufarm reads {CONTAINER_VERSION}")
+        raise invalid_model(
+            source, f"container version {version}, this npufarm reads {CONTAINER_VERSION}"
+        )
     if meta_len > MAX_METADATA_BYTES or HEADER.size + meta_len + model_len != len(view):
-        raise _bad(source, f"truncated or padded: header says {meta_len}+{model_len} bytes")
+        raise invalid_model(
+            source, f"truncated or padded: header says {meta_len}+{model_len} bytes"
+        )
     body = view[HEADER.size + meta_len :]
     if zlib.crc32(body) != crc:
-        raise _bad(source, "model bytes fail their CRC-32 (corrupted file)")
+        raise invalid_model(source, "model bytes fail their CRC-32 (corrupted file)")
     try:
         meta = json.loads(bytes(view[HEADER.size : HEADER.size + meta_len]).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _bad(source, f"metadata is not JSON ({exc})") from exc
+        raise invalid_model(source, f"metadata is not JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-        raise _bad(source, f"metadata format is not {METADATA_FORMAT!r}")
+        raise invalid_model(source, f"metadata format is not {METADATA_FORMAT!r}")
     if framework != FRAMEWORK_ONNX:
-        raise _bad(source, f"framework {framework} ({FRAMEWORKS.get(framework, '?')}): only ONNX")
+        raise invalid_model(
+            source, f"framework {framework} ({FRAMEWORKS.get(framework, '?')}): only ONNX"
+        )
     return meta, bytes(body)
 
 

@@ -7,18 +7,20 @@ small host must not oversubscribe it. Inputs are fed as typed views of device me
 outputs are copied into the output views (or the card's deferred-publish buffers).
 
 onnxruntime is the ``onnx`` extra (``pip install 'npufarm[onnx]'``); without it loading an ONNX
-model fails with ACL_ERROR_FEATURE_UNSUPPORTED and says what to install.
+model fails with ACL_ERROR_FEATURE_UNSUPPORTED and says what to install. It is imported when the
+first session is built (:func:`make_session`), so importing this module (device/kernels.py and
+device/atc.py do, at their top) costs nothing where no ONNX model runs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
 from core.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
-from device.kernels import Compute
-from device.models import ModelFormatError, ModelSpec
+from device.model_spec import ModelFormatError, ModelSpec
 
 __all__ = ["make_session", "make_onnx_compute"]
 
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 def make_session(model: bytes, threads: int = 1):
     """An onnxruntime CPU session for ``model`` with ``threads`` intra-op threads."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional heavy dependency (the onnx extra): imported lazily
     except ImportError as exc:
         raise AclError(
             "ONNX models need onnxruntime: pip install 'npufarm[onnx]'",
@@ -46,8 +48,9 @@ def make_session(model: bytes, threads: int = 1):
         raise ModelFormatError(f"onnxruntime cannot load the model: {exc}") from exc
 
 
-def make_onnx_compute(spec: ModelSpec) -> Compute:
-    """The kernel body of an ``onnx`` model spec: typed inputs in, typed outputs written."""
+def make_onnx_compute(spec: ModelSpec) -> Callable[[list[np.ndarray], list[np.ndarray]], None]:
+    """The kernel body (a :data:`device.kernels.Compute`) of an ``onnx`` model spec: typed
+    inputs in, typed outputs written."""
     session = make_session(spec.blob)
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]

@@ -1,0 +1,197 @@
+"""Running a card's stream tasks: start what the scheduler allows, time completions, end tasks.
+
+::
+
+    StreamScheduler ─take_startable─▶ start (Executor, or an injected fault's effect)
+        ▲                                 │ (code, modelled duration, deferred write)
+        └── finish ◀── timer heap ◀───────┘ ── completion row ─▶ outbox (sent by the card loop)
+
+A started task computes its real outputs at once and completes when its timer fires,
+``max(start + modelled, compute done)``; a deferred write is published at completion only if
+its memory is still the task's (:meth:`device.executor.Publish.holds`), else the task fails
+with 507053. Injected task faults (device/injection.py) crash the card, fail the task, hang it
+(sticky hangs end at the watchdog's timeout or at ``recover``), slow it or corrupt its outputs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from core import protocol as proto
+from core.errors import ACL_ERROR_RT_DEVICE_MEM_ERROR, ACL_ERROR_RT_STREAM_ABORT, ACL_SUCCESS
+from core.faults import corrupt_bytes
+from device.card_spec import CardSpec
+from device.executor import Executor, Publish
+from device.injection import CardFaults, TaskFault
+from device.streams import StreamScheduler, Task
+
+__all__ = ["TaskRunner"]
+
+logger = logging.getLogger(__name__)
+
+Timer = tuple[float, int, Task, int, Publish | None]  # (deadline, seq, task, code, commit)
+
+
+class TaskRunner:
+    """The card's started tasks: the timer heap, the sticky hangs, the completion rows.
+
+    ``stats`` is the card's counter map (``done``/``failed`` are counted here); ``crash`` ends
+    the card process at an injected crash.
+    """
+
+    def __init__(
+        self,
+        spec: CardSpec,
+        scheduler: StreamScheduler,
+        executor: Executor,
+        faults: CardFaults,
+        stats: dict[str, Any],
+        crash: Callable[[], None],
+    ) -> None:
+        self.spec = spec
+        self.scheduler = scheduler
+        self.executor = executor
+        self.faults = faults
+        self.stats = stats
+        self.crash = crash
+        self.timers: list[Timer] = []  # heap
+        self._timer_seq = itertools.count()
+        self.outbox: dict[bytes, list] = {}  # client -> completion rows not yet sent
+        self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
+
+    def next_deadline(self, default: float) -> float:
+        """The earliest timer's deadline, or ``default`` (as late) when none runs."""
+        return min(default, self.timers[0][0]) if self.timers else default
+
+    # -- starting --------------------------------------------------------------------------
+    def start_ready(self, budget_end: float = float("inf")) -> bool:
+        """Start every startable task; zero-latency ones finish at once, which may free a
+        stream or slot for the next round. True if the time budget ran out first (the loop
+        comes back at once, after a heartbeat and a look at the socket)."""
+        while tasks := self.scheduler.take_startable():
+            if time.monotonic() > budget_end:
+                self.scheduler.put_back(tasks)
+                return True
+            for task in tasks:
+                self._start(task)
+        return False
+
+    def _start(self, task: Task) -> None:
+        min_delay_s = self.spec.min_completion_delay_s
+        task.started_s = started_s = time.monotonic()
+        fault = self.task_fault(task) if self.faults.enabled else None
+        defer = min_delay_s > 0 or self.spec.time_scale > 0
+        if fault is None:
+            code, duration_s, commit = self.executor.start(task, defer)
+        else:
+            code, duration_s, commit = self.start_faulty(task, fault, defer)
+        done_s = time.monotonic()
+        deadline = max(started_s + max(duration_s, min_delay_s), done_s)
+        if deadline <= done_s:
+            self.finish(task, code, done_s, commit)
+        else:
+            heapq.heappush(self.timers, (deadline, next(self._timer_seq), task, code, commit))
+
+    def task_fault(self, task: Task) -> TaskFault | None:
+        model = None
+        if task.kind == "exec":
+            entry = self.executor.models.get(task.body.get("m"))
+            model = entry[0].name if entry is not None else None
+        return self.faults.on_task(task.kind, task.stream, model)
+
+    def start_faulty(
+        self, task: Task, fault: TaskFault, defer: bool
+    ) -> tuple[int, float, Publish | None]:
+        """Start a task some injected fault fired on: (code, duration, commit)."""
+        if fault.crash:
+            self.crash()
+        if fault.fail_code:
+            return fault.fail_code, 0.0, None
+        if fault.hang_s is not None and fault.hang_code:
+            self.hung.add((task.client, task.task_id))
+            return fault.hang_code, fault.hang_s, None  # the watchdog ends it, nothing written
+        corrupt = fault.corrupt if task.kind == "exec" else None
+        code, duration_s, commit = self.executor.start(task, defer or corrupt is not None)
+        if fault.hang_s is not None:
+            duration_s = max(duration_s, fault.hang_s)
+        duration_s *= fault.slow_factor
+        if corrupt is not None and commit is not None:
+            commit = self._corrupted(commit, corrupt)
+        return code, duration_s, commit
+
+    def _corrupted(self, publish: Publish, pattern: str) -> Publish | None:
+        if pattern == "stale":
+            return None  # the outputs keep their old bytes
+        rng = self.faults.injector.corrupt_rng
+
+        def corrupt(published: Publish) -> None:
+            for destination in published.destinations:
+                flat = destination.reshape(-1).view(np.uint8)
+                corrupt_bytes(flat, destination.dtype, pattern, rng)
+
+        publish.post = corrupt
+        return publish
+
+    # -- ending ----------------------------------------------------------------------------
+    def end_hangs(self) -> None:
+        """``recover``: the sticky hangs that fired end now (with their fault's code: nothing
+        was computed), instead of at the watchdog's timeout."""
+        now = time.monotonic()
+        self.timers = [
+            (now, *entry[1:]) if (entry[2].client, entry[2].task_id) in self.hung else entry
+            for entry in self.timers
+        ]
+        heapq.heapify(self.timers)
+
+    def fire_timers(self, now: float) -> None:
+        while self.timers and self.timers[0][0] <= now:
+            _, _, task, code, commit = heapq.heappop(self.timers)
+            self.finish(task, code, now, commit)
+
+    def finish(self, task: Task, code: int, now: float, commit: Publish | None = None) -> None:
+        if commit is not None and code == ACL_SUCCESS:
+            if commit.holds(self.executor):
+                commit()  # results appear at completion, as on hardware
+            else:  # its memory was freed meanwhile (and may be someone else's now)
+                code = ACL_ERROR_RT_DEVICE_MEM_ERROR
+        self.scheduler.finish(task)
+        self.hung.discard((task.client, task.task_id))
+        self.complete(task.client, task.task_id, code, task.started_s, now, task)
+
+    def end_tasks(self, client: bytes) -> int:
+        """End every task of a departed ``client`` still queued or running here with 107023
+        (nothing more is computed or written), rows sent at the loop's next flush; how many."""
+        now = time.monotonic()
+        tasks = [entry[2] for entry in self.timers if entry[2].client == client]
+        if tasks:
+            self.timers = [entry for entry in self.timers if entry[2].client != client]
+            heapq.heapify(self.timers)
+        tasks += self.scheduler.drop_client(client)
+        for task in tasks:
+            self.hung.discard((client, task.task_id))
+            start_s = task.started_s or now
+            self.complete(client, task.task_id, ACL_ERROR_RT_STREAM_ABORT, start_s, now, task)
+        return len(tasks)
+
+    def complete(
+        self,
+        client: bytes,
+        task_id: int,
+        code: int,
+        start_s: float,
+        end_s: float,
+        task: Task | None = None,
+    ) -> None:
+        """Count a task's end and queue its completion row for ``client``."""
+        self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
+        stream, queued_s = (task.stream, task.submitted_s) if task is not None else (0, start_s)
+        self.outbox.setdefault(client, []).append(
+            proto.completion_row(task_id, code, start_s, end_s, stream, queued_s)
+        )
