@@ -213,42 +213,13 @@ def load_config(
     are ignored so argparse results can be passed as they are.
     """
     env = os.environ if env is None else env
-    config_path: Path | None
-    if path is not None:
-        config_path = Path(path).expanduser()
-    elif env.get(_ENV_CONFIG):
-        config_path = Path(env[_ENV_CONFIG]).expanduser()
-    else:
-        config_path = default_config_path()
-        if not config_path.is_file():
-            logger.debug("no %s; using built-in defaults", config_path)
-            config_path = None
+    config_path = _config_path(path, env)
     source = str(config_path) if config_path is not None else "<defaults>"
     raw = _read_toml(config_path, source) if config_path is not None else {}
 
-    settings: dict[str, _Setting] = {}
-    check_keys(raw, ("farm", "cards"), source)
-    farm_table = check_table(raw.get("farm", {}), f"{source}: farm")
-    check_keys(farm_table, FARM_SPEC, f"{source}: farm")
-    for key, value in farm_table.items():
-        settings[key] = _Setting(value, f"{source}: farm.{key}")
-    cards_table = check_table(raw.get("cards", {}), f"{source}: cards")
-    check_keys(cards_table, ("count", "profile", "override"), f"{source}: cards")
-    settings["cards"] = _Setting(cards_table.get("count", 4), f"{source}: cards.count")
-    settings["profile"] = _Setting(cards_table.get("profile", "910b"), f"{source}: cards.profile")
-
-    for var, key in ENV_VARS.items():
-        if env.get(var, "") != "":
-            settings[key] = _Setting(env[var], f"environment {var}", text=True)
-    for key, value in (overrides or {}).items():
-        if key not in (*FARM_SPEC, "cards", "profile"):
-            known = [*FARM_SPEC, "cards", "profile"]
-            raise ConfigError(
-                f"override {key!r}: unknown setting{hint(key, known)}; "
-                f"known settings: {', '.join(sorted(known))}"
-            )
-        if value is not None:
-            settings[key] = _Setting(value, f"override {key!r}", text=True)
+    settings, cards_table = _file_settings(raw, source)
+    _apply_env(settings, env)
+    _apply_overrides(settings, overrides or {})
 
     farm_kwargs: dict[str, Any] = {}
     for key, spec in FARM_SPEC.items():
@@ -262,9 +233,79 @@ def load_config(
         Spec(to_int, between(1, MAX_CARDS)),
         text=count_setting.text,
     )
+    cards, origins = _build_cards(
+        count, settings["profile"], cards_table, source, _Profiles(config_path)
+    )
 
-    profiles = _Profiles(config_path)
-    profile_setting = settings["profile"]
+    interval_s = farm_kwargs.get("heartbeat_interval_s", FarmConfig.heartbeat_interval_s)
+    liveness = farm_kwargs.get("heartbeat_liveness", FarmConfig.heartbeat_liveness)
+    check_cards(
+        cards,
+        interval_s,
+        liveness,
+        lambda i: count_setting.label if i < 0 else f"{origins[i]} (device {i})",
+    )
+    config = FarmConfig(**farm_kwargs, cards=cards)
+    logger.debug("loaded config %s: %d cards, endpoint %s", source, count, config.endpoint)
+    return config
+
+
+def _config_path(path: str | Path | None, env: Mapping[str, str]) -> Path | None:
+    """``path``, else ``$NPUFARM_CONFIG``, else the default file if present; None = defaults."""
+    if path is not None:
+        return Path(path).expanduser()
+    if env.get(_ENV_CONFIG):
+        return Path(env[_ENV_CONFIG]).expanduser()
+    config_path = default_config_path()
+    if not config_path.is_file():
+        logger.debug("no %s; using built-in defaults", config_path)
+        return None
+    return config_path
+
+
+def _file_settings(
+    raw: Mapping[str, Any], source: str
+) -> tuple[dict[str, _Setting], Mapping[str, Any]]:
+    """The file's ``[farm]`` settings plus ``cards`` and ``profile``, and its ``[cards]`` table."""
+    check_keys(raw, ("farm", "cards"), source)
+    farm_table = check_table(raw.get("farm", {}), f"{source}: farm")
+    check_keys(farm_table, FARM_SPEC, f"{source}: farm")
+    settings = {key: _Setting(value, f"{source}: farm.{key}") for key, value in farm_table.items()}
+    cards_table = check_table(raw.get("cards", {}), f"{source}: cards")
+    check_keys(cards_table, ("count", "profile", "override"), f"{source}: cards")
+    settings["cards"] = _Setting(cards_table.get("count", 4), f"{source}: cards.count")
+    settings["profile"] = _Setting(cards_table.get("profile", "910b"), f"{source}: cards.profile")
+    return settings, cards_table
+
+
+def _apply_env(settings: dict[str, _Setting], env: Mapping[str, str]) -> None:
+    """Non-empty ``NPUFARM_*`` variables (:data:`ENV_VARS`) replace file settings."""
+    for var, key in ENV_VARS.items():
+        if env.get(var, "") != "":
+            settings[key] = _Setting(env[var], f"environment {var}", text=True)
+
+
+def _apply_overrides(settings: dict[str, _Setting], overrides: Mapping[str, object]) -> None:
+    """CLI overrides replace everything else; unknown keys are refused, None values skipped."""
+    known = [*FARM_SPEC, "cards", "profile"]
+    for key, value in overrides.items():
+        if key not in known:
+            raise ConfigError(
+                f"override {key!r}: unknown setting{hint(key, known)}; "
+                f"known settings: {', '.join(sorted(known))}"
+            )
+        if value is not None:
+            settings[key] = _Setting(value, f"override {key!r}", text=True)
+
+
+def _build_cards(
+    count: int,
+    profile_setting: _Setting,
+    cards_table: Mapping[str, Any],
+    source: str,
+    profiles: _Profiles,
+) -> tuple[tuple[CardConfig, ...], list[str]]:
+    """``count`` cards on the default profile with per-card overrides; also each one's origin."""
     default_profile = profiles.resolve(profile_setting.value, profile_setting.label)
     per_card = _card_overrides(cards_table, source, profiles, default_profile)
     cards: list[CardConfig] = []
@@ -275,18 +316,7 @@ def load_config(
         origins.append(origin)
     for device_id in sorted(set(per_card) - set(range(count))):
         logger.debug("card override for device %d ignored: only %d cards", device_id, count)
-
-    interval_s = farm_kwargs.get("heartbeat_interval_s", FarmConfig.heartbeat_interval_s)
-    liveness = farm_kwargs.get("heartbeat_liveness", FarmConfig.heartbeat_liveness)
-    check_cards(
-        tuple(cards),
-        interval_s,
-        liveness,
-        lambda i: count_setting.label if i < 0 else f"{origins[i]} (device {i})",
-    )
-    config = FarmConfig(**farm_kwargs, cards=tuple(cards))
-    logger.debug("loaded config %s: %d cards, endpoint %s", source, count, config.endpoint)
-    return config
+    return tuple(cards), origins
 
 
 def _card_overrides(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,11 @@ _RULE_TYPES = {
 
 
 def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -> dict[str, Any]:
-    """Type-convert and cross-check rule fields; raises :class:`ConfigError` naming the field."""
+    """Type-convert and cross-check rule fields; raises :class:`ConfigError` naming the field.
+
+    The checks run in a fixed order (kind and message, targets, triggers, kind parameters), so a
+    rule with several problems always reports the same first one.
+    """
     out: dict[str, Any] = {}
     for key, value in values.items():
         out[key] = None if value is None else _RULE_TYPES[key](f"{label}.{key}", value, text)
@@ -141,17 +145,33 @@ def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -
     def fail(key: str, problem: str) -> ConfigError:
         return ConfigError(f"{label}.{key}: {problem}")
 
+    kind, hook = _check_kind(out, fail)
+    _check_targets(out, kind, hook, fail)
+    _check_triggers(out, kind, fail)
+    _check_parameters(out, kind, fail)
+    return out
+
+
+_Fail = Callable[[str, str], ConfigError]
+
+
+def _check_kind(out: Mapping[str, Any], fail: _Fail) -> tuple[str, str]:
+    """The rule's kind and message; returns ``(kind, hook)``."""
     kind = out.get("kind")
     if kind not in KINDS:
         options = ", ".join(KINDS)
         raise fail("kind", f"must be one of {options}, got {kind!r}{hint(kind, KINDS)}")
-    get = out.get
-    message = get("message", "task")
+    message = out.get("message", "task")
     if message not in MESSAGES:
         raise fail("message", f"must be one of {', '.join(MESSAGES)}, got {message!r}")
     if kind != "drop" and message != "task":
         raise fail("message", f"only kind 'drop' takes a message, not {kind!r}")
-    hook = rule_hook(kind, message)
+    return kind, rule_hook(kind, message)
+
+
+def _check_targets(out: Mapping[str, Any], kind: str, hook: str, fail: _Fail) -> None:
+    """card, stream, model and api: in range and meaningful at the rule's hook."""
+    get = out.get
     if get("card") is not None and not 0 <= out["card"] < MAX_CARDS:
         raise fail("card", f"must be in 0..{MAX_CARDS - 1}, got {out['card']}")
     if hook == "broker.complete":  # a completion row names its task and stream, nothing else
@@ -174,6 +194,11 @@ def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -
         if (hook == "card.malloc") != (api == "malloc"):
             allowed = "'malloc'" if hook == "card.malloc" else "a task api, not 'malloc'"
             raise fail("api", f"kind {kind!r} (hook {hook}) needs {allowed}, got {api!r}")
+
+
+def _check_triggers(out: dict[str, Any], kind: str, fail: _Fail) -> None:
+    """at_s, after_tasks, probability, duration_s and count; defaults count for one-shot kinds."""
+    get = out.get
     if get("at_s") is not None and out["at_s"] < 0:
         raise fail("at_s", f"must be >= 0, got {out['at_s']}")
     if get("after_tasks") is not None and out["after_tasks"] < 0:
@@ -189,6 +214,11 @@ def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -
         raise fail("count", f"must be >= 1, got {out['count']}")
     if get("count") is None and kind in _ONCE_KINDS:
         out["count"] = 1
+
+
+def _check_parameters(out: Mapping[str, Any], kind: str, fail: _Fail) -> None:
+    """code, factor and pattern: valid, and only on the kinds that take them."""
+    get = out.get
     code = get("code")
     if code is not None:
         if kind not in _CODED_KINDS:
@@ -206,7 +236,6 @@ def _normalize_rule(values: Mapping[str, Any], label: str, text: bool = False) -
         raise fail("pattern", f"must be one of {options}, got {pattern!r}{hint(pattern, PATTERNS)}")
     if kind != "corrupt" and pattern != "bitflip":
         raise fail("pattern", f"only kind 'corrupt' takes a pattern, not {kind!r}")
-    return out
 
 
 # --------------------------------------------------------------------------------------------

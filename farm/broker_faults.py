@@ -1,6 +1,6 @@
 """The broker's part in fault experiments: ``broker.route`` and ``broker.complete`` drops, the
-fault log, the rules in force, and the ``inject`` / ``recover`` requests of a running farm. A
-mixin of :class:`farm.broker.Broker`.
+fault log, the rules in force, and the ``inject`` / ``recover`` requests of a running farm:
+:class:`FaultControl`, a part :class:`farm.broker.Broker` is composed of.
 
 Cards report the faults they inject (CARD_EVENT); the broker appends every event to the fault
 log (JSONL), counts them for status and metrics, marks them on the trace, and tells the
@@ -176,7 +176,9 @@ class FaultControl:
             if not (_is_int(refused) and refused > 0):
                 self.malformed.add(f"card {entry.device_id}: bad refused {refused!r}", now)
             elif entry.state is CardState.READY:
-                self.ledger.malformed_tasks(entry.device_id, refused)
+                taken = self.ledger.malformed_tasks(entry.device_id, refused)
+                if taken and self.telemetry.metrics is not None:
+                    self.telemetry.metrics.tasks_refused(entry.device_id, taken)
         faults = body.get("faults")
         if faults is not None:
             if isinstance(faults, list):

@@ -3,7 +3,8 @@
 ``npufarm up --metrics-port 9464`` (or ``metrics_port`` in the caller) exposes
 ``http://127.0.0.1:9464/metrics``. The broker feeds it what it already sees: completion rows
 (tasks by card and code, task run time and queueing histograms), card heartbeats (HBM used, queue
-depth, running tasks, streams, health) and fault events.
+depth, running tasks, streams, health), fault events, the malformed messages it dropped and the
+task items cards refused as malformed. Every family is declared in one table, :data:`_FAMILIES`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ _FAMILIES: tuple[tuple[str, type, str, str, tuple[str, ...]], ...] = (
         ("card", "what"),
     ),
     (
+        "malformed_tasks",
+        Counter,
+        "npufarm_malformed_tasks",
+        "Header-counted task items a card refused as malformed (taken out of the ledger)",
+        ("card",),
+    ),
+    (
         "malformed_frames",
         Counter,
         "npufarm_malformed_messages",
@@ -135,6 +143,10 @@ class FarmMetrics:
 
     def malformed(self, peer: str) -> None:
         self.malformed_frames.labels(peer).inc()
+
+    def tasks_refused(self, card: int, count: int) -> None:
+        """Items of a card's SUBMIT it could never answer (the ledger's ``malformed``)."""
+        self.malformed_tasks.labels(str(card)).inc(count)
 
     def fault(self, card: int, kind: str) -> None:
         self.faults.labels(str(card), kind).inc()

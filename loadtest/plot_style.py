@@ -1,12 +1,13 @@
 """The look and plumbing shared by the figures of :mod:`loadtest.plots` (which re-exports
-:data:`FIGSIZE` and :data:`DPI`): size and resolution, card and fault colours, card labels, the
-log latency axis, and a matplotlib figure (imported lazily, Agg backend, no pyplot state) and
-its saving.
+:data:`FIGSIZE` and :data:`DPI`): size and resolution, card and fault colours, card and phase
+labels, the log latency axis, and a matplotlib figure (imported lazily, Agg backend, no pyplot
+state) and its saving.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ __all__ = [
     "save",
     "card_key",
     "card_label",
+    "phase_title",
     "log_y",
 ]
 
@@ -91,6 +93,18 @@ def card_key(card: Any) -> tuple:
 def card_label(card: str) -> str:
     """``"-1"`` → broker, ``"3"`` → card 3, anything else as is."""
     return "broker" if card == "-1" else (f"card {card}" if card.lstrip("-").isdigit() else card)
+
+
+def phase_title(phase: Mapping[str, Any], sep: str = ": ") -> str:
+    """``c4`` → ``c4: concurrency 4``, ``r200`` → ``r200: 200 req/s``."""
+    name = str(phase.get("name", "?"))
+    if phase.get("concurrency") is not None:
+        load = f"concurrency {phase['concurrency']}"
+    elif phase.get("rate") is not None:
+        load = f"{float(phase['rate']):g} req/s"
+    else:
+        return name
+    return name if load in name else f"{name}{sep}{load}"
 
 
 def log_y(ax, label: str) -> None:

@@ -13,6 +13,8 @@ Three figures, each 1200×700 px (12×7 in at 100 dpi):
 * :func:`plot_per_card_throughput` — grouped bars: one group per phase, one bar per card, error
   counts above the bars, the even share per card as a dashed line.
 
+The request samples are drawn by :mod:`loadtest.plot_samples`, the fault timeline by
+:mod:`loadtest.plot_faults`; :mod:`loadtest.plot_style` is their shared look.
 :func:`render_all` writes all three into a directory. matplotlib is imported lazily (Agg backend,
 no pyplot state), so importing this module is cheap and works headless.
 """
@@ -28,15 +30,22 @@ from typing import Any
 import numpy as np
 
 from loadtest.plot_faults import draw_timeline, fault_lanes, fault_spans
+from loadtest.plot_samples import (
+    card_legend,
+    draw_requests,
+    draw_windows,
+    measured_mask,
+    sample_columns,
+)
 from loadtest.plot_style import (
     CARD_COLOURS,
     DPI,
-    FAULT_COLOURS,
     FIGSIZE,
     card_key,
     card_label,
     figure,
     log_y,
+    phase_title,
     save,
 )
 
@@ -52,134 +61,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Above this many points the successful requests are thinned (errors are always all drawn).
-MAX_POINTS = 150_000
-_OK_CODES = (0, None, "0", "ok", "OK", "success")
-
 
 def _n_errors(errors: Any) -> int:
     """Error count of ``{"<code>": n}`` or of a plain number."""
     return sum(int(n) for n in errors.values()) if isinstance(errors, Mapping) else int(errors or 0)
-
-
-def _nice_step(span: float, bins: int) -> float:
-    raw = max(span / max(bins, 1), 1e-6)
-    mag = 10 ** math.floor(math.log10(raw))
-    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-
-
-def _columns(samples: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Columns t (intended send time, else start), lat, card, err and phase of the samples; both
-    ``intended_s`` / ``start_s`` / ``end_s`` and ``t_``-prefixed names are read."""
-    rows = []
-    for s in samples:
-        t = [s.get(k) for k in ("intended_s", "t_intended_s", "start_s", "t_start_s")]
-        when = next((v for v in t if v is not None), None)
-        if when is None:
-            continue
-        lat = s.get("latency_ms")
-        end = s.get("end_s", s.get("t_end_s"))
-        lat = (end - when) * 1000.0 if lat is None and end is not None else lat
-        rows.append(
-            (
-                float(when),
-                math.nan if lat is None else float(lat),
-                str(s.get("card")),
-                s.get("code") not in _OK_CODES,
-                s.get("phase", ""),
-            )
-        )
-    t, lat, card, err, phase = zip(*rows) if rows else ((),) * 5
-    return {
-        "t": np.asarray(t, dtype=float),
-        "lat": np.asarray(lat, dtype=float),
-        "card": np.asarray(card, dtype=object),
-        "err": np.asarray(err, dtype=bool),
-        "phase": np.asarray(phase, dtype=object),
-    }
-
-
-def _rolling_percentiles(t: np.ndarray, lat: np.ndarray, width: float):
-    """Per time bin of ``width`` seconds: (bin centre, p50, p99); bins with < 5 samples are gaps."""
-    if t.size == 0:
-        return np.empty(0), np.empty(0), np.empty(0)
-    index = np.floor(t / width).astype(int)
-    order = np.argsort(index, kind="stable")
-    index, lat = index[order], lat[order]
-    edges = np.flatnonzero(np.diff(index)) + 1
-    centres, p50, p99 = [], [], []
-    for chunk_i, chunk in zip(np.split(index, edges), np.split(lat, edges)):
-        centres.append((chunk_i[0] + 0.5) * width)
-        ok = chunk.size >= 5
-        p50.append(np.percentile(chunk, 50) if ok else np.nan)
-        p99.append(np.percentile(chunk, 99) if ok else np.nan)
-    return np.asarray(centres), np.asarray(p50), np.asarray(p99)
-
-
-def _draw_requests(ax, x, lat, err, card, counted, span: float) -> tuple[np.ndarray, np.ndarray]:
-    """The requests on ``ax``: successes by card (at most :data:`MAX_POINTS`), the rolling
-    p50 / p99 over all cards, errors as red crosses; (indices drawn, successful mask)."""
-    ok = ~err & np.isfinite(lat)
-    # one scatter in random order, so no card is painted over all the others
-    shown = np.random.default_rng(0).permutation(np.flatnonzero(ok))[:MAX_POINTS]
-    cards = sorted(set(card.tolist()), key=card_key)
-    colour_of = {c: CARD_COLOURS[i % len(CARD_COLOURS)] for i, c in enumerate(cards)}
-    ax.scatter(
-        x[shown],
-        lat[shown],
-        s=6 if shown.size > 20_000 else 12,
-        alpha=0.45,
-        linewidths=0,
-        c=[colour_of[c] for c in card[shown]],
-        rasterized=True,
-    )
-    for c, label in card_legend(card, err, counted):
-        ax.plot([], [], ls="", marker="o", ms=7, color=colour_of[c], label=label)
-    positive = lat[ok & (lat > 0)]
-    if positive.size and np.percentile(positive, 99.9) / max(np.min(positive), 1e-9) > 30:
-        log_y(ax, "latency (ms)")
-    width = _nice_step(span, 60)
-    centres, p50, p99 = _rolling_percentiles(x[ok], lat[ok], width)
-    ax.plot(centres, p50, color="black", lw=1.6, label=f"p50, all cards ({width:g} s bins)")
-    ax.plot(centres, p99, color="black", lw=1.6, ls="--", label="p99, all cards")
-    err_lat = err & np.isfinite(lat)
-    if err_lat.any():
-        n_err = int(np.count_nonzero(err & counted))
-        ax.scatter(
-            x[err_lat],
-            lat[err_lat],
-            marker="x",
-            s=28,
-            color="#d62728",
-            lw=1.2,
-            label=f"error ({n_err})",
-            zorder=4,
-        )
-    return shown, ok
-
-
-def _draw_windows(ax, cols, x, t0: float, phases, counted, faults, span: float) -> None:
-    """The phases' measured windows (warm-up hatched; without ``phases`` the extent of each
-    phase's samples) and, when there are a few, the short fault windows shaded behind."""
-    if phases is None:  # no measured windows given: the extent of each phase's samples
-        names = [n for n in dict.fromkeys(cols["phase"].tolist()) if n != ""]
-        spans = [(x[cols["phase"] == n] + t0, n) for n in names]
-        phases = [{"name": n, "start_s": t.min(), "end_s": t.max()} for t, n in spans]
-        _draw_phase_windows(ax, phases if len(phases) > 1 else [], t0, hatch=False)
-    else:
-        warm = int(np.count_nonzero(~counted))
-        hatch_label = f"not measured (warm-up: {warm} requests, not counted)"
-        _draw_phase_windows(ax, phases, t0, hatch=True, label=hatch_label)
-    short = [f for f in faults if 0 < f["end"] - f["start"] < 0.25 * span]
-    for f in short if len(short) <= 6 else []:  # a few short windows: shaded behind the data
-        ax.axvspan(
-            f["start"],
-            f["end"],
-            color=FAULT_COLOURS.get(f["kind"], "#444444"),
-            alpha=0.12,
-            lw=0,
-            zorder=0,
-        )
 
 
 def plot_latency_over_time(
@@ -201,7 +86,7 @@ def plot_latency_over_time(
     first request). They are drawn on a timeline below the latencies, one lane per kind and card.
     ``phases`` (``name``, ``start_s``, ``end_s``, samples' clock) mark the measured windows.
     """
-    cols = _columns(samples)
+    cols = sample_columns(samples)
     fig = figure("Request latency over time")
     origin = "bench start" if t0_s is not None else "first request"
     if cols["t"].size == 0:
@@ -226,9 +111,9 @@ def plot_latency_over_time(
     ax.grid(True, which="major", alpha=0.3)
     ax.set_xlim(*xlim)
 
-    counted = _measured(cols["t"], phases)  # the legend counts what the tables count
-    shown, ok = _draw_requests(ax, x, lat, err, card, counted, span)
-    _draw_windows(ax, cols, x, t0, phases, counted, faults, span)
+    counted = measured_mask(cols["t"], phases)  # the legend counts what the tables count
+    shown, ok = draw_requests(ax, x, lat, err, card, counted, span)
+    draw_windows(ax, cols, x, t0, phases, counted, faults, span)
     if len(shown) < np.count_nonzero(ok):
         ax.set_title(
             f"{len(shown):,} of {np.count_nonzero(ok):,} successful requests drawn",
@@ -239,84 +124,6 @@ def plot_latency_over_time(
     return save(fig, path)
 
 
-def _phase_title(phase: Mapping[str, Any], sep: str = ": ") -> str:
-    """``c4`` → ``c4: concurrency 4``, ``r200`` → ``r200: 200 req/s``."""
-    name = str(phase.get("name", "?"))
-    if phase.get("concurrency") is not None:
-        load = f"concurrency {phase['concurrency']}"
-    elif phase.get("rate") is not None:
-        load = f"{float(phase['rate']):g} req/s"
-    else:
-        return name
-    return name if load in name else f"{name}{sep}{load}"
-
-
-def _measured(t: np.ndarray, phases: Sequence[Mapping[str, Any]] | None) -> np.ndarray:
-    """Which samples (intended times ``t``) fall in a phase's measured window ``[start_s,
-    end_s)`` — what the tables count; all of them when no windows are known."""
-    if phases is None:
-        return np.ones(t.size, dtype=bool)
-    inside = np.zeros(t.size, dtype=bool)
-    for p in phases:
-        if p.get("start_s") is not None and p.get("end_s") is not None:
-            inside |= (t >= float(p["start_s"])) & (t < float(p["end_s"]))
-    return inside
-
-
-def card_legend(card: np.ndarray, err: np.ndarray, counted: np.ndarray) -> list[tuple[str, str]]:
-    """(card, legend entry ``card 0 (333 req, 0 err)``): requests and errors of each card among
-    the ``counted`` samples (the measured windows), so they equal the per-card table's."""
-    labels = []
-    for c in sorted(set(card.tolist()), key=card_key):
-        mine = counted & (card == c)
-        n_req, n_err = int(np.count_nonzero(mine)), int(np.count_nonzero(mine & err))
-        labels.append((c, f"{card_label(c)} ({n_req} req, {n_err} err)"))
-    return labels
-
-
-def _draw_phase_windows(
-    ax,
-    phases: Sequence[Mapping[str, Any]],
-    t0: float,
-    hatch: bool,
-    label: str = "not measured (warm-up)",
-) -> None:
-    """Dotted lines at each phase's start and end, its name centred at the bottom; with ``hatch``
-    what lies outside every (measured) window is hatched."""
-    prev_end = ax.get_xlim()[0]
-    box = {"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8}
-    for p in phases:
-        if p.get("start_s") is None or p.get("end_s") is None:
-            continue
-        start, end = float(p["start_s"]) - t0, float(p["end_s"]) - t0
-        if hatch and start > prev_end:
-            ax.axvspan(
-                prev_end,
-                start,
-                facecolor="none",
-                edgecolor="#c8c8c8",
-                hatch="//",
-                lw=0,
-                label=label,
-                zorder=0,
-            )
-            label = None
-        for edge in (start, end):
-            ax.axvline(edge, color="gray", ls=":", lw=1.0)
-        ax.annotate(
-            _phase_title(p),
-            ((start + end) / 2, 0.0),
-            xycoords=ax.get_xaxis_transform(),
-            xytext=(0, 5),
-            textcoords="offset points",
-            ha="center",
-            size=9,
-            bbox=box,
-            color="#333333",
-        )
-        prev_end = end
-
-
 def _set_load_axis(ax, phases: Sequence[Mapping[str, Any]]) -> list[float]:
     """x: concurrency (all phases closed-loop) or asked rate (all open), each phase once; else
     the phase names, evenly spaced. Returns the phases' x positions."""
@@ -325,7 +132,7 @@ def _set_load_axis(ax, phases: Sequence[Mapping[str, Any]]) -> list[float]:
     xs = [p.get(key) for p in phases] if key else [None]
     if None in xs or len(set(xs)) != len(xs):
         ax.set_xlabel("phase")
-        ax.set_xticks(range(len(phases)), [_phase_title(p, "\n") for p in phases])
+        ax.set_xticks(range(len(phases)), [phase_title(p, "\n") for p in phases])
         ax.set_xlim(-0.5, len(phases) - 0.5)
         return list(range(len(phases)))
     xs = [float(v) for v in xs]
@@ -371,6 +178,14 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
         ax.set_ylim(min(values) / 1.5, max(values) * 2.0)
     elif values:
         ax.set_ylim(0, max(values) * 1.2)
+    _annotate_phase_errors(ax, xs, phases)
+    ax.legend(loc="upper left", fontsize=10, framealpha=0.9, title="latency percentile")
+    _plot_rates(ax_t, xs, phases)
+    return save(fig, path)
+
+
+def _annotate_phase_errors(ax, xs: list, phases: list[Mapping[str, Any]]) -> None:
+    """``N err`` above each phase's highest percentile when the phase had errors."""
     for x, p in zip(xs, phases):
         n_err = _n_errors(p.get("errors"))
         lat = [p["latency_ms"].get(k) for k in ("p99.9", "p99", "p50")]
@@ -386,19 +201,20 @@ def plot_percentiles_vs_load(result: Mapping[str, Any], path: str | Path) -> Pat
                 color="#d62728",
                 fontweight="bold",
             )
-    ax.legend(loc="upper left", fontsize=10, framealpha=0.9, title="latency percentile")
 
+
+def _plot_rates(ax, xs: list, phases: list[Mapping[str, Any]]) -> None:
+    """Throughput and goodput per phase (requests/s) on the lower axes."""
     rates = {"throughput": "throughput_rps", "goodput": "goodput_rps"}
     for (label, key), colour, ls in zip(rates.items(), ("#555555", "#2ca02c"), ("-", "--")):
         ys = [math.nan if p.get(key) is None else float(p[key]) for p in phases]
         if not all(math.isnan(v) for v in ys):
-            ax_t.plot(xs, ys, marker="o", color=colour, ls=ls, lw=2, label=label)
-    ax_t.set_ylabel("requests/s")
-    ax_t.set_ylim(bottom=0, top=max([ax_t.get_ylim()[1], 1.0]) * 1.1)
-    ax_t.grid(True, alpha=0.3)
-    if ax_t.get_legend_handles_labels()[0]:
-        ax_t.legend(loc="upper left", fontsize=9, framealpha=0.9)
-    return save(fig, path)
+            ax.plot(xs, ys, marker="o", color=colour, ls=ls, lw=2, label=label)
+    ax.set_ylabel("requests/s")
+    ax.set_ylim(bottom=0, top=max([ax.get_ylim()[1], 1.0]) * 1.1)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=9, framealpha=0.9)
 
 
 def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Path:
@@ -432,22 +248,41 @@ def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Pat
             edgecolor="white",
             lw=0.5,
         )
-        for x, h, st in zip(offsets, heights, stats):
-            n_err = _n_errors(st.get("errors"))
-            if n_err:
-                text = f"{n_err} err" if bar_px > 50 else str(n_err)
-                ax.annotate(
-                    text,
-                    (x, h),
-                    xytext=(0, 6),
-                    textcoords="offset points",
-                    ha="center",
-                    va="bottom",
-                    fontsize=9,
-                    color="#d62728",
-                    weight="bold",
-                    bbox={"fc": "white", "ec": "none", "pad": 1, "alpha": 0.8},
-                )
+        _annotate_bar_errors(ax, offsets, heights, stats, short=bar_px <= 50)
+    _plot_even_shares(ax, phases, per_card)
+    if bar_px <= 50 and any(_n_errors(st.get("errors")) for pc in per_card for st in pc.values()):
+        ax.set_title("red numbers above bars: failed requests", fontsize=9, color="#d62728")
+    ax.set_xticks(range(len(phases)), [phase_title(p, "\n") for p in phases])
+    ax.set_xlim(-0.6, len(phases) - 0.4)
+    ax.set_ylim(0, top * 1.18 or 1)
+    ncol = min(len(cards) + 1, 9)
+    fig.legend(loc="outside lower center", fontsize=10, ncol=ncol, frameon=False)
+    return save(fig, path)
+
+
+def _annotate_bar_errors(
+    ax, offsets: list[float], heights: list[float], stats: list[Mapping[str, Any]], *, short: bool
+) -> None:
+    """The error count above each bar that had errors (``12``, not ``12 err``, when ``short``)."""
+    for x, h, st in zip(offsets, heights, stats):
+        n_err = _n_errors(st.get("errors"))
+        if n_err:
+            ax.annotate(
+                str(n_err) if short else f"{n_err} err",
+                (x, h),
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=9,
+                color="#d62728",
+                weight="bold",
+                bbox={"fc": "white", "ec": "none", "pad": 1, "alpha": 0.8},
+            )
+
+
+def _plot_even_shares(ax, phases: list[Mapping[str, Any]], per_card: list[dict]) -> None:
+    """A dashed line per phase at its throughput divided by the cards it used (one legend entry)."""
     share_label = "even share (phase throughput / cards it used)"
     for g, p in enumerate(phases):
         if p.get("throughput_rps") is not None:
@@ -456,14 +291,6 @@ def plot_per_card_throughput(result: Mapping[str, Any], path: str | Path) -> Pat
                 share, g - 0.42, g + 0.42, colors="black", linestyles="--", lw=1, label=share_label
             )
             share_label = None
-    if bar_px <= 50 and any(_n_errors(st.get("errors")) for pc in per_card for st in pc.values()):
-        ax.set_title("red numbers above bars: failed requests", fontsize=9, color="#d62728")
-    ax.set_xticks(range(len(phases)), [_phase_title(p, "\n") for p in phases])
-    ax.set_xlim(-0.6, len(phases) - 0.4)
-    ax.set_ylim(0, top * 1.18 or 1)
-    ncol = min(len(cards) + 1, 9)
-    fig.legend(loc="outside lower center", fontsize=10, ncol=ncol, frameon=False)
-    return save(fig, path)
 
 
 def _windows_and_events(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -3,7 +3,8 @@ and the program's sync-sanitizer findings.
 
 The farm is an embedded one started for this run (``--config``, ``--faults``, ...; stopped
 afterwards whatever happens) or, with ``--address ADDR`` / ``--attach``, a running farm that is
-left running; the ledger shown is then the difference between before and after the program. The
+left running; the ledger shown is then the difference between before and after the program
+(its ``malformed`` column: items of SUBMITs the cards refused, never counted as tasks). The
 program inherits stdio and gets ``NPUFARM_ADDRESS`` and ``NPUFARM_SANITIZER_JSON`` (a temporary
 file the client runtime fills at ``acl.finalize()``, removed afterwards). SIGTERM, and SIGINT
 not already sent to it by the terminal, are forwarded to the program. Exit status: the
@@ -27,10 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from client.embedded import EmbeddedFarm
 from core import statefile
 from core.config import load_config
 from core.errors import NpuFarmError, code_name
-from core.faults import FaultPlan
+from core.fault_plan import FaultPlan
 from farm.admin import query_status
 
 __all__ = ["build_parser", "run_main"]
@@ -79,10 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start_embedded(args: argparse.Namespace):
+def _start_embedded(args: argparse.Namespace) -> tuple[EmbeddedFarm, dict[str, Any]]:
     """Validate the config and plan, start an embedded farm, wait until every card is ready."""
-    from client.embedded import EmbeddedFarm  # imports the client runtime
-
     overrides = {"cards": args.cards, "time_scale": args.time_scale, "skip_sync": args.skip_sync}
     config = load_config(args.config, overrides=overrides)
     if args.faults:
@@ -158,7 +162,8 @@ def _run_child(command: list[str], env: dict[str, str]) -> int:
 def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What happened between two status replies: ledger, per card, faults."""
     was, now = before.get("ledger") or {}, after["ledger"]
-    ledger = {key: now[key] - was.get(key, 0) for key in ("submitted", "completed", "dropped")}
+    keys = ("submitted", "completed", "dropped", "malformed")
+    ledger = {key: now[key] - was.get(key, 0) for key in keys}
     old_failed = was.get("failed", {})
     ledger["failed"] = {
         c: n - old_failed.get(c, 0) for c, n in now["failed"].items() if n > old_failed.get(c, 0)
@@ -206,10 +211,6 @@ def _sanitizer(path: str, mode: str) -> dict[str, Any]:
 
 
 def _render(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     console = Console(width=None if sys.stdout.isatty() else 160)
     farm = summary.get("farm")
     if farm is None:
@@ -217,15 +218,16 @@ def _render(summary: dict[str, Any]) -> None:
     else:
         ledger = farm["ledger"]
         table = Table(title=f"farm ledger ({summary['address']})")
-        for column in ("", "submitted", "completed", "failed", "dropped", "in flight"):
+        columns = ("", "submitted", "completed", "failed", "dropped", "in flight", "malformed")
+        for column in columns:
             table.add_column(column, justify="right" if column else "left")
         totals = {**ledger, "failed": sum(ledger["failed"].values())}
-        keys = ("submitted", "completed", "failed", "dropped", "in_flight")
+        keys = ("submitted", "completed", "failed", "dropped", "in_flight", "malformed")
         table.add_row("all cards", *(str(totals[key]) for key in keys))
         for card in farm["cards"]:
             state = f" ({card['state']})" if card["state"] != "ready" else ""
             counts = (str(card[key]) for key in ("submitted", "done", "failed"))
-            table.add_row(f"card {card['device_id']}{state}", *counts, "", "")
+            table.add_row(f"card {card['device_id']}{state}", *counts, "", "", "")
         console.print(table)
         if ledger["failed"]:
             codes = Table(title="failed by ACL code")

@@ -6,7 +6,9 @@ of the broker's ``describe()`` and nothing is inferred: the card table (a card's
 while it is lost or failed; a pid the broker does not know shows as ``-``), the task ledger, the
 fault rules active now (``faults.active``; older farms: the rules of ``faults.plan``), the fault
 events so far, what was reclaimed from clients that died (``reclaimed``) and the malformed
-messages counted (``malformed``). Fields a farm does not report are left out, not invented.
+messages counted (``malformed``); the ledger line ends with the items of SUBMITs the cards
+refused as malformed (``ledger.malformed``, never counted as tasks). Fields a farm does not
+report are left out, not invented.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 __all__ = ["active_rules", "status_lines", "status_view"]
 
@@ -119,9 +126,11 @@ def status_lines(farm: Mapping[str, Any]) -> list[str]:
     ledger = farm.get("ledger")
     if ledger:
         failed = ", ".join(f"{code}×{n}" for code, n in ledger["failed"].items()) or "none"
+        malformed = ledger.get("malformed")  # not tasks: taken back out of submitted
         lines.append(
             f"tasks: {ledger['submitted']} submitted, {ledger['completed']} completed, "
             f"failed {failed}, {ledger['dropped']} dropped, {ledger['in_flight']} in flight"
+            + ("" if malformed is None else f"; {malformed} malformed items refused by the cards")
         )
     faults = farm.get("faults") or {}
     rules = active_rules(faults)
@@ -167,14 +176,9 @@ def _card_row(card: Mapping[str, Any]) -> tuple[str, ...]:
     )
 
 
-def status_view(farm: Mapping[str, Any]):
+def status_view(farm: Mapping[str, Any]) -> Group:
     """The status of a farm as a rich renderable: the card table (80 columns suffice), why each
     lost or failed card is down, then :func:`status_lines`."""
-    from rich import box
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(
         title=f"npufarm {farm['name']} at {farm['endpoint']} (pid {farm['pid']}, "
         f"up {farm['uptime_s']:.0f}s)",

@@ -14,6 +14,7 @@ import pytest
 
 from core import protocol as proto
 from core.protocol import BROKER_DEVICE, Cmd, pack, pack_route
+from farm.metrics import FarmMetrics
 from tests.integration.test_broker import ROUTE0, BrokerHarness, up
 
 pytestmark = pytest.mark.timeout(30)
@@ -91,6 +92,7 @@ def _ledger_settles(h, client, expected: dict) -> dict:
 
 def test_header_counted_tasks_the_card_refuses_are_malformed_not_in_flight(harness):
     h = harness
+    metrics = h.broker.telemetry.metrics = FarmMetrics(0, "bt")  # closed by the broker's shutdown
     card0, _, client, _ = up(h)
     client.send(Cmd.SUBMIT, ROUTE0, b"\xdc\xff\xff")  # a header claiming 65,535 tasks
     client.send(Cmd.SUBMIT, ROUTE0, pack([5]))
@@ -104,6 +106,8 @@ def test_header_counted_tasks_the_card_refuses_are_malformed_not_in_flight(harne
     ledger = _ledger_settles(h, client, {"in_flight": 0, "submitted": 1})
     assert ledger["completed"] == 1 and ledger["malformed"] == 65537
     assert ledger["failed"] == {} and ledger["dropped"] == 0
+    refused = metrics.registry.get_sample_value("npufarm_malformed_tasks_total", {"card": "0"})
+    assert refused == 65537
 
 
 def test_refusal_reports_from_others_never_uncount_real_work(harness):

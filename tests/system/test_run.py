@@ -164,6 +164,7 @@ def test_program_runs_and_the_ledger_is_printed(prog, short_tmp, tmp_path, sanit
         "submitted": 3,
         "completed": 3,
         "dropped": 0,
+        "malformed": 0,
         "failed": {},
         "in_flight": 0,
     }

@@ -212,6 +212,16 @@ def test_status_lists_active_rules_reclaimed_and_malformed():
     assert "200/256" in text
 
 
+def test_status_shows_the_ledger_items_the_cards_refused_as_malformed():
+    farm = copy.deepcopy(_FARM)
+    farm["ledger"]["malformed"] = 65537
+    assert (
+        "tasks: 5 submitted, 4 completed, failed 507010×1, 0 dropped, 0 in flight; "
+        "65537 malformed items refused by the cards"
+    ) in " ".join(_text(farm).split())
+    assert not any("refused" in line for line in status_lines(_FARM))  # an older farm's ledger
+
+
 def test_status_shows_none_only_when_no_rule_is_active():
     farm = copy.deepcopy(_FARM)
     farm["faults"]["active"] = []

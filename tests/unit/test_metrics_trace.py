@@ -31,6 +31,8 @@ def test_metrics_families_and_stale_stream_labels():
         metrics.card_stats(1, {"queued": 1, "stream_queues": {9: 1}})
         metrics.card_state(1, False, 2)
         metrics.fault(1, "error")
+        metrics.tasks_refused(1, 3)
+        metrics.tasks_refused(1, 2)
         value = metrics.registry.get_sample_value
         assert value("npufarm_tasks_total", {"card": "1", "code": "0"}) == 1
         assert value("npufarm_tasks_total", {"card": "1", "code": "507015"}) == 1
@@ -40,6 +42,7 @@ def test_metrics_families_and_stale_stream_labels():
         assert value("npufarm_stream_queued_tasks", {"card": "1", "stream": "0x7"}) is None
         assert value("npufarm_card_healthy", {"card": "1"}) == 0
         assert value("npufarm_faults_injected_total", {"card": "1", "kind": "error"}) == 1
+        assert value("npufarm_malformed_tasks_total", {"card": "1"}) == 5
     finally:
         metrics.close()
 

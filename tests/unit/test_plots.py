@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from loadtest import plot_faults, plots, render, report  # noqa: E402
+from loadtest import plot_faults, plot_style, plots, render, report  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = 1200, 700
@@ -211,9 +211,9 @@ def test_fault_windows_deduplicated_and_loose_events_grouped():
 
 
 def test_phase_titles():
-    assert plots._phase_title({"name": "c4", "concurrency": 4}) == "c4: concurrency 4"
-    assert plots._phase_title({"name": "r200", "rate": 200.0}, "\n") == "r200\n200 req/s"
-    assert plots._phase_title({"name": "concurrency 4", "concurrency": 4}) == "concurrency 4"
+    assert plot_style.phase_title({"name": "c4", "concurrency": 4}) == "c4: concurrency 4"
+    assert plot_style.phase_title({"name": "r200", "rate": 200.0}, "\n") == "r200\n200 req/s"
+    assert plot_style.phase_title({"name": "concurrency 4", "concurrency": 4}) == "concurrency 4"
 
 
 def test_plots_tolerate_sparse_results(tmp_path):
