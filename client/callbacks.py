@@ -1,6 +1,6 @@
 """Host callbacks on streams: ``subscribe_report``, ``launch_callback``, ``process_report``,
 ``unsubscribe_report`` — the pyACL pattern of a report thread that runs callbacks queued on
-streams. A mixin of the process-wide runtime (see ``client``).
+streams. A part of the process-wide runtime (see :mod:`client.runtime`).
 
 ::
 
@@ -28,8 +28,9 @@ import time
 from collections import deque
 from typing import Any
 
-from client.runtime import _int, api
-from client.session import HELD_FOR_RECORD, StreamTrack
+from client.conventions import api, int_arg
+from client.state import RuntimeState
+from client.tracks import HELD_FOR_RECORD, StreamTrack
 from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_REPEAT_SUBSCRIBE,
@@ -52,9 +53,15 @@ def _is_held(track: StreamTrack, task_id: int) -> bool:
 
 
 class CallbackApi:
-    """Callback calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+    """Callback calls on the shared :class:`RuntimeState`; owns the subscriptions, the ready
+    queues of the report threads and the held waits (reset with each session)."""
 
-    def _callback_state(self) -> None:
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every subscription and callback (a session starts or ended)."""
         self.report_cond = threading.Condition()
         self.subscriptions: dict[int, int] = {}  # stream handle -> report thread id
         self.report_queues: dict[int, deque] = {}  # report thread id -> ready callbacks
@@ -66,8 +73,8 @@ class CallbackApi:
     @api()
     def subscribe_report(self, thread_id: Any, stream: Any) -> None:
         """Let the thread ``thread_id`` run the stream's host callbacks; 100033 if taken."""
-        thread_id = _int(thread_id, "thread id")
-        found = self.stream(stream)
+        thread_id = int_arg(thread_id, "thread id")
+        found = self.state.stream(stream)
         with self.report_cond:
             if found.handle in self.subscriptions:
                 raise AclError("stream already subscribed", ACL_ERROR_REPEAT_SUBSCRIBE)
@@ -77,8 +84,8 @@ class CallbackApi:
     @api()
     def unsubscribe_report(self, thread_id: Any, stream: Any) -> None:
         """Undo subscribe_report; 100000 if the thread did not subscribe to the stream."""
-        thread_id = _int(thread_id, "thread id")
-        found = self.stream(stream)
+        thread_id = int_arg(thread_id, "thread id")
+        found = self.state.stream(stream)
         with self.report_cond:
             if self.subscriptions.get(found.handle) != thread_id:
                 raise AclError("stream not subscribed by this thread", ACL_ERROR_INVALID_PARAM)
@@ -91,12 +98,12 @@ class CallbackApi:
     @api()
     def launch_callback(self, fn: Any, user_data: Any, block: Any, stream: Any) -> None:
         """Queue ``fn(user_data)`` on the stream (block 1 holds later tasks); 107015: no thread."""
-        block = _int(block, "block")
+        block = int_arg(block, "block")
         if not callable(fn) or block not in (0, 1):
             raise AclError(
                 "launch_callback needs a callable and block 0 or 1", ACL_ERROR_INVALID_PARAM
             )
-        found = self.stream(stream)
+        found = self.state.stream(stream)
         with self.report_cond:
             thread_id = self.subscriptions.get(found.handle)
         if thread_id is None:
@@ -112,10 +119,11 @@ class CallbackApi:
                 self.blocking_markers.add(task_id)
             self.callback_tasks[task_id] = (thread_id, fn, user_data, block, track)
 
-        self.require().submit(track, {"k": TaskKind.RECORD}, registered)
+        self.state.require().submit(track, {"k": TaskKind.RECORD}, registered)
 
-    def _callback_settled(self, task_id: int, code: int) -> None:
-        """A marker task ended (under session.cond): its callback becomes ready to run."""
+    # -- hooks (registered with the state) ---------------------------------------------------
+    def task_settled(self, task_id: int, code: int, track: StreamTrack) -> None:
+        """A task ended (under session.cond): a marker's callback becomes ready to run."""
         entry = self.callback_tasks.pop(task_id, None)
         if entry is None:
             return
@@ -123,15 +131,16 @@ class CallbackApi:
             self.report_queues.setdefault(entry[0], deque()).append((task_id, code, *entry[1:]))
             self.report_cond.notify_all()
 
-    def _callbacks_lost(self, device_id: int) -> None:
+    def device_lost(self, device_id: int) -> None:
         """The card (or the farm) is lost: no sync of its streams waits for a host callback any
         more (a ``-1`` sync ends with 507010, as every wait on a lost card does), and the tasks
         held behind a blocking callback, already failed with 507010, are never sent. A callback
         still queued for its report thread runs (or is dropped) as usual."""
-        session = self.session
+        state = self.state
+        session = state.session
         if session is None:
             return
-        tracks = [s.track for s in list(self.streams.values()) if s.track.device_id == device_id]
+        tracks = [s.track for s in list(state.streams.values()) if s.track.device_id == device_id]
         with session.cond:
             for track in tracks:
                 self.blocking_markers.difference_update(track.host_pending)
@@ -142,7 +151,7 @@ class CallbackApi:
             session.cond.notify_all()
 
     # -- a stream_wait_event on a record held behind a blocking callback ---------------------
-    def _hold_wait(self, track: StreamTrack, task_id: int, awaited: StreamTrack, record: int):
+    def hold_wait(self, track: StreamTrack, task_id: int, awaited: StreamTrack, record: int):
         """(under session.cond, as the wait task registers) A record still held in this client
         behind a blocking callback has not reached the card, which would let a wait for it
         pass at once: hold the waiting stream's tasks, from this wait on, until it is sent."""
@@ -156,7 +165,7 @@ class CallbackApi:
     def _release_held_waits(self) -> None:
         """Let go of the held waits whose records have been sent; a wait at the head of its
         stream's held tasks, with no blocking callback of that stream running, sends them."""
-        session = self.session
+        session = self.state.session
         while session is not None and self.held_waits:
             ready = []
             with session.cond:
@@ -185,7 +194,7 @@ class CallbackApi:
     def process_report(self, timeout_ms: Any) -> None:
         """Run the ready callbacks of the streams this thread subscribed to; 507012 if none
         became ready within ``timeout_ms`` (-1: wait for one)."""
-        timeout_ms = _int(timeout_ms, "timeout")
+        timeout_ms = int_arg(timeout_ms, "timeout")
         me = threading.get_ident()
         deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000.0
         with self.report_cond:
@@ -206,7 +215,7 @@ class CallbackApi:
                 if code == ACL_SUCCESS:
                     # the callback runs after every earlier task of its stream: this thread
                     # may read their results (the vendor's async samples copy them out here)
-                    self.sanitizer.stream_observed(track.device_id, track.stream_id, task_id)
+                    self.state.sanitizer.stream_observed(track.device_id, track.stream_id, task_id)
                     fn(user_data)
                 else:
                     logger.warning("callback dropped: its stream failed with %d", code)
@@ -214,5 +223,5 @@ class CallbackApi:
                 logger.exception("host callback %r raised", fn)
             finally:
                 self.blocking_markers.discard(task_id)
-                self.require().host_done(track, task_id, release=bool(block))
+                self.state.require().host_done(track, task_id, release=bool(block))
                 self._release_held_waits()

@@ -1,24 +1,28 @@
 """Model descriptions and exec-config handles: the model half of ``HandleTables``.
 
-:class:`ModelDescTables` is a mixin of ``HandleTables`` (which owns the tables and the handle
-conventions): it implements the ``acl.mdl`` description getters (``get_num_inputs``,
-``get_input_dims``, ...) and the exec-config calls (``create_exec_config_handle``,
-``set_exec_config_opt``, ...) with pyACL's return shapes. Pure and thread-safe.
+:class:`ModelDescTables` owns the model-description and exec-config tables and implements the
+``acl.mdl`` description getters (``get_num_inputs``, ``get_input_dims``, ...) and the
+exec-config calls (``create_exec_config_handle``, ``set_exec_config_opt``, ...) with pyACL's
+return shapes; ``HandleTables`` extends it with the data buffers and datasets. Pure and
+thread-safe.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from client.handle_table import UINT64_MAX, HandleTable, as_int
-from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_PARAM, ACL_SUCCESS, ConfigError
 
 __all__ = [
     "EXEC_CONFIG_EXTENSION_ATTRS",
     "ExecConfig",
+    "ModelDesc",
     "ModelDescTables",
+    "TensorInfo",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,7 +59,7 @@ class ExecConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class _TensorInfo:
+class TensorInfo:
     """What a model description reports about one input or output tensor."""
 
     name: str
@@ -65,7 +69,7 @@ class _TensorInfo:
     nbytes: int
 
     @classmethod
-    def from_spec(cls, spec: Any) -> _TensorInfo:
+    def from_spec(cls, spec: Any) -> TensorInfo:
         """Copy the fields of a ``TensorSpec``-like object (duck typed)."""
         return cls(
             name=str(spec.name),
@@ -81,19 +85,19 @@ class _TensorInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class _Desc:
+class ModelDesc:
     """A model description; ``model_id`` is ``None`` until filled by ``get_desc``."""
 
     model_id: int | None = None
-    inputs: tuple[_TensorInfo, ...] = ()
-    outputs: tuple[_TensorInfo, ...] = ()
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
 
 
 def _empty_dims() -> dict[str, Any]:
     return {"name": "", "dimCount": 0, "dims": []}
 
 
-def _at(items: tuple[_TensorInfo, ...], index: Any) -> _TensorInfo | None:
+def _at(items: tuple[TensorInfo, ...], index: Any) -> TensorInfo | None:
     i = as_int(index)
     if i is None or i < 0 or i >= len(items):
         return None
@@ -101,20 +105,35 @@ def _at(items: tuple[_TensorInfo, ...], index: Any) -> _TensorInfo | None:
 
 
 class ModelDescTables:
-    """Mixin of ``HandleTables``: the model-description and exec-config calls.
+    """The model-description and exec-config tables and their calls.
 
-    The composing class creates ``_descs``, ``_exec_configs`` and ``_extensions``.
+    ``exec_config_extensions`` lists the exec-config attribute ids (a subset of 2, 3, 8) the card
+    profile accepts beyond the stream/event sync timeouts; real 910B-class products reject them.
+    ``destroyed_history`` bounds how many destroyed handles per kind are remembered.
     """
 
-    _descs: HandleTable[_Desc]
-    _exec_configs: HandleTable[ExecConfig]
-    _extensions: frozenset[int]
+    def __init__(self, exec_config_extensions: Iterable[int], destroyed_history: int) -> None:
+        extensions = frozenset(int(attr) for attr in exec_config_extensions)
+        unknown = extensions - EXEC_CONFIG_EXTENSION_ATTRS
+        if unknown:
+            raise ConfigError(
+                f"exec_config_extensions: unsupported attribute ids {sorted(unknown)}; "
+                f"allowed {sorted(EXEC_CONFIG_EXTENSION_ATTRS)}"
+            )
+        self._extensions = extensions
+        self._descs: HandleTable[ModelDesc] = HandleTable("model desc", destroyed_history)
+        self._exec_configs: HandleTable[ExecConfig] = HandleTable("exec config", destroyed_history)
+
+    @property
+    def extensions(self) -> frozenset[int]:
+        """The exec-config attribute ids accepted beyond 0 and 1."""
+        return self._extensions
 
     # ------------------------------------------------------------------ model descriptions
 
     def create_desc(self) -> int:
         """``acl.mdl.create_desc``: a new, unfilled model description."""
-        return self._descs.add(_Desc())
+        return self._descs.add(ModelDesc())
 
     def fill_desc(self, desc: Any, model_id: int, spec: Any) -> int:
         """Fill ``desc`` from a ``ModelSpec``-like object (called by ``get_desc``); ret."""
@@ -122,10 +141,10 @@ class ModelDescTables:
         if key is None:
             return ACL_ERROR_INVALID_PARAM
         try:
-            filled = _Desc(
+            filled = ModelDesc(
                 model_id=int(model_id),
-                inputs=tuple(_TensorInfo.from_spec(t) for t in spec.inputs),
-                outputs=tuple(_TensorInfo.from_spec(t) for t in spec.outputs),
+                inputs=tuple(TensorInfo.from_spec(t) for t in spec.inputs),
+                outputs=tuple(TensorInfo.from_spec(t) for t in spec.outputs),
             )
         except (AttributeError, TypeError, ValueError):
             logger.exception("fill_desc: model %r has an unusable spec", model_id)
@@ -151,11 +170,11 @@ class ModelDescTables:
         """Internal: whether ``desc`` is a live model description (filled or not)."""
         return self._descs.get(desc) is not None
 
-    def _inputs(self, desc: Any) -> tuple[_TensorInfo, ...]:
+    def _inputs(self, desc: Any) -> tuple[TensorInfo, ...]:
         entry = self._descs.get(desc)
         return () if entry is None else entry.inputs
 
-    def _outputs(self, desc: Any) -> tuple[_TensorInfo, ...]:
+    def _outputs(self, desc: Any) -> tuple[TensorInfo, ...]:
         entry = self._descs.get(desc)
         return () if entry is None else entry.outputs
 
@@ -226,7 +245,7 @@ class ModelDescTables:
         return "" if info is None else info.name
 
     @staticmethod
-    def _index_of(items: tuple[_TensorInfo, ...], name: Any) -> tuple[int, int]:
+    def _index_of(items: tuple[TensorInfo, ...], name: Any) -> tuple[int, int]:
         if isinstance(name, str):
             for i, info in enumerate(items):
                 if info.name == name:

@@ -19,7 +19,7 @@ Return shapes are pyACL's: ``({"batchCount": n, "batch": [...]}, ret)``,
 ``({"hwCount": n, "hw": [[h, w], ...]}, ret)`` (an empty dict with a failing ret),
 ``(count, ret)``, and a list of ``{"name", "dimCount", "dims"}`` dicts for
 ``get_input_dynamic_dims`` (``gear_count`` zeroed entries, as pyACL builds them).
-A mixin of the process-wide runtime (see ``client``).
+A part of the process-wide runtime (see :mod:`client.runtime`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from client.conventions import api, int_arg
 from client.handle_table import as_int
-from client.runtime import _int, api
+from client.state import RuntimeState
 from core.errors import (
     ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID,
     ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID,
@@ -46,14 +47,19 @@ _MAX_GEAR_COUNT = 4096  # pyACL's limit on get_input_dynamic_dims' gear_count
 
 
 class DynamicShapeApi:
-    """Dynamic-shape calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+    """Dynamic-shape calls on the shared :class:`RuntimeState`."""
+
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
 
     def _desc_error(self, call: str, desc: Any) -> int:
         """ACL_ERROR_INVALID_PARAM (noted for get_recent_err_msg) if ``desc`` is not a live
         model description, else 0."""
-        if self.handles.has_desc(desc):
+        if self.state.handles.has_desc(desc):
             return ACL_SUCCESS
-        self.note_error(call, AclError(f"unknown model desc {desc!r}", ACL_ERROR_INVALID_PARAM))
+        self.state.note_error(
+            call, AclError(f"unknown model desc {desc!r}", ACL_ERROR_INVALID_PARAM)
+        )
         return ACL_ERROR_INVALID_PARAM
 
     # -- queries ---------------------------------------------------------------------------
@@ -71,7 +77,7 @@ class DynamicShapeApi:
         """``(0, 0)``: no dynamic-dims gears; ``index`` must be -1 (else 100000)."""
         code = self._desc_error("get_input_dynamic_gear_count", desc)
         if not code and as_int(index) not in _UNUSED_INDEX:
-            self.note_error(
+            self.state.note_error(
                 "get_input_dynamic_gear_count",
                 AclError("index must be -1", ACL_ERROR_INVALID_PARAM),
             )
@@ -87,7 +93,7 @@ class DynamicShapeApi:
             return None, ACL_ERROR_INVALID_PARAM
         code = self._desc_error("get_input_dynamic_dims", desc)
         if not code and as_int(index) not in _UNUSED_INDEX:
-            self.note_error(
+            self.state.note_error(
                 "get_input_dynamic_dims", AclError("index must be -1", ACL_ERROR_INVALID_PARAM)
             )
             code = ACL_ERROR_INVALID_PARAM
@@ -99,13 +105,13 @@ class DynamicShapeApi:
     def _dynamic_input(self, dataset: Any, index: Any) -> int:
         """The size of the dataset's buffer at ``index`` (the dynamic input), checked as the
         acl layer does: unknown dataset, index or NULL address → 100000."""
-        buffers = self.handles.dataset_buffers(dataset)
-        i = _int(index, "index")
+        buffers = self.state.handles.dataset_buffers(dataset)
+        i = int_arg(index, "index")
         if buffers is None or not 0 <= i < len(buffers):
             raise AclError(
                 f"no data buffer {index!r} in dataset {dataset!r}", ACL_ERROR_INVALID_PARAM
             )
-        entry = self.handles.buffer(buffers[i])
+        entry = self.state.handles.buffer(buffers[i])
         if entry is None or entry[0] == 0:
             raise AclError(
                 "the dynamic input's data buffer has no address", ACL_ERROR_INVALID_PARAM
@@ -115,10 +121,10 @@ class DynamicShapeApi:
     @api()
     def set_dynamic_batch_size(self, model_id: Any, dataset: Any, index: Any, batch: Any) -> None:
         """Select a batch gear: 145013 (no such gear) on npufarm's static models."""
-        if _int(batch, "batch size") <= 0:
+        if int_arg(batch, "batch size") <= 0:
             raise AclError("batch size must be positive", ACL_ERROR_INVALID_PARAM)
         nbytes = self._dynamic_input(dataset, index)
-        model = self.model(model_id)
+        model = self.state.model(model_id)
         if nbytes < 4:
             raise AclError("dynamic input under 4 bytes", ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID)
         raise AclError(
@@ -131,10 +137,10 @@ class DynamicShapeApi:
         self, model_id: Any, dataset: Any, index: Any, height: Any, width: Any
     ) -> None:
         """Select a height/width gear: 145013 (no such gear) on npufarm's static models."""
-        if _int(height, "height") <= 0 or _int(width, "width") <= 0:
+        if int_arg(height, "height") <= 0 or int_arg(width, "width") <= 0:
             raise AclError("height and width must be positive", ACL_ERROR_INVALID_PARAM)
         nbytes = self._dynamic_input(dataset, index)
-        model = self.model(model_id)
+        model = self.state.model(model_id)
         if nbytes < 8:
             raise AclError("dynamic input under 8 bytes", ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID)
         raise AclError(
@@ -148,11 +154,11 @@ class DynamicShapeApi:
         npufarm's static models (they have no dynamic dims to match)."""
         if not isinstance(dims, dict) or not isinstance(dims.get("dims"), list):
             raise AclError("dims must be a dict with a 'dims' list", ACL_ERROR_INVALID_PARAM)
-        count = _int(dims.get("dimCount", len(dims["dims"])), "dimCount")
+        count = int_arg(dims.get("dimCount", len(dims["dims"])), "dimCount")
         if count <= 0 or count > len(dims["dims"]):
             raise AclError(f"dimCount {count} invalid", ACL_ERROR_INVALID_PARAM)
         self._dynamic_input(dataset, index)
-        model = self.model(model_id)
+        model = self.state.model(model_id)
         raise AclError(
             f"model {model.model_id} ({model.spec.name}) has no dynamic dims",
             ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID,

@@ -1,6 +1,6 @@
 """``acl.rt.set_exception_info_callback`` and the five ``get_*_from_exception_info`` getters:
-the pyACL way to hear about failed device tasks without waiting for a sync. A mixin of the
-process-wide runtime (see ``client``).
+the pyACL way to hear about failed device tasks without waiting for a sync. A part of the
+process-wide runtime (see :mod:`client.runtime`).
 
 ::
 
@@ -42,10 +42,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from client.conventions import api
 from client.handle_table import as_int
-from client.runtime import api
-from client.session import StreamTrack
-from core.errors import ACL_ERROR_INVALID_PARAM, ACL_ERROR_RT_LOST_HEARTBEAT, AclError
+from client.state import RuntimeState
+from client.tracks import StreamTrack
+from core.errors import (
+    ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_RT_LOST_HEARTBEAT,
+    ACL_SUCCESS,
+    AclError,
+)
 
 __all__ = ["ExceptionApi", "ExceptionInfo", "ExceptionReporter", "INFO_INVALID", "INFO_HISTORY"]
 
@@ -168,10 +174,11 @@ class ExceptionReporter:
 
 
 class ExceptionApi:
-    """Exception-info calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+    """Exception-info calls on the shared :class:`RuntimeState`. The reporter is
+    process-wide (not reset by init/finalize): the callback outlives a session."""
 
-    def _exception_state(self) -> None:
-        """Process-wide (not reset by init/finalize): the callback outlives a session."""
+    def __init__(self, state: RuntimeState) -> None:
+        self.state = state
         self.exception_reporter = ExceptionReporter()
 
     @api()
@@ -202,20 +209,21 @@ class ExceptionApi:
         """The failed task's ACL code; 0xFFFFFFFF if the device is abnormal or info unknown."""
         return self.exception_reporter.field(info, "error_code")
 
-    # -- hooks (called by the runtime) -------------------------------------------------------
-    def _task_failed(self, task_id: int, code: int, track: StreamTrack) -> None:
-        """A task of this process ended with ``code`` != 0 (under the session condition)."""
-        if code == ACL_ERROR_RT_LOST_HEARTBEAT or self.exception_reporter.fn is None:
-            return  # a loss is reported once per device, by _device_lost
+    # -- hooks (registered with the state) ---------------------------------------------------
+    def task_settled(self, task_id: int, code: int, track: StreamTrack) -> None:
+        """A task of this process ended (under the session condition): a failure is reported."""
+        if code == ACL_SUCCESS or self.exception_reporter.fn is None:
+            return
+        if code == ACL_ERROR_RT_LOST_HEARTBEAT:
+            return  # a loss is reported once per device, by device_lost
         info = ExceptionInfo.task_failed(
             task_id, track.stream_id, track.thread_id, track.device_id, code
         )
         self.exception_reporter.report(info)
 
-    def _device_lost(self, device_id: int) -> None:
-        """A card (or the whole farm) was declared lost: its streams' host callbacks stop
-        holding syncs (:meth:`client.callbacks.CallbackApi._callbacks_lost`); reported for
-        devices this process opened."""
-        self._callbacks_lost(device_id)
-        if device_id in self.devices and self.exception_reporter.fn is not None:
+    def device_lost(self, device_id: int) -> None:
+        """A card (or the whole farm) was declared lost: reported for devices this process
+        opened (after :meth:`client.callbacks.CallbackApi.device_lost` stopped its streams'
+        host callbacks from holding syncs)."""
+        if device_id in self.state.devices and self.exception_reporter.fn is not None:
             self.exception_reporter.report(ExceptionInfo.device_lost(device_id))

@@ -12,8 +12,9 @@ handle returns ``ACL_ERROR_INVALID_PARAM`` (100000). Everything here is pure and
 sockets, no device access.
 
 This module holds the session-wide calls, data buffers and datasets; model descriptions and
-exec-config handles come from the :class:`client.descriptors.ModelDescTables` mixin, the handle
-counter and per-kind table from :mod:`client.handle_table` (all names importable from here).
+exec-config handles come from the :class:`client.descriptors.ModelDescTables` base class, the
+handle counter and per-kind table from :mod:`client.handle_table` (all names importable from
+here).
 """
 
 from __future__ import annotations
@@ -23,13 +24,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from client.descriptors import EXEC_CONFIG_EXTENSION_ATTRS, ExecConfig, ModelDescTables, _Desc
+from client.descriptors import EXEC_CONFIG_EXTENSION_ATTRS, ExecConfig, ModelDescTables
 from client.handle_table import HANDLE_BASE, HANDLE_STEP, UINT64_MAX, HandleTable, as_int
 from core.errors import (
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_SUCCESS,
-    ConfigError,
 )
 
 __all__ = [
@@ -81,26 +81,12 @@ class HandleTables(ModelDescTables):
         *,
         destroyed_history: int = _DEFAULT_DESTROYED_HISTORY,
     ) -> None:
-        extensions = frozenset(int(attr) for attr in exec_config_extensions)
-        unknown = extensions - EXEC_CONFIG_EXTENSION_ATTRS
-        if unknown:
-            raise ConfigError(
-                f"exec_config_extensions: unsupported attribute ids {sorted(unknown)}; "
-                f"allowed {sorted(EXEC_CONFIG_EXTENSION_ATTRS)}"
-            )
-        self._extensions = extensions
+        super().__init__(exec_config_extensions, destroyed_history)
         self._buffers: HandleTable[tuple[int, int]] = HandleTable("data buffer", destroyed_history)
         self._datasets: HandleTable[list[int]] = HandleTable("dataset", destroyed_history)
-        self._descs: HandleTable[_Desc] = HandleTable("model desc", destroyed_history)
-        self._exec_configs: HandleTable[ExecConfig] = HandleTable("exec config", destroyed_history)
         self._tables = (self._buffers, self._datasets, self._descs, self._exec_configs)
         self._generations = itertools.count(1)
         self.generation = 0  # changes whenever a data buffer or dataset changes (cache key)
-
-    @property
-    def extensions(self) -> frozenset[int]:
-        """The exec-config attribute ids accepted beyond 0 and 1."""
-        return self._extensions
 
     # ------------------------------------------------------------------ session-wide
 

@@ -2,19 +2,22 @@
 
 Models load onto the current device (the card builds the kernel and its seeded weights once);
 execution is a stream task naming device pointers. The sync forms (``execute``, ``execute_v2``)
-are an async submit followed by a wait, exactly as the runtime layers them on hardware.
+are an async submit followed by a wait, exactly as the runtime layers them on hardware. A part
+of the process-wide runtime (see :mod:`client.runtime`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from client.conventions import api, int_arg
 from client.handles import ExecConfig, sync_timeout_error
-from client.runtime import Stream, _int, api
-from client.session import StreamTrack
+from client.records import LoadedModel, Stream
+from client.state import RuntimeState
+from client.streams import StreamApi
+from client.tracks import StreamTrack
 from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_INVALID_PARAM,
@@ -28,58 +31,40 @@ from core.protocol import TaskKind
 from device.memory import decode_ptr, is_device_ptr
 from device.models import ModelSpec, load_model_file, parse_model
 
-__all__ = ["LoadedModel", "ModelApi"]
+__all__ = ["ModelApi"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    model_id: int
-    device_id: int
-    epoch: int
-    card_handle: int
-    spec: ModelSpec
-    input_nbytes: tuple[int, ...] = ()
-    output_nbytes: tuple[int, ...] = ()
-
-    @classmethod
-    def of(cls, model_id: int, device_id: int, epoch: int, handle: int, spec: ModelSpec):
-        return cls(
-            model_id,
-            device_id,
-            epoch,
-            handle,
-            spec,
-            tuple(t.nbytes for t in spec.inputs),
-            tuple(t.nbytes for t in spec.outputs),
-        )
-
-
 class ModelApi:
-    """The ``acl.mdl`` calls; mixed into the runtime with :class:`client.runtime.Runtime`."""
+    """The ``acl.mdl`` calls on the shared :class:`RuntimeState`; the synchronous forms wait
+    through ``streams``."""
+
+    def __init__(self, state: RuntimeState, streams: StreamApi) -> None:
+        self.state = state
+        self.streams = streams
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, spec: ModelSpec) -> int:
-        session = self.require()
-        device_id = self.current_context().device_id
-        if not spec.blob or self.host is None:
+        session = self.state.require()
+        device_id = self.state.current_context().device_id
+        if not spec.blob or self.state.host is None:
             reply = session.request(device_id, "load", spec=spec.to_dict())
         else:  # bulk bytes travel through shared memory, never through the sockets
             size = len(spec.blob)
-            ptr = self.host.malloc(size)
+            ptr = self.state.host.malloc(size)
             try:
                 ctypes.memmove(ptr, spec.blob, size)
-                name, offset = self.host.locate(ptr, size)
+                name, offset = self.state.host.locate(ptr, size)
                 document = spec.to_dict()
                 del document["blob"]
                 document["blob_ref"] = [name, offset, size]
                 reply = session.request(device_id, "load", spec=document)
             finally:
-                self.host.free(ptr)
-        with self.lock:
-            model_id = next(self.model_ids)
-            self.models[model_id] = LoadedModel.of(
+                self.state.host.free(ptr)
+        with self.state.lock:
+            model_id = next(self.state.model_ids)
+            self.state.models[model_id] = LoadedModel.of(
                 model_id, device_id, session.epochs[device_id], reply["handle"], spec
             )
         return model_id
@@ -92,39 +77,32 @@ class ModelApi:
         if not isinstance(path, str) or not path:
             raise AclError("model path must be a non-empty str", ACL_ERROR_INVALID_PARAM)
         spec = load_model_file(path)
-        self.current_context()
+        self.state.current_context()
         return self._load(spec)
 
     @api(1)
     def load_from_mem(self, ptr: Any, size: Any) -> int:
-        ptr, size = _int(ptr, "ptr"), _int(size, "size")
+        ptr, size = int_arg(ptr, "ptr"), int_arg(size, "size")
         if ptr == 0 or size <= 0 or is_device_ptr(ptr):
             raise AclError("load_from_mem needs a host buffer and a size", ACL_ERROR_INVALID_PARAM)
         spec = parse_model(ctypes.string_at(ptr, size), source=f"memory@{ptr:#x}")
-        self.current_context()
+        self.state.current_context()
         return self._load(spec)
-
-    def model(self, model_id: Any) -> LoadedModel:
-        self.require()
-        found = self.models.get(_int(model_id, "model id"))
-        if found is None:
-            raise AclError(f"unknown model id {model_id}", ACL_ERROR_GE_EXEC_MODEL_ID_INVALID)
-        return found
 
     @api()
     def unload(self, model_id: Any) -> None:
-        found = self.model(model_id)
-        with self.lock:
-            del self.models[found.model_id]
-        session = self.require()
+        found = self.state.model(model_id)
+        with self.state.lock:
+            del self.state.models[found.model_id]
+        session = self.state.require()
         if found.device_id not in session.lost and found.epoch == session.epochs[found.device_id]:
             session.request(found.device_id, "unload", handle=found.card_handle)
 
     # -- descriptions ----------------------------------------------------------------------
     @api()
     def get_desc(self, desc: Any, model_id: Any) -> int:
-        found = self.model(model_id)
-        return self.handles.fill_desc(desc, found.model_id, found.spec)
+        found = self.state.model(model_id)
+        return self.state.handles.fill_desc(desc, found.model_id, found.spec)
 
     # -- execution -------------------------------------------------------------------------
     def _refs(
@@ -133,20 +111,20 @@ class ModelApi:
         """``[[ptr, tensor bytes], ...]`` of a dataset, each checked against this process's
         live device allocations; cached until a buffer, dataset or allocation changes."""
         key = (dataset, nbytes, device_id)
-        generations = (self.handles.generation, self.allocations.generation)
-        cached = self.refs_cache.get(key)
+        generations = (self.state.handles.generation, self.state.allocations.generation)
+        cached = self.state.refs_cache.get(key)
         if cached is not None and cached[0] == generations:
             return cached[1]
         refs = self._check_refs(dataset, nbytes, what, device_id)
-        if len(self.refs_cache) > 4096:
-            self.refs_cache.clear()
-        self.refs_cache[key] = (generations, refs)
+        if len(self.state.refs_cache) > 4096:
+            self.state.refs_cache.clear()
+        self.state.refs_cache[key] = (generations, refs)
         return refs
 
     def _check_refs(
         self, dataset: Any, nbytes: tuple[int, ...], what: str, device_id: int
     ) -> list[list[int]]:
-        buffers = self.handles.dataset_buffers(dataset)
+        buffers = self.state.handles.dataset_buffers(dataset)
         if buffers is None:
             raise AclError(f"{what} dataset {dataset} is unknown", ACL_ERROR_INVALID_PARAM)
         if len(buffers) < len(nbytes):
@@ -156,7 +134,7 @@ class ModelApi:
             )
         refs = []
         for index, (handle, need) in enumerate(zip(buffers, nbytes)):
-            buffer = self.handles.buffer(handle)
+            buffer = self.state.handles.buffer(handle)
             if buffer is None:
                 raise AclError(f"{what} buffer {index} was destroyed", ACL_ERROR_INVALID_PARAM)
             ptr, size = buffer
@@ -170,7 +148,7 @@ class ModelApi:
                     f"{what} {index} is not memory of device {device_id}",
                     ACL_ERROR_RT_PARAM_INVALID,
                 )
-            self.check_device_range(ptr, need)
+            self.state.check_device_range(ptr, need)
             refs.append([ptr, need])
         return refs
 
@@ -183,14 +161,14 @@ class ModelApi:
         stream: Stream | None,
         call: str,
     ) -> int:
-        found = self.model(model_id)
+        found = self.state.model(model_id)
         if found.device_id != track.device_id:
             raise AclError(
                 f"model {found.model_id} is on device {found.device_id}, the stream "
                 f"on {track.device_id}",
                 ACL_ERROR_RT_STREAM_CONTEXT,
             )
-        session = self.require()
+        session = self.state.require()
         session.check_device(found.device_id)
         if found.epoch != session.epochs[found.device_id]:
             raise AclError(
@@ -199,45 +177,47 @@ class ModelApi:
             )
         reads = self._refs(inputs, found.input_nbytes, "input", found.device_id)
         writes = self._refs(outputs, found.output_nbytes, "output", found.device_id)
-        plan = self._task_plan(writes, reads, found.spec.outputs if self.poison_outputs else ())
-        if self.poison_outputs:
-            self.poison_unread(plan)
+        plan = self.state.task_plan(
+            writes, reads, found.spec.outputs if self.state.poison_outputs else ()
+        )
+        if self.state.poison_outputs:
+            self.state.poison_unread(plan)
         task = {"k": TaskKind.EXECUTE, "m": found.card_handle, "i": reads, "o": writes}
-        return self.submit_task(track, task, reads, writes, call, plan)
+        return self.state.submit_task(track, task, reads, writes, call, plan)
 
     def _exec_config(self, handle: Any) -> ExecConfig:
-        if _int(handle, "exec config handle") == 0:
+        if int_arg(handle, "exec config handle") == 0:
             raise AclError("exec config handle is NULL", ACL_ERROR_INVALID_PARAM)
-        config = self.handles.exec_config_snapshot(handle)
+        config = self.state.handles.exec_config_snapshot(handle)
         if config is None:
             raise AclError(f"unknown exec config handle {handle}", ACL_ERROR_INVALID_PARAM)
         return config
 
     def _sync_track(self) -> StreamTrack:
         """The current context's private queue for synchronous executes."""
-        context = self.current_context()
-        with self.lock:
-            track = self.sync_tracks.get(context.handle)
+        context = self.state.current_context()
+        with self.state.lock:
+            track = self.state.sync_tracks.get(context.handle)
             if track is None:
-                track = self.sync_tracks[context.handle] = StreamTrack(
+                track = self.state.sync_tracks[context.handle] = StreamTrack(
                     context.device_id, -context.handle
                 )
         return track
 
     @api()
     def execute(self, model_id: Any, inputs: Any, outputs: Any) -> int:
-        self.model(model_id)  # CANN looks the model up before it needs a context
+        self.state.model(model_id)  # CANN looks the model up before it needs a context
         track = self._sync_track()
-        with self._one_sync_execute(track):  # its error is its own (client/streams.py)
+        with self.streams.one_sync_execute(track):  # its error is its own (StreamApi)
             task_id = self._submit_execute(
                 model_id, inputs, outputs, track, None, "acl.mdl.execute"
             )
-            return self._wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+            return self.streams.wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
 
     @api()
     def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
-        self.model(model_id)  # CANN looks the model up before the stream and its context
-        target = self.stream(stream)
+        self.state.model(model_id)  # CANN looks the model up before the stream and its context
+        target = self.state.stream(stream)
         self._submit_execute(
             model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async"
         )
@@ -245,10 +225,10 @@ class ModelApi:
     @api()
     def execute_v2(self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any) -> int:
         config = self._exec_config(handle)
-        self.model(model_id)  # before the context, as in CANN
-        if _int(stream, "stream") == 0 and getattr(self._tls, "context", None) is None:
-            self.current_context()
-        target = self.stream(stream)
+        self.state.model(model_id)  # before the context, as in CANN
+        if int_arg(stream, "stream") == 0 and getattr(self.state.tls, "context", None) is None:
+            self.state.current_context()
+        target = self.state.stream(stream)
         timeout_ms = config.stream_sync_timeout_ms
         if timeout_ms != -1 and sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(
@@ -258,16 +238,18 @@ class ModelApi:
         task_id = self._submit_execute(
             model_id, inputs, outputs, target.track, target, "acl.mdl.execute_v2"
         )
-        return self._wait_track(target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+        return self.streams.wait_track(
+            target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+        )
 
     @api()
     def execute_async_v2(
         self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any
     ) -> None:
         config = self._exec_config(handle)
-        self.model(model_id)  # before the stream and its context, as in CANN
-        target = self.stream(stream)
-        with self._exec_config_applies(target, config):  # atomically (client/streams.py)
+        self.state.model(model_id)  # before the stream and its context, as in CANN
+        target = self.state.stream(stream)
+        with self.streams.exec_config_applies(target, config):  # atomically (StreamApi)
             self._submit_execute(
                 model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async_v2"
             )

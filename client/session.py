@@ -14,9 +14,9 @@ full memory barrier). A thread that waits for a completion flushes the outbox it
 receives on the socket itself (leader/follower), so a synchronous round trip has no thread
 hand-off; the I/O thread steps aside while anyone waits, and otherwise drains completions,
 card events and pongs, pings an idle broker and declares it lost after the heartbeat expiry.
-Submits are one-way and batched: what queued up while the I/O thread was busy leaves as one
-SUBMIT per card. A sync on a stream whose tasks are done is a local check, no round trip.
-A lost card fails every pending task of that card with 507010; a silent broker fails everything.
+Submits are one-way and batched (:mod:`client.outbox`). A sync on a stream whose tasks are done
+is a local check, no round trip (:mod:`client.tracks`). A lost card fails every pending task of
+that card with 507010; a silent broker fails everything (:mod:`client.membership`).
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from client.membership import Membership, hello_body
+from client.outbox import Outbox, send_message
+from client.tracks import HELD_FOR_RECORD, Ledger, StreamTrack
 from core import protocol as proto
 from core.errors import (
     ACL_ERROR_RT_LOST_HEARTBEAT,
@@ -45,59 +46,16 @@ from core.errors import (
 )
 from core.protocol import BROKER_DEVICE, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS, Cmd
 
-__all__ = ["Session", "StreamTrack", "Ledger"]
+__all__ = ["Session"]
 
 logger = logging.getLogger(__name__)
 
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _REQUEST_TIMEOUT_S = 30.0
-_MAX_BATCH = 64
 _IO_THREAD = "io"  # the receiver marker of the I/O thread (waiting threads use their ident)
-HELD_FOR_RECORD = "record"
-"""The gate of a held ``stream_wait_event`` whose event record is itself still held in the client
-(behind a blocking callback): the stream's tasks stay held until the record is sent
-(``client.streams`` releases them)."""
 
 
-@dataclass(eq=False)
-class StreamTrack:
-    """Completion bookkeeping of one stream (or a device-internal queue) in this process."""
-
-    device_id: int
-    stream_id: int
-    pending: deque[int] = field(default_factory=deque)
-    error: int = ACL_SUCCESS  # first task error not yet returned by a sync
-    last_task: int = 0
-    host_pending: set[int] = field(default_factory=set)  # host callbacks not yet returned
-    held: list | None = None  # (task, gate) held behind a blocking host callback, unsent
-    gate_next: bool = False  # the next task submitted is a blocking callback's marker
-    thread_id: int = 0  # native id of the thread that submitted the latest task (exception info)
-
-    def blocks(self, task_id: int) -> bool:
-        if self.pending and self.pending[0] <= task_id:
-            return True
-        return bool(self.host_pending) and min(self.host_pending) <= task_id
-
-
-@dataclass
-class Ledger:
-    """Every task this client submitted ends in exactly one of these counters."""
-
-    submitted: int = 0
-    completed: int = 0
-    failed: dict[int, int] = field(default_factory=dict)
-    abandoned: int = 0  # still pending when the session closed (never synced, or dropped)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "submitted": self.submitted,
-            "completed": self.completed,
-            "failed": {str(code): n for code, n in sorted(self.failed.items())},
-            "abandoned": self.abandoned,
-        }
-
-
-class Session(Membership):
+class Session:
     """A connection to one farm. Thread-safe; create one per process."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0) -> None:
@@ -117,26 +75,27 @@ class Session(Membership):
         self._task_ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
-        self._outbox: deque[tuple[bytes, bytes, Any]] = deque()  # work: SUBMIT / REQUEST
-        self._send_lock = threading.Lock()  # owns the send socket
         self._receiver: int | str | None = None  # who may use the receive socket (cond)
         self._waiters = 0  # threads in _await (the I/O thread steps aside while > 0)
         self._last_heard = time.monotonic()
         self._wake_r, self._wake_w = os.pipe()
-        self._wake_pending = False
         self._running = True
         self._ctx = zmq.Context()
         identity = f"c{os.getpid()}-{os.urandom(6).hex()}".encode()
         self._socket = self._dealer(identity)  # receives (under the receive lock)
-        self._sender = self._dealer(identity + proto.SENDER_SUFFIX)  # sends (send lock)
+        self._outbox = Outbox(self._dealer(identity + proto.SENDER_SUFFIX), self._wake)  # sends
         self._hello: dict | None = None
-        self._rejoining = False  # a HELLO was sent after a broker silence or a DISCONNECT
+        self.membership = Membership(self, self._send_hello)
         self.farm: dict = {}
-        # HELLO leaves on the receive socket, so the broker knows that pipe before it answers
-        self._send(self._socket, Cmd.HELLO, _BROKER_ROUTE, hello_body())
+        self._send_hello()
         self._thread = threading.Thread(target=self._io_loop, name="npufarm-io", daemon=True)
         self._thread.start()
         self.farm = self._handshake(connect_timeout_s)
+
+    def _send_hello(self) -> None:
+        """HELLO leaves on the receive socket (its holder calls this), so the broker knows that
+        pipe before it answers."""
+        send_message(self._socket, Cmd.HELLO, _BROKER_ROUTE, hello_body())
 
     def _dealer(self, identity: bytes) -> zmq.Socket:
         socket = self._ctx.socket(zmq.DEALER)
@@ -181,7 +140,7 @@ class Session(Membership):
         with self.cond:
             self._replies[rid] = None
             epoch = self.epochs.get(device_id)
-        self._post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
+        self._outbox.post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
         answered = self._await(  # a lost card ends the wait at once, like a lost broker
             lambda: (
                 self._replies[rid] is not None
@@ -206,7 +165,7 @@ class Session(Membership):
             if self.broker_lost or device_id in self.lost or device_id not in self.epochs:
                 return
             route = self.route(device_id)
-        self._post(Cmd.REQUEST, route, {"rid": next(self._rids), "op": op, **args})
+        self._outbox.post(Cmd.REQUEST, route, {"rid": next(self._rids), "op": op, **args})
 
     def submit(
         self,
@@ -234,7 +193,7 @@ class Session(Membership):
                 return task_id
             if gate:  # a blocking callback's marker: what follows waits for the callback
                 track.held = []
-        self._post(Cmd.SUBMIT, self.route(track.device_id), task)
+        self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
         return task_id
 
     def host_done(self, track: StreamTrack, task_id: int, release: bool) -> None:
@@ -255,7 +214,7 @@ class Session(Membership):
                         break
             self.cond.notify_all()
         for task in send:
-            self._post(Cmd.SUBMIT, self.route(track.device_id), task)
+            self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
 
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:
         """Wait until no task <= ``task_id`` is pending on ``track``. False on timeout.
@@ -284,16 +243,15 @@ class Session(Membership):
             return
         with self.cond:
             self.ledger.abandoned = len(self.tracks)
-        self._flush_now()
+        self._outbox.flush_now()
         if self.sync_spans:
             self._send_spans()
-        with self._send_lock:
-            self._send(self._sender, Cmd.DISCONNECT, _BROKER_ROUTE, proto.pack({}))
+        self._outbox.send(Cmd.DISCONNECT, _BROKER_ROUTE, proto.pack({}))
         self._running = False
+        self._outbox.stop()
         self._wake()
         self._thread.join(timeout=5.0)
-        with self._send_lock:
-            self._sender.close(0)
+        self._outbox.close()
         with self.cond:
             while self._receiver is not None:
                 self.cond.wait(0.1)
@@ -312,34 +270,15 @@ class Session(Membership):
         farm = self._hello
         farm["cards"] = {c["device_id"]: c for c in farm["cards"]}
         self.epochs = {d: c["epoch"] for d, c in farm["cards"].items()}
-        self._adopt_card_states(farm["cards"])
+        self.membership.adopt_card_states(farm["cards"])
         return farm
-
-    def _post(self, cmd: bytes, route: bytes, body: Any) -> None:
-        """Queue work for the I/O thread, which sends what accumulated as one batch per card.
-        A thread about to wait sends the queue itself first (:meth:`_flush_now`)."""
-        self._outbox.append((cmd, route, body))
-        if not self._wake_pending:
-            self._wake_pending = True
-            self._wake()
-
-    def _flush_now(self) -> None:
-        """Send the queued work from this thread unless another thread is sending already; that
-        thread then takes it along (its recheck after unlocking sees it)."""
-        while self._outbox and self._running:
-            if not self._send_lock.acquire(blocking=False):
-                return
-            try:
-                self._flush_outbox(self._sender)
-            finally:
-                self._send_lock.release()
 
     def _await(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Wait until ``done()`` (checked under the condition) or the deadline; False on
         timeout. The waiting thread flushes the outbox and, when no other thread is receiving,
         becomes the receiver itself; otherwise it waits to be notified."""
         if self._outbox:
-            self._flush_now()
+            self._outbox.flush_now()
         me = threading.get_ident()
         kicked = False
         with self.cond:
@@ -385,7 +324,7 @@ class Session(Membership):
                 for item, _ in poller.poll(timeout_s * 1000.0):
                     if item == self._wake_r:
                         os.read(self._wake_r, 4096)
-                        self._wake_pending = False
+                        self._outbox.woken()
                     else:
                         self._drain_socket()
         finally:
@@ -420,9 +359,9 @@ class Session(Membership):
                 self._receive(interval_s, poller)
             elif wake_only.poll(interval_s * 1000.0):  # a waiter receives; keep flushing
                 os.read(self._wake_r, 4096)
-                self._wake_pending = False
+                self._outbox.woken()
             if self._outbox:
-                self._flush_now()
+                self._outbox.flush_now()
             now = time.monotonic()
             if self._hello is None or not self._running:
                 continue
@@ -432,8 +371,7 @@ class Session(Membership):
             if now - last_ping >= interval_s:
                 # Paranoid Pirate: ping every interval; the broker answers, so a silent broker
                 # shows, and the broker knows this client lives (it releases dead clients)
-                with self._send_lock:
-                    self._send(self._sender, Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
+                self._outbox.send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
                 last_ping = now
             if silent_s > self.heartbeat_expiry_s:
                 with self.cond:  # look once more: the answer may be queued behind a busy thread
@@ -451,37 +389,7 @@ class Session(Membership):
 
     def _send_spans(self) -> None:
         spans = [self.sync_spans.popleft() for _ in range(len(self.sync_spans))]
-        with self._send_lock:
-            self._send(self._sender, Cmd.TRACE, _BROKER_ROUTE, proto.pack(spans))
-
-    @staticmethod
-    def _send(socket: zmq.Socket, cmd: bytes, route: bytes, body: bytes) -> None:
-        try:
-            proto.send_frames(socket, proto.client_message(cmd, route, body))
-        except zmq.ZMQError as exc:
-            logger.warning("send failed: %s", exc)
-
-    def _flush_outbox(self, socket: zmq.Socket) -> None:
-        """Send everything queued (caller holds the send lock), one SUBMIT per card per run of
-        consecutive submits, so order with requests is kept."""
-        send = self._send
-        batches: dict[bytes, list] = {}
-        outbox = self._outbox
-        while outbox:
-            cmd, route, body = outbox.popleft()
-            if cmd == Cmd.SUBMIT:
-                batch = batches.setdefault(route, [])
-                batch.append(body)
-                if len(batch) >= _MAX_BATCH:
-                    send(socket, Cmd.SUBMIT, route, proto.pack(batch))
-                    del batches[route]
-                continue
-            for batch_route, batch in batches.items():  # keep order with this message
-                send(socket, Cmd.SUBMIT, batch_route, proto.pack(batch))
-            batches.clear()
-            send(socket, cmd, route, proto.pack(body))
-        for batch_route, batch in batches.items():
-            send(socket, Cmd.SUBMIT, batch_route, proto.pack(batch))
+        self._outbox.send(Cmd.TRACE, _BROKER_ROUTE, proto.pack(spans))
 
     def _drain_socket(self) -> None:
         """Handle every queued message (caller holds the receive lock)."""
@@ -490,8 +398,8 @@ class Session(Membership):
             if frames is None:
                 return
             self._last_heard = time.monotonic()
-            if self.broker_lost and not self._rejoining:
-                self._rejoin("the broker answers again")
+            if self.broker_lost and not self.membership.rejoining:
+                self.membership.rejoin("the broker answers again")
             try:
                 self._on_message(proto.parse_client_message(frames, with_identity=False))
             except (NpuFarmError, KeyError, TypeError, ValueError) as exc:
@@ -514,13 +422,13 @@ class Session(Membership):
                     self._hello = body
                     self.cond.notify_all()
             else:
-                self._rejoined(body)
+                self.membership.rejoined(body)
         elif msg.cmd == Cmd.CARD_EVENT:
             body = proto.unpack(msg.body)
             if isinstance(body, dict) and body.get("state") == "lost":
-                self._card_lost(int(body["device_id"]), int(body["epoch"]))
+                self.card_lost(int(body["device_id"]), int(body["epoch"]))
         elif msg.cmd == Cmd.DISCONNECT:
-            self._expired()
+            self.membership.expired(self._running)
         elif msg.cmd != Cmd.HEARTBEAT:
             logger.debug("ignored broker command %r", msg.cmd)
 
@@ -561,7 +469,9 @@ class Session(Membership):
             except Exception:
                 logger.exception("settle hook failed for task %d", task_id)
 
-    def _card_lost(self, device_id: int, epoch: int) -> None:
+    def card_lost(self, device_id: int, epoch: int) -> None:
+        """The farm lost the device at ``epoch``: its pending tasks fail with 507010, sticky
+        until reset + set_device (a stale epoch is ignored). Any thread."""
         with self.cond:
             if self.epochs.get(device_id) != epoch:
                 return
@@ -576,7 +486,7 @@ class Session(Membership):
 
     def _broker_gone(self, silent_s: float) -> None:
         with self.cond:
-            self._rejoining = False  # the next word from the broker sends a new HELLO
+            self.membership.rejoining = False  # the next word from the broker sends a new HELLO
             if self.broker_lost:
                 return
             self.broker_lost = True

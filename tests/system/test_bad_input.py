@@ -241,7 +241,7 @@ def test_a_failing_settle_hook_never_strands_a_sync(farm, acl_on, monkeypatch):
         def broken(*args):
             raise RuntimeError("bookkeeping bug")
 
-        monkeypatch.setattr(RUNTIME, "_settled", broken)
+        monkeypatch.setattr(RUNTIME.state, "task_settled", broken)
         RUNTIME.session.on_settle = broken
         assert acl.rt.memset_async(ptr, 64, 1, 64, stream) == 0
         assert acl.rt.synchronize_stream_with_timeout(stream, 5000) == 0

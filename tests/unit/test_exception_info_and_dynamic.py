@@ -59,7 +59,9 @@ def test_history_is_bounded_and_a_raising_callback_does_not_stop_delivery(caplog
     assert reporter.report(ExceptionInfo.device_lost(6)) == 0
 
 
-class _Tables(DynamicShapeApi):
+class _State:
+    """The part of client.state.RuntimeState the dynamic-shape queries use."""
+
     def __init__(self) -> None:
         self.handles = HandleTables()
         self.errors = []
@@ -69,8 +71,9 @@ class _Tables(DynamicShapeApi):
 
 
 def test_dynamic_queries_report_no_gears_for_any_live_desc():
-    api = _Tables()
-    desc = api.handles.create_desc()  # unfilled: still a live description
+    state = _State()
+    api = DynamicShapeApi(state)
+    desc = state.handles.create_desc()  # unfilled: still a live description
     assert api.get_dynamic_batch(desc) == ({"batchCount": 0, "batch": []}, 0)
     assert api.get_dynamic_hw(desc, 0) == ({"hwCount": 0, "hw": []}, 0)
     assert api.get_input_dynamic_gear_count(desc, -1) == (0, 0)
@@ -82,8 +85,8 @@ def test_dynamic_queries_report_no_gears_for_any_live_desc():
     )
     assert api.get_input_dynamic_dims(desc, 0, 0) == ([], 100000)
     assert api.get_input_dynamic_dims(desc, -1, 5000) == (None, 100000)
-    api.handles.destroy_desc(desc)
+    state.handles.destroy_desc(desc)
     assert api.get_dynamic_batch(desc) == ({}, 100000)
     assert api.get_dynamic_hw(0, -1) == ({}, 100000)
     assert api.get_input_dynamic_gear_count(None, -1) == (0, 100000)
-    assert ("get_dynamic_batch", 100000) in api.errors
+    assert ("get_dynamic_batch", 100000) in state.errors
