@@ -1,3 +1,4 @@
-"""npufarm benchmarks: raw transport/copy baselines (`raw`) and the farm benchmark (`core`)."""
+"""npufarm benchmarks: raw transport/copy baselines (`raw`), the farm benchmark (`core`), and an
+A/B runner that compares a benchmark between two git refs (`compare`)."""
 
 __all__: list[str] = []

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
+
+import acl
 
 __all__ = [
     "REPO",
@@ -141,14 +144,10 @@ def start_farm(
 
 
 def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (psutil when available, /proc otherwise)."""
+    """Alive and not a zombie."""
     try:
-        import psutil
-
         proc = psutil.Process(pid)
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except ImportError:
-        return Path(f"/proc/{pid}").exists()
     except Exception:  # psutil.NoSuchProcess and friends
         return False
 
@@ -196,8 +195,6 @@ def ledger_problems(ledger: Mapping[str, Any], drained: bool = True) -> list[str
 def acl_roundtrip(address: str, device_id: int, model: str = "add") -> str | None:
     """One pyACL session against ``address``: load a model, copy inputs in, execute, read the
     output back and compare with numpy. None when all is right, else what went wrong."""
-    import acl
-
     previous = os.environ.get("NPUFARM_ADDRESS")
     os.environ["NPUFARM_ADDRESS"] = address
     try:

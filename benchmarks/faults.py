@@ -23,6 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import acl
+from client import RUNTIME
+from farm.admin import broker_request
+
 __all__ = ["measure"]
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -87,10 +91,6 @@ def _wait_lost(acl, timeout_s: float = 10.0) -> float:
 
 
 def measure(rounds: int = 5) -> dict[str, Any]:
-    import acl
-    from client import RUNTIME
-    from farm.admin import broker_request
-
     runtime_dir = Path(tempfile.mkdtemp(prefix="nfb", dir="/tmp"))
     farm = _start_farm(runtime_dir)
     address = f"ipc://{runtime_dir}/fb.sock"

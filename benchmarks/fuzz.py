@@ -45,6 +45,7 @@ from hypothesis import seed as hypothesis_seed
 
 from benchmarks import fuzz_inputs as fi
 from benchmarks.farm_probe import (
+    MODELS,
     FarmProcess,
     acl_roundtrip,
     ledger_problems,
@@ -57,6 +58,7 @@ from core import protocol as proto
 from core.errors import NpuFarmError
 from core.fault_plan import FaultRule
 from core.protocol import BROKER_DEVICE, Cmd
+from device.models import load_model_file
 from farm.admin import broker_request, query_status
 
 __all__ = ["FuzzRun", "generate", "main"]
@@ -125,9 +127,6 @@ class FuzzRun:
 
     @staticmethod
     def _add_spec() -> dict:
-        from benchmarks.farm_probe import MODELS
-        from device.models import load_model_file
-
         return load_model_file(MODELS / "add.toml").to_dict()
 
     def close(self) -> None:

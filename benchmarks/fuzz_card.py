@@ -35,6 +35,7 @@ from benchmarks.farm_probe import REPO, pid_alive
 from core import protocol as proto
 from core.errors import ProtocolError
 from core.protocol import Cmd
+from device.memory import HbmSegment
 
 __all__ = ["CardRig", "CARD_DRAFTS", "fuzz_card"]
 
@@ -333,8 +334,6 @@ def _card_malformed(rig: CardRig, ids) -> Any:
 
 def _memset_works(rig: CardRig, ids, shm: str) -> str | None:
     """A client mallocs, memsets through a task, finds the bytes in the card's HBM, leaves."""
-    from device.memory import HbmSegment
-
     client = b"\x00fz-check"
     rid, task, value = next(ids), next(ids), 0xA5
     malloc = {"rid": rid, "op": "malloc", "size": 4096}

@@ -14,7 +14,7 @@ a temp dir. A card runs it with onnxruntime on one thread, so the raw baselines 
 * ``farm.throughput_2cards`` - one thread per card, closed loop of ``farm.request``: requests/s
   vs ``ort_parallel``. Target: ratio >= 0.75 (the broker and the client share the host's cores).
 
-The farm is ``benchmarks.core.FarmProcess`` (time_scale 0: only the real compute counts).
+The farm is ``benchmarks.core_farm.FarmProcess`` (time_scale 0: only the real compute counts).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.core import FarmProcess, acl_session
+from benchmarks.core_farm import FarmProcess, acl_session
+from examples.pyacl.tiny_cnn import build_cnn
 
 __all__ = ["measure", "main"]
 
@@ -48,8 +49,6 @@ def _p50_us(samples: list[float]) -> float:
 
 
 def _convert(work: Path) -> tuple[Path, Path]:
-    from examples.pyacl.tiny_cnn import build_cnn
-
     source = build_cnn(work / "cnn.onnx", image=IMAGE)
     shape = ",".join(map(str, (BATCH, *IMAGE)))
     subprocess.run(
@@ -72,7 +71,7 @@ def _convert(work: Path) -> tuple[Path, Path]:
 
 
 def _host_session(source: Path):
-    import onnxruntime
+    import onnxruntime  # optional heavy dependency (the onnx extra): only this benchmark needs it
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
@@ -162,41 +161,50 @@ def _timed(fn, rounds: int) -> list[float]:
     return times
 
 
+def _farm_figures(
+    om: Path, x: np.ndarray, expected: np.ndarray, rounds: int, window_s: float
+) -> tuple[float, float, float]:
+    """On a 2-card farm: exec p50 and request p50 on card 0 (µs), then requests/s of one
+    closed-loop thread per card. Card 0's outputs are checked against ``expected`` first."""
+    with FarmProcess(cards=2) as farm, acl_session(farm.endpoint) as acl:
+        rigs = [_CardRig(acl, d, om) for d in range(2)]
+        try:
+            rigs[0].request(x)
+            y = rigs[0].y.reshape(BATCH, -1)
+            assert np.abs(y - expected).max() <= 1e-5, "the card's outputs differ"
+            acl.rt.set_context(rigs[0].context)
+            exec_us = _p50_us(_timed(rigs[0].execute, rounds))
+            request_us = _p50_us(_timed(lambda: rigs[0].request(x), rounds))
+            done = [0, 0]
+
+            def loop(rig: _CardRig, index: int) -> None:
+                acl.rt.set_context(rig.context)
+                deadline = time.perf_counter() + window_s
+                while time.perf_counter() < deadline:
+                    rig.request(x)
+                    done[index] += 1
+
+            threads = [threading.Thread(target=loop, args=(r, i)) for i, r in enumerate(rigs)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            for rig in rigs:
+                rig.close()
+    return exec_us, request_us, sum(done) / window_s
+
+
 def measure(quick: bool = False) -> dict[str, Any]:
+    """Convert the model, measure the host baselines, then the farm; the JSON-able result."""
     rounds, window_s = (50, 1.0) if quick else (400, 4.0)
     x = np.random.default_rng(0).standard_normal((BATCH, *IMAGE)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="nfo-") as work:
         source, om = _convert(Path(work))
         baselines = _baselines(source, x, rounds, window_s)
-        raw_us = baselines["ort_run"]["p50_us"]
-        with FarmProcess(cards=2) as farm, acl_session(farm.endpoint) as acl:
-            rigs = [_CardRig(acl, d, om) for d in range(2)]
-            try:
-                rigs[0].request(x)
-                y = rigs[0].y.reshape(BATCH, -1)
-                expected = _host_session(source).run(None, {"x": x})[0]
-                assert np.abs(y - expected).max() <= 1e-5, "the card's outputs differ"
-                acl.rt.set_context(rigs[0].context)
-                exec_us = _p50_us(_timed(rigs[0].execute, rounds))
-                request_us = _p50_us(_timed(lambda: rigs[0].request(x), rounds))
-                done = [0, 0]
-
-                def loop(rig: _CardRig, index: int) -> None:
-                    acl.rt.set_context(rig.context)
-                    deadline = time.perf_counter() + window_s
-                    while time.perf_counter() < deadline:
-                        rig.request(x)
-                        done[index] += 1
-
-                threads = [threading.Thread(target=loop, args=(r, i)) for i, r in enumerate(rigs)]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
-            finally:
-                for rig in rigs:
-                    rig.close()
-    throughput = sum(done) / window_s
+        expected = _host_session(source).run(None, {"x": x})[0]
+        exec_us, request_us, throughput = _farm_figures(om, x, expected, rounds, window_s)
+    raw_us = baselines["ort_run"]["p50_us"]
     parallel = baselines["ort_parallel"]["requests_per_s"]
     return {
         "schema": "npufarm.bench.onnx/1",

@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
 
 from benchmarks import soak_checks as checks
 from benchmarks.farm_probe import LOSS_LINE, MODELS, REPO, acl_roundtrip, start_farm
@@ -193,8 +198,6 @@ class Soak:
         """How long the broker takes to answer STATUS, and how busy it was meanwhile: a long
         answer with the broker's CPU idle means it was starved, with it busy that it was
         stuck in its own work (diagnosis for losses the cards blame on a silent broker)."""
-        import psutil
-
         broker = psutil.Process(self.farm.process.pid)
         cpu_before = sum(broker.cpu_times()[:2])
         t0 = time.monotonic()
@@ -359,9 +362,6 @@ def _session_summary(sessions: list[checks.Session]) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console(width=max(100, Console().width))
     table = Table(
         title=f"chaos soak: seed {report['seed']}, {report.get('duration_s')} s, "
@@ -405,8 +405,6 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         report = Soak(args, work).run()
     finally:
         if not args.keep:
-            import shutil
-
             shutil.rmtree(work, ignore_errors=True)
     report["work_dir"] = str(work) if args.keep else None
     return report

@@ -33,6 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+import acl
+from client import RUNTIME
+from device.kernels import reference
+from device.models import load_model_file
+
 __all__ = ["main", "TASKS_PER_ITERATION"]
 
 logger = logging.getLogger(__name__)
@@ -183,8 +188,6 @@ class Worker:
         self.outcome(device_id, name, code, wrong=wrong, reset=code in (_LOST, _TIMEOUT))
 
     def outcome(self, device_id, name, code, wrong=None, reset=False) -> None:
-        from client import RUNTIME
-
         session = RUNTIME.session
         epoch = session.epochs.get(device_id, -1) if session is not None else -1
         self.journal.write(
@@ -203,9 +206,6 @@ class Worker:
 
 def _models(models_dir: Path, seed: int) -> dict:
     """name -> (path, spec, two (inputs, reference) variants)."""
-    from device.kernels import reference
-    from device.models import load_model_file
-
     rng = np.random.default_rng(seed)
     out = {}
     for path in sorted(models_dir.glob("*.toml")):
@@ -235,8 +235,6 @@ def run_session(acl, journal, sid, args, models, rng) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    from client import RUNTIME
-
     ret = acl.finalize()
     journal.write(e="final", sid=sid, ret=ret, ledger=RUNTIME.last_ledger)
 
@@ -254,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.end_s = time.monotonic() + args.duration_s
     signal.signal(signal.SIGTERM, lambda *_: _STOP.set())
-    import acl
-
     journal = Journal(args.journal)
     models = _models(Path(args.models), args.seed)
     rng = np.random.default_rng([args.seed, args.client, args.generation])

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from benchmarks.soak_checks import Session
 from core.faults import FaultPlan
 
@@ -131,8 +133,6 @@ def read_journals(paths: Iterable[Path]) -> list[Session]:
 
 
 def _proc(pid: int) -> dict[str, int] | None:
-    import psutil
-
     try:
         process = psutil.Process(pid)
         with process.oneshot():

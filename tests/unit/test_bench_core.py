@@ -12,11 +12,12 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from benchmarks import core
+from benchmarks import core_farm, core_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,45 +26,43 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_entry_ratio_and_target():
-    e = core._entry(50.0, unit="tasks/s", baseline=100.0, target="ratio >= 0.8", met=False)
+    e = core_report.entry(50.0, unit="tasks/s", baseline=100.0, target="ratio >= 0.8", met=False)
     assert e["ratio"] == 0.5 and e["meets_target"] is False
-    assert core._entry(1.0, unit="s")["ratio"] is None
-    assert core._entry(1.0, unit="s", baseline=0.0)["ratio"] is None
+    assert core_report.entry(1.0, unit="s")["ratio"] is None
+    assert core_report.entry(1.0, unit="s", baseline=0.0)["ratio"] is None
 
 
 def test_interleave_round_robins_over_cards():
     def slot(dev, i):
-        return core.Slot(dev, 0, 100 * dev + i, 0, 0, 0)
+        return core_farm.Slot(dev, 0, 100 * dev + i, 0, 0, 0)
 
     by_card = [[slot(d, i) for i in range(2)] for d in range(3)]
-    order = core.interleave(by_card, 5)
+    order = core_farm.interleave(by_card, 5)
     assert [s.device for s in order] == [0, 1, 2, 0, 1]
     assert [s.stream for s in order] == [0, 100, 200, 1, 101]
     with pytest.raises(ValueError):
-        core.interleave(by_card, 7)
+        core_farm.interleave(by_card, 7)
 
 
 def test_config_text_is_valid_toml():
-    import tomllib
-
-    data = tomllib.loads(core._config_text("bench1n1", "64MiB", 4))
+    data = tomllib.loads(core_farm._config_text("bench1n1", "64MiB", 4))
     assert data["farm"]["name"] == "bench1n1" and data["farm"]["time_scale"] == 0.0
     assert data["cards"]["count"] == 4
     assert data["cards"]["profile"]["hbm_bytes"] == "64MiB"
 
 
 def test_summary_and_markdown():
-    entry = core._entry(
+    entry = core_report.entry(
         12.0, unit="tasks/s", baseline=10.0, target="ratio >= 0.8", met=True, in_flight=16
     )
     entry.update(cards=1, threads=1)
-    start = core._entry(0.3, unit="s", broker_uptime_at_announce_s=0.2, stop_s=0.25)
+    start = core_report.entry(0.3, unit="s", broker_uptime_at_announce_s=0.2, stop_s=0.25)
     result = {"farm": {"routing": {"1_card": {"if16": entry}}, "start": {"4_cards": start}}}
-    rows = core.summarize(result)
+    rows = core_report.summarize(result)
     assert rows[0]["metric"] == "routing 1 card, 16 in flight"
     assert rows[0]["ratio"] == 1.2 and rows[0]["met"] is True
     assert any("broker's own" in r["metric"] for r in rows)
-    table = core.markdown_table(rows)
+    table = core_report.markdown_table(rows)
     lines = table.splitlines()
     assert lines[0].startswith("| metric |") and len(lines) == 2 + len(rows)
     assert "| 12 | 10 | 1.20 | ratio >= 0.8 | yes |" in lines[2]

@@ -11,6 +11,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 from benchmarks import soak_checks as checks
+from benchmarks import soak_io
 from benchmarks.soak_checks import GrowthBounds, Session
 from benchmarks.soak_io import read_journals, write_plan
 from benchmarks.soak_plan import build_plan, build_schedule, replay_keys
@@ -213,8 +214,6 @@ def test_journals_give_sessions_with_bounds_even_when_a_kill_cut_a_line(tmp_path
 
 
 def test_resource_samples_name_stray_segments(tmp_path, monkeypatch):
-    from benchmarks import soak_io
-
     farm = SimpleNamespace(process=SimpleNamespace(pid=1), farm_id="nope-farm-id")
     status = {"cards": [{"device_id": 0, "state": "lost", "pid": 0, "shm_name": "x"}]}
     monkeypatch.setattr(soak_io, "_proc", lambda pid: {"fds": 1, "threads": 1, "rss": 1})
