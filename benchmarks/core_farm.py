@@ -16,13 +16,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from farm.admin import up_command
 
 __all__ = [
     "HEARTBEAT_S",
@@ -163,24 +164,8 @@ class FarmProcess:
             config.write_text(_config_text(self.name, self.hbm, self.cards))
             state_file = Path(self.tmpdir, f"{self.name}.json")
             env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
-            cmd = [
-                sys.executable,
-                "-m",
-                "npufarm",
-                "up",
-                "--config",
-                str(config),
-                "--runtime-dir",
-                self.tmpdir,
-                "--name",
-                self.name,
-                "--cards",
-                str(self.cards),
-                "--time-scale",
-                "0",
-                "--watch-parent",
-                str(os.getpid()),
-            ]
+            extra = ("--time-scale", "0", "--watch-parent", str(os.getpid()))
+            cmd = up_command(config, self.tmpdir, self.name, self.cards, *extra)
             with open(Path(self.tmpdir, "farm.log"), "wb") as logf:
                 t0 = time.perf_counter()
                 self.proc = subprocess.Popen(

@@ -19,7 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ import numpy as np
 import psutil
 
 import acl
+from farm.admin import up_command
 
 __all__ = [
     "REPO",
@@ -109,21 +109,7 @@ def start_farm(
     name = f"z{os.getpid()}"
     log_path = log_path or runtime_dir / "farm.log"
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (closed in stop())
-    cmd = [
-        sys.executable,
-        "-m",
-        "npufarm",
-        "up",
-        "--config",
-        str(config),
-        "--runtime-dir",
-        str(runtime_dir),
-        "--name",
-        name,
-        "--cards",
-        str(cards),
-        *(extra or []),
-    ]
+    cmd = up_command(config, runtime_dir, name, cards, *(extra or []))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
     process = subprocess.Popen(
         cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env

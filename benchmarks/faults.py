@@ -17,7 +17,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 import acl
 from client import RUNTIME
-from farm.admin import broker_request
+from farm.admin import broker_request, up_command
 
 __all__ = ["measure"]
 
@@ -38,22 +37,7 @@ def _start_farm(runtime_dir: Path) -> subprocess.Popen:
     config = runtime_dir / "bench.toml"  # ci.toml, but a card may restart as often as we kill it
     config.write_text(_CONFIG.read_text().replace("restart_max = 3", "restart_max = 1000"))
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "npufarm",
-            "up",
-            "--config",
-            str(config),
-            "--runtime-dir",
-            str(runtime_dir),
-            "--name",
-            "fb",
-            "--cards",
-            "2",
-            "--watch-parent",
-            str(os.getpid()),
-        ],
+        up_command(config, runtime_dir, "fb", 2, "--watch-parent", str(os.getpid())),
         cwd=_REPO,
         stdin=subprocess.DEVNULL,
     )

@@ -14,8 +14,10 @@ given to ``socket.poll`` is truncated to whole milliseconds (0.0004 s would not 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -32,6 +34,7 @@ __all__ = [
     "inject",
     "query_status",
     "recover",
+    "up_command",
     "write_trace",
 ]
 
@@ -97,3 +100,10 @@ def recover(address: str, kinds: list[str] | None = None, timeout_s: float = 5.0
 def write_trace(address: str, path: str, timeout_s: float = 5.0) -> dict:
     """Have a running farm write its trace to ``path`` (absolute: the farm's cwd may differ)."""
     return broker_request(address, {"op": "trace", "path": path}, timeout_s)
+
+
+def up_command(config: Path, runtime_dir: Path | str, name: str, cards: int, *extra: str) -> list:
+    """The ``python -m npufarm up`` command line every harness starts a farm with."""
+    return [sys.executable, "-m", "npufarm", "up", "--config", str(config)] + [
+        *("--runtime-dir", str(runtime_dir), "--name", name, "--cards", str(cards), *extra)
+    ]

@@ -11,13 +11,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from farm.admin import up_command
 from tests.conftest import npufarm_segments, poll_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,21 +63,7 @@ class RunningFarm:
 def start_farm(cards: int = 2, extra: list[str] | None = None, config: Path = CI_CONFIG):
     runtime_dir = Path(tempfile.mkdtemp(prefix="nf", dir="/tmp"))
     name = f"t{os.getpid()}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "npufarm",
-        "up",
-        "--config",
-        str(config),
-        "--runtime-dir",
-        str(runtime_dir),
-        "--name",
-        name,
-        "--cards",
-        str(cards),
-        *(extra or []),
-    ]
+    cmd = up_command(config, runtime_dir, name, cards, *(extra or []))
     process = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL)
     state_file = runtime_dir / f"{name}.json"
     try:
