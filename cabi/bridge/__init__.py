@@ -1,0 +1,100 @@
+"""The Python half of libascendcl.so: the implementation of every emulated C call.
+
+Each module implements one concern and keeps its calls in a :class:`~cabi.bridge.registry.
+CallTable`; :data:`EMULATED` merges them (C name -> Python function). The functions take what
+cffi passes for the ABI types of the C prototypes (``int`` for integers and enums, ``float``,
+a ``void *`` cdata for every pointer and handle) and return the C value (an ``aclError`` int, a
+``void *`` cdata, an integer, a float, or nothing). All of them go through ``client.RUNTIME``,
+the runtime ``import acl`` uses, so codes, poison, the sanitizer and the ledger are the same.
+
+=================  ===================================================================
+module             calls
+=================  ===================================================================
+``base``           aclInit/aclFinalize, aclGetRecentErrMsg, data buffers, aclDataTypeSize,
+                   aclFloat16ToFloat/aclFloatToFloat16
+``rt_device``      devices, contexts, device syncs, run mode, SoC name
+``rt_stream``      streams and events
+``rt_memory``      device and host memory, memcpy/memset, memory info, acldvppMalloc/Free
+``rt_callback``    host callbacks (subscribe/launch/process) and exception infos
+``tensor``         aclCreateTensorDesc and the aclGetTensorDesc*/aclSetTensor* family
+``mdl_load``       loading (also WithMem and QuerySize), unloading, execution
+``mdl_desc``       model descriptions, aclmdlIODims, dynamic shapes
+``mdl_dataset``    datasets, their tensor descriptions, exec-config handles
+=================  ===================================================================
+
+:func:`install` is called once by the library's init code with the library's ``ffi``: it binds
+the ffi (:mod:`cabi.bridge.cdata`) and registers every call with ``ffi.def_extern``. An
+exception a call raises unexpectedly is logged and the C caller gets
+:data:`~cabi.bridge.registry.UNEXPECTED_ERROR` (500000, ACL_ERROR_INTERNAL_ERROR) from an
+``aclError`` call, NULL from a pointer call, 0 (or the call's documented failure value, e.g.
+-1 for ``aclGetTensorDescType``) from the others: the C program never crashes on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cabi.bridge import (
+    base,
+    cdata,
+    mdl_dataset,
+    mdl_desc,
+    mdl_load,
+    rt_callback,
+    rt_device,
+    rt_memory,
+    rt_stream,
+    tensor,
+)
+from cabi.bridge.registry import UNEXPECTED_ERROR, failure_value, kind_of, merge
+
+__all__ = ["EMULATED", "UNEXPECTED_ERROR", "install", "on_error"]
+
+logger = logging.getLogger(__name__)
+
+EMULATED: dict[str, Callable[..., Any]] = merge(
+    module.CALLS
+    for module in (
+        base,
+        rt_device,
+        rt_stream,
+        rt_memory,
+        rt_callback,
+        tensor,
+        mdl_load,
+        mdl_desc,
+        mdl_dataset,
+    )
+)
+"""C name -> the Python function that implements it, for every emulated call."""
+
+
+def on_error(name: str, function: Callable[..., Any], ffi: Any) -> Callable[..., Any]:
+    """The ``onerror`` handler of ``name`` for ``ffi.def_extern``: logs the exception and
+    returns what the C caller gets instead (see the module docstring)."""
+    value = failure_value(function)
+    kind = kind_of(function).name
+
+    def handler(exc_type: type, exc_value: BaseException, traceback: Any) -> Any:
+        logger.error(
+            "npufarm: %s raised %s; returning %s",
+            name,
+            exc_type.__name__,
+            "NULL" if kind == "pointer" else value,
+            exc_info=(exc_type, exc_value, traceback),
+        )
+        if kind == "pointer":
+            return ffi.NULL
+        return value
+
+    return handler
+
+
+def install(ffi: Any) -> None:
+    """Bind ``ffi`` and register every emulated call with ``ffi.def_extern``."""
+    cdata.bind(ffi)
+    for name, function in EMULATED.items():
+        ffi.def_extern(name=name, onerror=on_error(name, function, ffi))(function)
+    logger.debug("cabi.bridge: %d calls installed", len(EMULATED))
