@@ -8,15 +8,14 @@ meanwhile. A part of the process-wide runtime (see :mod:`client.runtime`).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from client.conventions import api, int_arg
 from client.embedded import connect
+from client.init_config import config_error
 from client.records import DeviceState
 from client.state import RuntimeState
 from core.errors import (
-    ACL_ERROR_INVALID_FILE,
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_REPEAT_FINALIZE,
     ACL_ERROR_REPEAT_INITIALIZE,
@@ -50,8 +49,9 @@ class DeviceApi:
         with state.lock:
             if state.session is not None:
                 raise AclError("acl.init called twice", ACL_ERROR_REPEAT_INITIALIZE)
-            if config_path and not os.path.isfile(config_path):
-                raise AclError(f"acl.init config {config_path!r} not found", ACL_ERROR_INVALID_FILE)
+            code, reason = config_error(config_path)
+            if code:
+                raise AclError(f"acl.init: {reason}", code)
             state.reset()
             session, embedded = connect()
             state.start_session(session, embedded)

@@ -1,7 +1,7 @@
 """``aclInit`` / ``aclFinalize``, ``aclGetRecentErrMsg``, data buffers, ``aclDataTypeSize`` and
 the float16 conversions: the ``acl_base.h`` part of libascendcl that is not about tensors.
 
-``aclInit`` checks its configuration file as CANN does (:mod:`cabi.bridge.config`) and then
+``aclInit`` checks its configuration file as CANN does (:mod:`client.init_config`) and then
 starts the same session ``acl.init`` starts. ``aclGetRecentErrMsg`` returns this thread's last
 error text (the runtime's, or the bridge's own argument checks) and clears it, NULL when there
 is none; the pointer stays valid until the thread's next call, as CANN's thread-local string.
@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 from cabi.bridge import cdata, fp16
-from cabi.bridge.config import config_error
 from cabi.bridge.registry import CallTable
 from client import RUNTIME
+from client.init_config import config_error
 from core.errors import AclError
 
 __all__ = ["CALLS", "DATA_TYPE_SIZES", "data_type_size"]

@@ -31,6 +31,21 @@ def test_calls_before_init_and_repeat_init_finalize(farm, monkeypatch):
     assert acl.finalize() == 0
 
 
+def test_init_reads_its_config_file_as_cann_does(farm, monkeypatch, tmp_path):
+    """Same checks as the C aclInit: a missing path 100003, text that is not JSON 100006,
+    ``{}`` and an empty file fine; a refused init leaves no session behind."""
+    import acl
+
+    monkeypatch.setenv("NPUFARM_ADDRESS", farm.address)
+    (tmp_path / "bad.json").write_text("{ not json")
+    (tmp_path / "empty.json").write_text("{}")
+    assert acl.init(str(tmp_path / "missing.json")) == 100003
+    assert acl.init(str(tmp_path / "bad.json")) == 100006
+    assert acl.rt.get_device_count() == (0, 100001)  # no session was started
+    assert acl.init(str(tmp_path / "empty.json")) == 0
+    assert acl.finalize() == 0
+
+
 def test_device_and_context_misuse(farm, acl_on):
     with acl_on(farm) as acl:
         assert acl.rt.set_device(2) == 107001

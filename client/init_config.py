@@ -1,4 +1,4 @@
-"""The ``aclInit(const char *configPath)`` file, checked as CANN checks it (pure).
+"""The ``aclInit`` / ``acl.init`` configuration file, checked as CANN checks it (pure).
 
 CANN's ``aclInit`` (hicann/runtime ``src/acl/aclrt_impl/acl.cpp`` with ``GetStrFromConfigPath``
 in ``acl_rt_impl_base.cpp`` and ``JsonParser::ParseJsonFromFile`` in
@@ -23,14 +23,12 @@ import logging
 import os
 import stat
 
-from core.errors import ACL_ERROR_INVALID_FILE, ACL_SUCCESS
+from core.errors import ACL_ERROR_INVALID_FILE, ACL_ERROR_PARSE_FILE, ACL_SUCCESS
 
-__all__ = ["ACL_ERROR_PARSE_FILE", "MAX_CONFIG_BYTES", "MAX_NESTING", "config_error"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_NESTING", "config_error"]
 
 logger = logging.getLogger(__name__)
 
-ACL_ERROR_PARSE_FILE = 100006
-"""The file is not JSON (acl_base.h)."""
 MAX_CONFIG_BYTES = 10 * 1024 * 1024
 """CANN's limit on the size of the configuration file."""
 MAX_NESTING = 10

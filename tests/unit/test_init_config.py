@@ -1,11 +1,11 @@
-"""The aclInit configuration file, checked as CANN checks it (cabi.bridge.config)."""
+"""The aclInit configuration file, checked as CANN checks it (client.init_config)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cabi.bridge.config import ACL_ERROR_PARSE_FILE, MAX_NESTING, config_error
-from core.errors import ACL_ERROR_INVALID_FILE, ACL_SUCCESS
+from client.init_config import MAX_NESTING, config_error
+from core.errors import ACL_ERROR_INVALID_FILE, ACL_ERROR_PARSE_FILE, ACL_SUCCESS
 
 
 @pytest.mark.parametrize("path", [None, ""])
