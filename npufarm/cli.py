@@ -8,7 +8,8 @@ starts or drives a farm imports its own module inside its handler, with the meas
 Measured on the 2-core dev box (``python -m npufarm --help``, best of 5): 0.33 s with every
 subcommand module at the top, 0.11 s with this rule. What each deferred import adds on top of
 this module: farm.broker +0.14 s, loadtest.demo +0.16 s, loadtest.loadgen +0.15 s,
-loadtest.render +0.07 s, npufarm.run (the client runtime) +0.14 s, device.atc +0.07 s.
+loadtest.render +0.07 s, npufarm.run (the client runtime) +0.14 s, device.atc +0.07 s,
+cabi.build (cffi and the bridge, which imports the client runtime) +0.25 s.
 """
 
 from __future__ import annotations
@@ -216,6 +217,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_sdk(args: argparse.Namespace) -> int:
+    from cabi.build import sdk_tree  # +0.25 s of startup: see the module docstring
+
+    def announce(root: object) -> None:
+        print(f"npufarm: sdk: building the toolkit tree in {root} ...", file=sys.stderr)
+
+    try:
+        root = sdk_tree(args.prefix, rebuild=args.rebuild, announce=announce)
+    except (RuntimeError, ValueError) as exc:  # a compiler error, headers the bridge disagrees with
+        print(f"npufarm: sdk: {exc}", file=sys.stderr)
+        return 1
+    print(root)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npufarm",
@@ -268,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration-s", type=float, default=8.0, help="length of the load")
     demo.add_argument("--rate", type=float, default=400.0, help="requests/s over all cards")
     demo.set_defaults(func=cmd_demo)
+    sdk = sub.add_parser(
+        "sdk", help="print the root of a CANN-style toolkit tree for C/C++ (built on first use)"
+    )
+    sdk.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sdk.add_argument("--prefix", help="build or reuse the tree exactly here")
+    sdk.add_argument("--rebuild", action="store_true", help="build it again even if current")
+    sdk.set_defaults(func=cmd_sdk)
     return parser
 
 
