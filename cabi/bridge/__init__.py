@@ -33,6 +33,7 @@ exception a call raises unexpectedly is logged and the C caller gets
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -92,8 +93,20 @@ def on_error(name: str, function: Callable[..., Any], ffi: Any) -> Callable[...,
     return handler
 
 
+def configure_logging() -> None:
+    """A C program has no Python logging set up: honour ``NPUFARM_LOG_LEVEL`` (e.g. DEBUG) as
+    the CLI does, unless a host Python process already configured its own logging."""
+    level = os.environ.get("NPUFARM_LOG_LEVEL", "").strip().upper()
+    if level and not logging.getLogger().handlers:
+        try:
+            logging.basicConfig(level=level, format="npufarm %(levelname)s %(name)s: %(message)s")
+        except ValueError:  # not a level name: keep Python's default (warnings and up)
+            logger.warning("NPUFARM_LOG_LEVEL=%r is not a logging level; ignored", level)
+
+
 def install(ffi: Any) -> None:
     """Bind ``ffi`` and register every emulated call with ``ffi.def_extern``."""
+    configure_logging()
     cdata.bind(ffi)
     for name, function in EMULATED.items():
         ffi.def_extern(name=name, onerror=on_error(name, function, ffi))(function)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from core.errors import ACL_SUCCESS
 from core.protocol import Cmd
 from device.requests import OPS
-from tests.integration.test_card import CLIENT, TENSOR_BYTES, CardHarness
+from tests.integration.card_harness import CLIENT, TENSOR_BYTES, CardHarness
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,7 +1,7 @@
 """Integration tests for what the fuzzer found a card letting through (issue 9): one client
 writing or reading another client's HBM, two waits holding each other's streams for ever, and a
 departed client's tasks never getting a completion row (so the broker's ledger kept them in
-flight). A real card in a thread against the scripted broker of tests/integration/test_card.py.
+flight). A real card in a thread against the scripted broker of tests/integration/card_harness.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from core.errors import (
 )
 from core.protocol import Cmd
 from device.memory import HbmSegment, segment_name
-from tests.integration.test_card import (
+from tests.integration.card_harness import (
     CLIENT,
     CLIENT_PID,
     OTHER_CLIENT,

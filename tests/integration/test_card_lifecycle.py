@@ -2,7 +2,7 @@
 client's departure (counted), deferred results that must not outlive their memory, and the
 ``destroy_stream`` / ``detach_host`` request ops.
 
-The card runs in a thread against the scripted broker of :mod:`tests.integration.test_card`.
+The card runs in a thread against the scripted broker of :mod:`tests.integration.card_harness`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from core.errors import (
 from core.protocol import WORKER_HEADER, Cmd
 from device.memory import HbmSegment
 from device.models import load_model_file
-from tests.integration.test_card import (
+from tests.integration.card_harness import (
     CLIENT,
     CLIENT_PID,
     EXPIRY_S,
