@@ -3,7 +3,7 @@ from identities that are not a registered card, or about another card, never rea
 log; a SUBMIT header that claims tasks no card will answer never stays in flight; a flood of
 unexpected READYs is counted, not logged line by line.
 
-A real Broker in a thread against scripted cards and clients (see ``test_broker.py``).
+A real Broker in a thread against scripted cards and clients (see ``broker_harness.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from core import protocol as proto
 from core.protocol import BROKER_DEVICE, Cmd, pack, pack_route
 from farm.metrics import FarmMetrics
-from tests.integration.test_broker import ROUTE0, BrokerHarness, up
+from tests.integration.broker_harness import ROUTE0, BrokerHarness, up
 
 pytestmark = pytest.mark.timeout(30)
 
