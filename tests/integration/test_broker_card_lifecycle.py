@@ -32,6 +32,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def test_card_loss_is_announced_and_its_work_refused(harness):
+    """One scenario on purpose: the loss, its announcement and the refusal of later work are
+    steps of one story whose order is what is checked (long for that reason)."""
     h = harness
     card0, card1, client, _ = up(h)
     roundtrip(h, client, card0, ROUTE0, 1)  # the broker now knows client-A uses card 0

@@ -30,6 +30,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def test_garbage_is_logged_and_dropped(harness):
+    """A catalogue of malformed frames sent to one broker in turn, each followed by proof it
+    still routes (long for that reason: one broker must survive them all)."""
     h = harness
     card0, card1, client, _ = up(h)
     body = pack([{"k": "record", "t": 1, "s": 0}])

@@ -33,6 +33,8 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def test_garbage_is_dropped_and_the_card_keeps_working(harness):
+    """A catalogue of malformed frames sent to one card in turn, each followed by a good
+    execution (long for that reason: one card must survive them all, in sequence)."""
     h = harness
     h.start()
     buffers = AddBuffers(h)
