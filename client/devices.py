@@ -1,5 +1,10 @@
 """``acl.init`` / ``acl.finalize`` and the ``acl.rt`` device and context calls.
 
+Device ids here are the process's own (``ASCEND_RT_VISIBLE_DEVICES`` renumbers them, read at
+``acl.init``: see :mod:`client.visible`): each call maps the id it is given to the farm card
+(``state.view``), and everything below (contexts, tracks, routes, the ledger) names the card;
+what is reported back (``get_device``) is the process's id again.
+
 A device is opened (its card's HBM attached, a lost card restarted after a reset) without the
 runtime lock held: a restart waits for a new card process, and other devices' calls go on
 meanwhile. A part of the process-wide runtime (see :mod:`client.runtime`).
@@ -21,6 +26,7 @@ from core.errors import (
     ACL_ERROR_REPEAT_INITIALIZE,
     ACL_ERROR_RT_INVALID_DEVICEID,
     ACL_ERROR_RT_LOST_HEARTBEAT,
+    ACL_ERROR_RT_NO_DEVICE,
     ACL_ERROR_UNINITIALIZE,
     AclError,
 )
@@ -69,14 +75,29 @@ class DeviceApi:
     # -- devices ---------------------------------------------------------------------------
     @api(1)
     def get_device_count(self) -> int:
-        """Number of cards in the farm."""
-        return len(self.state.require().farm["cards"])
+        """Number of devices this process sees (the farm's cards, or those
+        ``ASCEND_RT_VISIBLE_DEVICES`` leaves); none: 207004, as CANN."""
+        self.state.require()
+        view = self.state.view
+        if not view.count:
+            raise AclError(f"no device is visible: {view.why_none()}", ACL_ERROR_RT_NO_DEVICE)
+        return view.count
 
     def _device_id(self, device_id: Any) -> int:
+        """The farm card of the process's device ``device_id``; 107001 if it has none."""
         device_id = int_arg(device_id, "device id", ACL_ERROR_RT_INVALID_DEVICEID)
-        if device_id not in self.state.require().farm["cards"]:
-            raise AclError(f"no device {device_id}", ACL_ERROR_RT_INVALID_DEVICEID)
-        return device_id
+        self.state.require()
+        view = self.state.view
+        card = view.card(device_id)
+        if card is None:
+            if not view.restricted:
+                raise AclError(f"no device {device_id}", ACL_ERROR_RT_INVALID_DEVICEID)
+            if not view.count:
+                why = f"no device {device_id}: none is visible ({view.why_none()})"
+            else:
+                why = f"no device {device_id} among devices 0..{view.count - 1} ({view.setting})"
+            raise AclError(why, ACL_ERROR_RT_INVALID_DEVICEID)
+        return card
 
     def _device_state(self, device_id: int) -> DeviceState:
         with self.state.lock:
@@ -185,8 +206,10 @@ class DeviceApi:
 
     @api(1)
     def get_device(self) -> int:
-        """The current device of this thread."""
-        return self.state.current_context().device_id
+        """The current device of this thread (the process's id, not the farm card's)."""
+        card = self.state.current_context().device_id
+        device = self.state.view.device(card)
+        return card if device is None else device
 
     @api(1)
     def query_device_status(self, device_id: Any) -> int:
@@ -203,11 +226,15 @@ class DeviceApi:
 
     @api("direct", default="")
     def get_soc_name(self) -> str:
-        """The SoC name of the current (else the first) card's profile, e.g. "Ascend910B"."""
+        """The SoC name of the current (else the first visible) card's profile, e.g.
+        "Ascend910B"."""
         session = self.state.require()
         context = getattr(self.state.tls, "context", None)
-        device_id = context.device_id if context is not None else min(session.farm["cards"])
-        return session.card(device_id).get("soc_name", "")
+        if context is not None:
+            card = context.device_id
+        else:
+            card = (self.state.view.cards or tuple(sorted(session.farm["cards"])))[0]
+        return session.card(card).get("soc_name", "")
 
     # -- contexts --------------------------------------------------------------------------
     @api(1)

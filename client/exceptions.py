@@ -217,7 +217,7 @@ class ExceptionApi:
         if code == ACL_ERROR_RT_LOST_HEARTBEAT:
             return  # a loss is reported once per device, by device_lost
         info = ExceptionInfo.task_failed(
-            task_id, track.stream_id, track.thread_id, track.device_id, code
+            task_id, track.stream_id, track.thread_id, self._device(track.device_id), code
         )
         self.exception_reporter.report(info)
 
@@ -226,4 +226,9 @@ class ExceptionApi:
         opened (after :meth:`client.callbacks.CallbackApi.device_lost` stopped its streams'
         host callbacks from holding syncs)."""
         if device_id in self.state.devices and self.exception_reporter.fn is not None:
-            self.exception_reporter.report(ExceptionInfo.device_lost(device_id))
+            self.exception_reporter.report(ExceptionInfo.device_lost(self._device(device_id)))
+
+    def _device(self, card: int) -> int:
+        """The process's id of a farm card (ASCEND_RT_VISIBLE_DEVICES), as CANN reports it."""
+        device = self.state.view.device(card)
+        return card if device is None else device

@@ -30,6 +30,7 @@ from client.records import Context, DeviceState, Event, LoadedModel, Stream
 from client.sanitizer import Sanitizer
 from client.session import Session
 from client.tracks import StreamTrack
+from client.visible import DeviceView, device_view
 from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
     ACL_ERROR_INVALID_PARAM,
@@ -92,6 +93,7 @@ class RuntimeState:
         self.host: HostPool | None = None
         self.handles = HandleTables()
         self.tls = threading.local()
+        self.view = DeviceView(())  # the devices this process sees (set at acl.init)
         for hook in self.reset_hooks:
             hook()
 
@@ -101,6 +103,10 @@ class RuntimeState:
         tables, pinned host memory, poisoning and sanitizer it asks for, and the hooks it
         calls back."""
         self.session, self.embedded = session, embedded
+        # CANN reads ASCEND_RT_VISIBLE_DEVICES when its runtime starts; we read it at each init
+        self.view = device_view(session.farm["cards"])
+        if self.view.restricted:
+            logger.info("visible devices (%s): cards %s", self.view.setting, self.view.cards)
         extensions: set[int] = set()
         for card in session.farm["cards"].values():
             extensions.update(card.get("exec_config_extensions", ()))
@@ -160,8 +166,15 @@ class RuntimeState:
 
     # -- errors ----------------------------------------------------------------------------
     def note_error(self, call: str, exc: NpuFarmError) -> None:
-        self.tls.recent_error = f"{call}: {exc}"
-        logger.debug("%s failed: %s", call, exc)
+        """Keep the text of a failed call for ``get_recent_err_msg``; with visible devices
+        chosen, a text that names a farm card (``card=N``) also says which device it is."""
+        text = f"{call}: {exc}"
+        if self.view.restricted and exc.card is not None:
+            device = self.view.device(exc.card)
+            seen = f"device {device} of this process" if device is not None else "not visible"
+            text += f" [card {exc.card} is {seen}]"
+        self.tls.recent_error = text
+        logger.debug("%s failed: %s", call, text)
 
     def get_recent_err_msg(self) -> str:
         """The text of this thread's last failed call, cleared by the read ("" if none)."""

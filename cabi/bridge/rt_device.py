@@ -46,11 +46,11 @@ def aclrtGetDevice(device_id: Any) -> int:
 
 @CALLS.error
 def aclrtGetDeviceCount(count: Any) -> int:
-    """Write the number of devices this process sees."""
+    """Write the number of devices this process sees (0 with the error when it sees none,
+    as CANN writes it)."""
     cdata.require(count, "count")
     value, ret = RUNTIME.get_device_count()
-    if ret == 0:
-        cdata.store("uint32_t", count, value)
+    cdata.store("uint32_t", count, value if ret == 0 else 0)
     return ret
 
 
