@@ -13,7 +13,6 @@ from cabi import symbols
 
 GCC = shutil.which("gcc")
 GXX = shutil.which("g++")
-pytestmark = pytest.mark.skipif(not (GCC and GXX), reason="needs gcc and g++")
 
 STRICT = ["-Wall", "-Wextra", "-Werror"]
 C99 = [GCC or "gcc", "-std=c99", *STRICT]
