@@ -45,7 +45,8 @@ from pathlib import Path
 
 import cffi
 
-from cabi import bridge, build_libs, symbols
+from cabi import bridge, build_c, build_libs, symbols
+from cabi.bridge.registry import kind_of
 
 __all__ = [
     "SDK_FORMAT",
@@ -191,7 +192,7 @@ def _build_into(temp: Path, root: Path) -> dict[str, int]:
     runtime = temp / "runtime"
     shutil.copytree(HEADERS_DIR, runtime / "include")
     prototypes = symbols.prototypes()
-    emulated = sorted(bridge.EMULATED)
+    emulated = unusable_values(prototypes)
     work = temp / ".work"
     built = build_libs.compile_all(prototypes, emulated, runtime / "lib64", work)
     shutil.rmtree(work)
@@ -201,6 +202,20 @@ def _build_into(temp: Path, root: Path) -> dict[str, int]:
         "emulated": len(set(emulated) & {p.name for p in prototypes}),
         "libraries": len(built),
     }
+
+
+def unusable_values(prototypes: list[symbols.Prototype]) -> dict[str, str]:
+    """Every emulated call the headers declare -> the C value it returns without Python."""
+    declared = {proto.name: proto for proto in prototypes}
+    values = {}
+    for name, function in sorted(bridge.EMULATED.items()):
+        if name in declared:  # else library_sets says what is undeclared
+            kind = kind_of(function)
+            abi_ret = symbols.abi_type(declared[name].ret)
+            values[name] = build_c.unusable_value(name, abi_ret, kind.name, kind.failure)
+        else:
+            values[name] = "0"
+    return values
 
 
 def _swap(temp: Path, root: Path) -> None:

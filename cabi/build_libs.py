@@ -1,9 +1,10 @@
 """Compiling the toolkit tree's libraries: libascendcl.so (cffi embedding), the plain C ones.
 
-* ``lib64/libascendcl.so``: cffi's embedding mode. The emulated calls are ``extern "Python"``
-  functions whose bodies :mod:`cabi.bridge` attaches at the first call; every other function of
-  the ascendcl header set is a plain C body (:mod:`cabi.build_c`). Links libpython with a
-  run path to this interpreter's LIBDIR, so no environment is needed to find it.
+* ``lib64/libascendcl.so``: cffi's embedding mode. Each emulated call is a C function
+  (:func:`cabi.build_c.wrapper_source`) over a static ``extern "Python"`` function whose body
+  :mod:`cabi.bridge` attaches at the first call; every other function of the ascendcl header
+  set is a plain C body (:mod:`cabi.build_c`). Links libpython with a run path to this
+  interpreter's LIBDIR, so no environment is needed to find it.
 * ``lib64/libacl_dvpp.so``: plain C; the DVPP allocator forwards to libascendcl (found next to
   it through ``$ORIGIN``), everything else is unsupported. ``lib64/libacl_cblas.so``: all
   unsupported.
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,32 +128,44 @@ def venv_python() -> str:
 
 
 def compile_ascendcl(
-    lib: LibrarySet, prototypes: dict[str, symbols.Prototype], out: Path, work: Path
+    lib: LibrarySet,
+    prototypes: dict[str, symbols.Prototype],
+    unusable: Mapping[str, str],
+    out: Path,
+    work: Path,
 ) -> Path:
-    """libascendcl.so by cffi embedding (see the module docstring).
+    """libascendcl.so by cffi embedding (see the module docstring); ``unusable`` maps every
+    emulated name to the C value it returns without Python (:func:`cabi.build_c.unusable_value`).
 
     Emulated calls that belong to another library (``lib.elsewhere``: ``acldvppMalloc``, which
-    libacl_dvpp.so forwards to ``aclrtMalloc`` in C) are declared as static ``extern "Python"``
-    functions: the bridge can attach every call it has, and libascendcl exports exactly its own
-    header set."""
+    libacl_dvpp.so forwards to ``aclrtMalloc`` in C) get a Python body but no C function: the
+    bridge can attach every call it has, and libascendcl exports exactly its own header set."""
     ffi = cffi.FFI()
     emulated = [prototypes[name] for name in lib.emulated]
-    prelude = _struct_prelude([*emulated, *(prototypes[n] for n in lib.elsewhere)])
+    bodies = [*emulated, *(prototypes[n] for n in lib.elsewhere)]
+    prelude = _struct_prelude(bodies)
     if prelude:
         ffi.cdef(prelude)
-    if lib.elsewhere:
-        ffi.cdef("\n".join(f'extern "Python" {_decl(prototypes[n])}' for n in lib.elsewhere))
-    ffi.embedding_api("\n".join(_decl(proto) for proto in emulated))
+    declarations = [build_c.python_declaration(*_abi(proto)) for proto in bodies]
+    ffi.cdef("\n".join(f'extern "Python" {d}' for d in declarations))
+    ffi.cdef(build_c.READY_DECLARATIONS)
     unsupported = [
         (name, ret)
         for name, ret in lib.functions
         if name not in lib.emulated and name not in build_c.C_IMPLEMENTED
     ]
+    wrappers = [build_c.wrapper_source(*_abi(p), unusable[p.name]) for p in emulated]
     source = "\n".join(
         (
             prelude,
             build_c.notes_source(),
-            build_c.ascendcl_preamble(venv_python()),
+            build_c.ascendcl_preamble(
+                venv_python(),
+                sysconfig.get_paths()["purelib"],
+                sysconfig.get_config_var("INSTSONAME") or "",
+            ),
+            "\n".join(f"static {d}" for d in declarations),
+            "\n".join(wrappers),
             build_c.applog_source(),
             build_c.unsupported_source(unsupported),
         )
@@ -164,9 +177,7 @@ def compile_ascendcl(
         extra_compile_args=["-Wno-deprecated-declarations", *_CFLAGS],
         extra_link_args=[f"-Wl,-rpath,{libdir}", f"-Wl,-soname,{out.name}"],
     )
-    kinds = {proto.name: build_c.return_kind(symbols.abi_type(proto.ret)) for proto in emulated}
-    site_dir = sysconfig.get_paths()["purelib"]
-    ffi.embedding_init_code(build_c.init_code(EMBEDDED_MODULE, site_dir, kinds))
+    ffi.embedding_init_code(build_c.init_code(EMBEDDED_MODULE))
     work.mkdir(parents=True, exist_ok=True)
     try:
         built = Path(ffi.compile(tmpdir=str(work), target=out.name, verbose=False))
@@ -177,8 +188,13 @@ def compile_ascendcl(
     return out
 
 
-def _decl(proto: symbols.Prototype) -> str:
-    return symbols.abi_decl(proto).strip().rstrip(";") + ";"
+def _abi(proto: symbols.Prototype) -> tuple[str, str, list[str]]:
+    """``(name, abi return type, abi parameter types)`` of ``proto``."""
+    return (
+        proto.name,
+        symbols.abi_type(proto.ret),
+        [symbols.abi_type(p.type) for p in proto.params],
+    )
 
 
 def _struct_prelude(prototypes: Iterable[symbols.Prototype]) -> str:
@@ -192,9 +208,11 @@ def _struct_prelude(prototypes: Iterable[symbols.Prototype]) -> str:
 
 
 def compile_all(
-    prototypes: Sequence[symbols.Prototype], emulated: Iterable[str], lib64: Path, work: Path
+    prototypes: Sequence[symbols.Prototype], emulated: Mapping[str, str], lib64: Path, work: Path
 ) -> dict[str, Path]:
-    """Every library of the tree into ``lib64`` (and ``lib64/stub``); returns name -> path."""
+    """Every library of the tree into ``lib64`` (and ``lib64/stub``); returns name -> path.
+    ``emulated`` maps each call the bridge emulates to the C value it returns without Python
+    (:func:`cabi.build_c.unusable_value`)."""
     sets = library_sets(prototypes, emulated)
     built: dict[str, Path] = {}
     for name, lib in sets.items():
@@ -204,7 +222,7 @@ def compile_all(
         )
     by_name = {proto.name: proto for proto in prototypes}
     built["ascendcl"] = compile_ascendcl(
-        sets["ascendcl"], by_name, lib64 / "libascendcl.so", work / "ascendcl"
+        sets["ascendcl"], by_name, emulated, lib64 / "libascendcl.so", work / "ascendcl"
     )
     dvpp = sets["acl_dvpp"]
     dvpp_source = (

@@ -3,9 +3,11 @@
 Each module implements one concern and keeps its calls in a :class:`~cabi.bridge.registry.
 CallTable`; :data:`EMULATED` merges them (C name -> Python function). The functions take what
 cffi passes for the ABI types of the C prototypes (``int`` for integers and enums, ``float``,
-a ``void *`` cdata for every pointer and handle) and return the C value (an ``aclError`` int, a
-``void *`` cdata, an integer, a float, or nothing). All of them go through ``client.RUNTIME``,
-the runtime ``import acl`` uses, so codes, poison, the sanitizer and the ledger are the same.
+an int (the library's ``uintptr_t``) or a ``void *`` cdata (an ABI-mode FFI) for every pointer
+and handle; :mod:`cabi.bridge.cdata` takes both) and return the C value (an ``aclError`` int, a
+pointer as :func:`cabi.bridge.cdata.pointer` makes it, an integer, a float, or nothing). All
+of them go through ``client.RUNTIME``, the runtime ``import acl`` uses, so codes, poison, the
+sanitizer and the ledger are the same.
 
 =================  ===================================================================
 module             calls
@@ -23,7 +25,9 @@ module             calls
 =================  ===================================================================
 
 :func:`install` is called once by the library's init code with the library's ``ffi``: it binds
-the ffi (:mod:`cabi.bridge.cdata`) and registers every call with ``ffi.def_extern``. An
+the ffi (:mod:`cabi.bridge.cdata`) and registers every call with ``ffi.def_extern`` under the
+name of its ``extern "Python"`` body (the C name with the library's prefix: the exported C
+function is a wrapper of the library's own, :func:`cabi.build_c.wrapper_source`). An
 exception a call raises unexpectedly is logged and the C caller gets
 :data:`~cabi.bridge.registry.UNEXPECTED_ERROR` (500000, ACL_ERROR_INTERNAL_ERROR) from an
 ``aclError`` call, NULL from a pointer call, 0 (or the call's documented failure value, e.g.
@@ -49,7 +53,15 @@ from cabi.bridge import (
     rt_stream,
     tensor,
 )
-from cabi.bridge.registry import UNEXPECTED_ERROR, failure_value, kind_of, merge
+from cabi.bridge.registry import (
+    UNEXPECTED_ERROR,
+    answer_failure,
+    body_of,
+    failure_value,
+    kind_of,
+    merge,
+)
+from core.errors import NpuFarmError
 
 __all__ = ["EMULATED", "UNEXPECTED_ERROR", "install", "on_error"]
 
@@ -72,13 +84,18 @@ EMULATED: dict[str, Callable[..., Any]] = merge(
 """C name -> the Python function that implements it, for every emulated call."""
 
 
-def on_error(name: str, function: Callable[..., Any], ffi: Any) -> Callable[..., Any]:
-    """The ``onerror`` handler of ``name`` for ``ffi.def_extern``: logs the exception and
-    returns what the C caller gets instead (see the module docstring)."""
+def on_error(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``onerror`` handler of ``name`` for ``ffi.def_extern``: the value of an
+    ``AclError`` the body raised, as the :class:`~cabi.bridge.registry.CallTable` call answers
+    it (the library registers the undecorated body); any other exception is logged and the C
+    caller gets what the module docstring says."""
     value = failure_value(function)
-    kind = kind_of(function).name
+    call_kind = kind_of(function)
+    kind = call_kind.name
 
     def handler(exc_type: type, exc_value: BaseException, traceback: Any) -> Any:
+        if isinstance(exc_value, NpuFarmError):
+            return answer_failure(name, call_kind, exc_value)
         logger.error(
             "npufarm: %s raised %s; returning %s",
             name,
@@ -87,7 +104,7 @@ def on_error(name: str, function: Callable[..., Any], ffi: Any) -> Callable[...,
             exc_info=(exc_type, exc_value, traceback),
         )
         if kind == "pointer":
-            return ffi.NULL
+            return cdata.null()
         return value
 
     return handler
@@ -104,10 +121,12 @@ def configure_logging() -> None:
             logger.warning("NPUFARM_LOG_LEVEL=%r is not a logging level; ignored", level)
 
 
-def install(ffi: Any) -> None:
-    """Bind ``ffi`` and register every emulated call with ``ffi.def_extern``."""
+def install(ffi: Any, prefix: str = "", handles_as_ints: bool = False) -> None:
+    """Bind ``ffi`` and register every emulated call with ``ffi.def_extern`` as
+    ``prefix + <C name>``; ``handles_as_ints``: the ``extern "Python"`` declarations take and
+    return every pointer as a ``uintptr_t`` (:func:`cabi.bridge.cdata.bind`)."""
     configure_logging()
-    cdata.bind(ffi)
+    cdata.bind(ffi, handles_as_ints=handles_as_ints)
     for name, function in EMULATED.items():
-        ffi.def_extern(name=name, onerror=on_error(name, function, ffi))(function)
+        ffi.def_extern(name=prefix + name, onerror=on_error(name, function))(body_of(function))
     logger.debug("cabi.bridge: %d calls installed", len(EMULATED))

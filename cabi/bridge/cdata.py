@@ -2,10 +2,14 @@
 passes and what the runtime takes.
 
 :func:`bind` is called once, by :func:`cabi.bridge.install` (tests bind an ABI-mode FFI of their
-own). Everything else in the bridge goes through the helpers here:
+own). The library passes every pointer and handle as a ``uintptr_t`` (a plain int) and takes
+its pointer results as ints (``bind(ffi, handles_as_ints=True)``); an ABI-mode FFI passes and
+takes ``void *`` cdata. The helpers here work either way, and everything else in the bridge
+goes through them:
 
-- a pointer or handle C passes (a ``void *`` cdata) becomes an int with :func:`address`
-  (NULL is 0); an int handle of the runtime becomes a ``void *`` with :func:`pointer`;
+- a pointer or handle C passes becomes an int with :func:`address` (NULL is 0; an int is
+  itself); an int handle of the runtime becomes what C receives with :func:`pointer` (itself,
+  or a ``void *`` cdata);
 - out-parameters are written with :func:`store` (after :func:`require` checked them);
 - ``const char *`` arguments are read with :func:`text`; a ``const char *`` the library returns
   must outlive the call: :func:`interned` keeps one buffer per distinct string for the life of
@@ -34,6 +38,7 @@ __all__ = [
     "STRUCTS",
     "bind",
     "bound",
+    "handles_as_ints",
     "address",
     "pointer",
     "null",
@@ -75,22 +80,32 @@ def _not_installed(*args: Any) -> Any:
 
 
 class _Binding:
-    """The bound ffi and the two casts every call makes, resolved once (they are on the path
-    of every call: a string type would be looked up again each time)."""
+    """The bound ffi and the casts every call makes, resolved once (they are on the path of
+    every call: a string type would be looked up again each time)."""
 
     ffi: Any = None
     cast: Any = _not_installed
     uintptr: Any = None
     void_p: Any = None
+    as_ints: bool = False
+    out_types: dict[str, Any] = {}
 
 
 _binding = _Binding()
 
 
-def bind(ffi: Any) -> None:
-    """Use ``ffi`` for every conversion from now on (the library's, or a test's)."""
+def bind(ffi: Any, handles_as_ints: bool = False) -> None:
+    """Use ``ffi`` for every conversion from now on (the library's, or a test's);
+    ``handles_as_ints``: C passes and takes pointers as ``uintptr_t`` (see the module)."""
     _binding.ffi, _binding.cast = ffi, ffi.cast
     _binding.uintptr, _binding.void_p = ffi.typeof("uintptr_t"), ffi.typeof("void *")
+    _binding.as_ints = handles_as_ints
+    _binding.out_types = {}
+
+
+def handles_as_ints() -> bool:
+    """Whether the bound C side passes and takes pointers as ints."""
+    return _binding.as_ints
 
 
 def bound() -> Any:
@@ -110,18 +125,25 @@ def _layout() -> cffi.FFI:
 
 def address(value: Any) -> int:
     """A pointer or handle C passed, as an int (NULL → 0); ints pass through."""
+    if type(value) is int:  # the library's every call: first, and cheapest
+        return value
     if value is None:
         return 0
     return int(_binding.cast(_binding.uintptr, value))
 
 
 def pointer(value: int) -> Any:
-    """The ``void *`` C receives for the runtime's int handle or address ``value`` (0 → NULL)."""
+    """What C receives for the runtime's int handle or address ``value``: the int itself, or
+    a ``void *`` (0 → NULL) for an ABI-mode FFI."""
+    if _binding.as_ints:
+        return value
     return _binding.cast(_binding.void_p, value)
 
 
 def null() -> Any:
-    """A NULL ``void *``."""
+    """NULL as C receives it (0, or a NULL ``void *``)."""
+    if _binding.as_ints:
+        return 0
     return bound().NULL
 
 
@@ -134,9 +156,14 @@ def require(value: Any, what: str) -> int:
 
 
 def store(ctype: str, out: Any, value: Any) -> None:
-    """Write ``value`` to the out-parameter ``out`` (a ``ctype *``; checked non-NULL before)."""
-    ffi = bound()
-    ffi.cast(f"{ctype} *", address(out))[0] = value
+    """Write ``value`` to the out-parameter ``out`` (a ``ctype *``; checked non-NULL before); a
+    pointer ``ctype`` takes an int or a cdata ``value``."""
+    if ctype.endswith("*"):
+        ctype, value = "uintptr_t", address(value)
+    out_type = _binding.out_types.get(ctype)
+    if out_type is None:
+        out_type = _binding.out_types[ctype] = bound().typeof(f"{ctype} *")
+    _binding.cast(out_type, address(out))[0] = value
 
 
 def text(value: Any) -> str | None:
@@ -152,6 +179,13 @@ def _buffer(data: bytes) -> Any:
     return bound().new("char[]", data)
 
 
+def _char_pointer(buffer: Any) -> Any:
+    """What C receives for a ``char[]`` buffer: its address, as :func:`pointer` gives it."""
+    if _binding.as_ints:
+        return int(_binding.cast(_binding.uintptr, buffer))
+    return _binding.cast(_binding.void_p, buffer)
+
+
 def interned(value: str) -> Any:
     """A ``const char *`` for ``value`` that stays valid for the life of the process (one
     buffer per distinct string)."""
@@ -160,7 +194,7 @@ def interned(value: str) -> Any:
         found = _interned.get(data)
         if found is None:
             found = _interned[data] = _buffer(data)
-    return bound().cast("void *", found)
+    return _char_pointer(found)
 
 
 def thread_text(value: str | None) -> Any:
@@ -169,7 +203,7 @@ def thread_text(value: str | None) -> Any:
         _per_thread.text = None
         return null()
     _per_thread.text = _buffer(value.encode("utf-8", errors="surrogateescape"))
-    return bound().cast("void *", _per_thread.text)
+    return _char_pointer(_per_thread.text)
 
 
 def struct_at(ctype: str, value: Any) -> Any:
@@ -186,5 +220,9 @@ def read_bytes(value: Any, nbytes: int) -> bytes:
 
 def function(value: Any, ctype: str) -> Any:
     """The C function pointer at ``value`` as a callable cdata of type ``ctype``
-    (``"void (*)(void *)"``); calling it releases the GIL, so the C code may call back."""
+    (``"void (*)(void *)"``); calling it releases the GIL, so the C code may call back. It
+    takes what :func:`pointer` gives: with ``handles_as_ints`` its ``void *`` parameters are
+    declared ``uintptr_t`` (the same registers in every ABI we build for)."""
+    if _binding.as_ints:
+        ctype = ctype.replace("void *", "uintptr_t")
     return bound().cast(ctype, address(value))

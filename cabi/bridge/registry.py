@@ -24,6 +24,10 @@ decorator            C return type                         value on failure
 Anything else a body raises is unexpected: :func:`cabi.bridge.install` logs it and the C caller
 gets :data:`UNEXPECTED_ERROR` (500000, ACL_ERROR_INTERNAL_ERROR) from an ``aclError`` call, or
 the failure value above from the others (:func:`failure_value`).
+
+The library registers each call's undecorated body (:func:`body_of`) and turns an ``AclError``
+into its value in cffi's ``onerror`` handler (:func:`answer_failure`), as the decorated call
+does: the call that succeeds, nearly every one, then runs one Python frame less.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = [
     "UNEXPECTED_ERROR",
     "CallKind",
     "CallTable",
+    "answer_failure",
+    "body_of",
     "kind_of",
     "failure_value",
     "merge",
@@ -66,6 +72,20 @@ def kind_of(function: Callable[..., Any]) -> CallKind:
     return function.c_kind
 
 
+def body_of(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The undecorated body of a :class:`CallTable` call (it raises what the call answers)."""
+    return function.c_body
+
+
+def answer_failure(name: str, kind: CallKind, exc: NpuFarmError) -> Any:
+    """What the call ``name`` returns for the ``NpuFarmError`` its body raised, noted for
+    ``aclGetRecentErrMsg`` (NULL, the ACL code, or the kind's failure value)."""
+    RUNTIME.state.note_error(name, exc)
+    if kind.name == "pointer":
+        return cdata.null()
+    return exc.code if kind.name == "error" else kind.failure
+
+
 def failure_value(function: Callable[..., Any]) -> Any:
     """What the C caller gets when ``function`` raised unexpectedly."""
     kind = kind_of(function)
@@ -88,12 +108,10 @@ class CallTable:
             try:
                 return function(*args)
             except NpuFarmError as exc:
-                RUNTIME.state.note_error(name, exc)
-                if kind.name == "pointer":
-                    return cdata.null()
-                return exc.code if kind.name == "error" else kind.failure
+                return answer_failure(name, kind, exc)
 
         call.c_kind = kind
+        call.c_body = function
         self.calls[name] = call
         return call
 

@@ -2,14 +2,19 @@
 the samples' build and run recipe.
 
 A test module wraps :func:`session_tree` in a fixture of its own; the first module to ask builds
-the tree (a few seconds) and the others reuse it.
+the tree (a few seconds) and the others reuse it. The programs of ``tests/c`` are built with gcc
+directly (:func:`build_c_program`, :func:`build_python_extension`); a program that waits for the
+test between its phases is started with :func:`start_sourced` and read with :func:`read_until`.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,3 +129,80 @@ def dynamic_section(library: Path) -> dict[str, list[str]]:
             tag = line.split("(", 1)[1].split(")", 1)[0]
             tags.setdefault(tag, []).append(line.rsplit("[", 1)[1].rstrip("]"))
     return tags
+
+
+# -- C programs built with gcc against the tree (tests/c) ------------------------------------
+
+TESTS_C = REPO / "tests" / "c"
+
+
+def _compile(cmd: list, what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{what}: {' '.join(map(str, cmd))}:\n{done.stdout}{done.stderr}"
+
+
+def build_c_program(root: Path, source: Path, out: Path) -> Path:
+    """``gcc -std=gnu99 -Wall -Werror`` of one C source against the tree's headers, linked as
+    the samples link (``-lascendcl`` from ``runtime/lib64/stub``, no run path); ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["gcc", "-std=gnu99", "-Wall", "-Werror", "-O1"]
+    cmd += ["-I", root / "runtime" / "include", "-I", TESTS_C, "-o", out, source]
+    cmd += ["-L", root / "runtime" / "lib64" / "stub", "-lascendcl", "-lpthread", "-lm"]
+    _compile(cmd, source.name)
+    return out
+
+
+def build_python_extension(root: Path, source: Path, name: str, out_dir: Path) -> Path:
+    """A plain-C Python extension module: ``gcc -shared -fPIC`` with this interpreter's
+    headers, linked ``-lascendcl`` from the tree's ``runtime/lib64``; the built module file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f"{name}{sysconfig.get_config_var('EXT_SUFFIX')}"
+    cmd = ["gcc", "-shared", "-fPIC", "-std=gnu99", "-Wall", "-Werror", "-O1"]
+    cmd += ["-I", sysconfig.get_paths()["include"], "-I", root / "runtime" / "include"]
+    cmd += ["-o", out, source, "-L", root / "runtime" / "lib64", "-lascendcl"]
+    _compile(cmd, source.name)
+    return out
+
+
+def start_sourced(root: Path, argv: list, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """As :func:`run_sourced`, but started and left running with stdin, stdout and stderr as
+    text pipes (a program that waits for the test between its phases)."""
+    script = 'source "$1/set_env.sh" && shift && exec "$@"'
+    return subprocess.Popen(
+        ["bash", "-c", script, "bash", str(root), *map(str, argv)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout_s: float = 30.0) -> list[str]:
+    """stdout lines of ``process`` up to and including the line ``marker`` (AssertionError,
+    with what came, if it ends or ``timeout_s`` passes first). Reads the pipe's descriptor a
+    byte at a time, so nothing after the marker is taken from a later ``communicate()``."""
+    lines: list[str] = []
+    line = b""
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + timeout_s
+    while (remaining_s := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], remaining_s)[0]:
+            break
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        if byte != b"\n":
+            line += byte
+            continue
+        lines.append(line.decode(errors="replace"))
+        line = b""
+        if lines[-1] == marker:
+            return lines
+    raise AssertionError(f"no {marker!r} line from {process.args}; got {lines}")
+
+
+def arrows(stdout: str) -> dict[str, str]:
+    """The ``name -> value`` lines of a program's output, in order."""
+    return dict(line.split(" -> ", 1) for line in stdout.splitlines() if " -> " in line)

@@ -105,7 +105,12 @@ def test_install_registers_every_call_with_def_extern(ffi) -> None:
     try:
         assert set(registered) == set(E)
         function, onerror = registered["aclrtMalloc"]
-        assert function is E["aclrtMalloc"]
+        assert function is registry.body_of(E["aclrtMalloc"])  # onerror answers its AclError
+        try:
+            raise AclError("devPtr is NULL", ACL_ERROR_INVALID_PARAM)
+        except AclError as exc:
+            assert onerror(type(exc), exc, exc.__traceback__) == ACL_ERROR_INVALID_PARAM
+        assert "devPtr is NULL" in _text(ffi, E["aclGetRecentErrMsg"]())
         try:
             raise RuntimeError("boom")
         except RuntimeError as exc:

@@ -134,18 +134,90 @@ def test_dvpp_forwarders_and_preamble_compile():
         text=True,
         check=True,
     )
-    preamble = build_c.ascendcl_preamble('/venv "quoted"/bin/python')
+    preamble = build_c.ascendcl_preamble('/venv "quoted"/bin/python', "/venv/site-packages")
     assert r'"/venv \"quoted\"/bin/python"' in preamble
+    assert '"/venv/site-packages"' in preamble
     assert "Py_SetProgramName" in preamble and "atexit(" in preamble
+    assert "_Py_IsFinalizing()" in preamble and "Py_GetVersion()" in preamble
 
 
-def test_init_code_falls_back_to_codes_when_the_bridge_is_missing():
-    kinds = {"aclInit": "code", "aclGetRecentErrMsg": "null", "aclDataTypeSize": "zero"}
-    code = build_c.init_code("_mod", "/nowhere/site-packages", kinds, bridge="no_such_bridge")
+def test_init_code_installs_under_the_python_names_and_tells_the_c_half():
+    code = build_c.init_code("_mod", bridge="no_such_bridge")
     compile(code, "<init>", "exec")  # valid Python
-    assert f"return {build_c.INIT_FAILURE_CODE}" in code
-    assert "'aclInit': 500000" in code and "'aclGetRecentErrMsg': 'NULL'" in code
-    assert "'aclDataTypeSize': 0" in code and "import no_such_bridge" in code
+    assert "from _mod import ffi, lib" in code and "import no_such_bridge" in code
+    assert "prefix='_npufarm_py_', handles_as_ints=True" in code
+    assert "lib.npufarm_mark_ready()" in code and "lib.npufarm_mark_failed()" in code
+    assert f"return {build_c.UNUSABLE_CODE}" in code and build_c.UNUSABLE_CODE == 100001
+
+
+@pytest.mark.parametrize(
+    ("name", "abi_ret", "kind", "failure", "value"),
+    [
+        ("aclrtMalloc", "int", "error", None, "100001"),
+        ("aclInit", "int", "error", None, "100001"),
+        ("aclrtDestroyContext", "int", "error", None, "0"),
+        ("aclrtFreeHost", "int", "error", None, "0"),
+        ("aclrtResetDevice", "int", "error", None, "0"),
+        ("aclmdlUnload", "int", "error", None, "0"),
+        ("aclmdlDestroyDataset", "int", "error", None, "0"),
+        ("aclDestroyDataBuffer", "int", "error", None, "0"),
+        ("aclFinalize", "int", "error", None, "0"),
+        ("aclrtUnSubscribeReport", "int", "error", None, "0"),
+        ("aclmdlCreateDesc", "void *", "pointer", None, "NULL"),
+        ("aclGetTensorDescType", "int", "value", -1, "-1"),
+        ("aclrtGetTaskIdFromExceptionInfo", "uint32_t", "value", 0xFFFFFFFF, "4294967295"),
+        ("aclmdlGetNumInputs", "size_t", "value", 0, "0"),
+        ("aclFloat16ToFloat", "float", "real", 0.0, "0.0"),
+        ("aclDestroyTensorDesc", "void", "void", None, ""),
+    ],
+)
+def test_unusable_values_release_succeeds_others_fail(name, abi_ret, kind, failure, value):
+    assert build_c.unusable_value(name, abi_ret, kind, failure) == value
+
+
+def test_python_bodies_take_pointers_as_uintptr():
+    declared = build_c.python_declaration("aclrtMalloc", "int", ["void *", "size_t", "int"])
+    assert declared == "int _npufarm_py_aclrtMalloc(uintptr_t, size_t, int);"
+    assert build_c.python_declaration("aclrtGetSocName", "void *", []) == (
+        "uintptr_t _npufarm_py_aclrtGetSocName(void);"
+    )
+    cffi.FFI().cdef(f'extern "Python" {declared}')
+
+
+def _wrapper_probe(state: str) -> str:
+    """C that defines the preamble's state and fake Python bodies, then calls the wrappers."""
+    wrappers = "\n".join(
+        (
+            build_c.wrapper_source("aclrtMalloc", "int", ["void *", "size_t", "int"], "100001"),
+            build_c.wrapper_source("aclrtFree", "int", ["void *"], "0"),
+            build_c.wrapper_source("aclrtGetSocName", "void *", [], "NULL"),
+            build_c.wrapper_source("aclDestroyTensorDesc", "void", ["void *"], ""),
+        )
+    )
+    return (
+        build_c.notes_source()
+        + f"static int usable = {state}, ready = 1, calls;\n"
+        + "static int npufarm_enter(void) { return usable; }\n"
+        + "static int npufarm_started(void) { return ready; }\n"
+        + "static int _npufarm_py_aclrtMalloc(uintptr_t p, size_t n, int k)"
+        + " { calls++; *(void **)p = (void *)0x1000; return (int)n + k; }\n"
+        + "static int _npufarm_py_aclrtFree(uintptr_t p) { calls++; return p == 0x1000 ? 7 : 8; }\n"
+        + "static uintptr_t _npufarm_py_aclrtGetSocName(void) { calls++; return 0x2000; }\n"
+        + "static void _npufarm_py_aclDestroyTensorDesc(uintptr_t p) { calls += (int)p; }\n"
+        + wrappers
+        + "\nint main(void) { void *p = NULL; int m = aclrtMalloc(&p, 5, 2);\n"
+        + "int f = aclrtFree(p); void *s = aclrtGetSocName(); aclDestroyTensorDesc((void *)10);\n"
+        + 'printf("%d %p %d %p %d\\n", m, p, f, s, calls); return 0; }\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "printed"), [("1", "7 0x1000 7 0x2000 13"), ("0", "100001 (nil) 0 (nil) 0")]
+)
+def test_wrappers_cast_pointers_and_answer_without_python(tmp_path, state, printed):
+    done = compile_and_run(tmp_path, _wrapper_probe(state))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == printed
 
 
 def _proto(name: str, ret: str, library: str = "ascendcl") -> symbols.Prototype:
