@@ -12,7 +12,8 @@ Python, raw, C, Python, raw, ... Each side is a fresh process making the same ca
 * ``memcpy_16MiB_{h2d,d2h}`` - best GB/s of the round's samples (4 copies each, as the raw copy).
 
 Every entry's ``measured`` and ``baseline`` are medians over the rounds (``*_min`` / ``*_max``
-and ``*_rounds`` beside them) and ``ratio`` is the ratio of those medians (issue 12). Targets
+and ``*_rounds`` beside them) and ``ratio`` is the ratio of those medians (issue 12;
+:mod:`benchmarks.rounds`). Targets
 (issue 11): C latency <= 1.2x the Python path's, C memcpy >= 0.8 of the warm raw copy.
 """
 
@@ -35,7 +36,8 @@ import numpy as np
 
 from benchmarks import raw
 from benchmarks.core_farm import MIB, REPO, ZERO_MODEL, BenchError, FarmProcess
-from benchmarks.core_report import MEMCPY_RATIO_TARGET, entry, ratio_of
+from benchmarks.core_report import MEMCPY_RATIO_TARGET
+from benchmarks.rounds import Target, at_least, at_most, rounds_entry
 from cabi.build import sdk_tree
 
 __all__ = ["C_LATENCY_RATIO_TARGET", "Plan", "compile_bench", "main", "markdown_table", "run"]
@@ -162,48 +164,16 @@ def reduce_side(out: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "median": round(float(np.median(values)), 3),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
 def _entry(
     label: str,
     unit: str,
     measured: list[float],
     baseline: list[float] | None,
-    at_most: float | None = None,
-    at_least: float | None = None,
+    target: Target | None = None,
 ) -> dict[str, Any]:
-    """Medians of the rounds, their min/max and the ratio of medians, met when that ratio is
-    ``<= at_most`` or ``>= at_least`` (no target when both are None)."""
-    mine = _spread(measured)
-    base = _spread(baseline) if baseline else None
-    ratio = ratio_of(mine["median"], base["median"] if base else None)
-    target = met = None
-    if at_most is not None:
-        target = f"ratio <= {at_most}"
-        met = None if ratio is None else ratio <= at_most
-    elif at_least is not None:
-        target = f"ratio >= {at_least}"
-        met = None if ratio is None else ratio >= at_least
-    return entry(
-        mine["median"],
-        unit=unit,
-        baseline=base["median"] if base else None,
-        target=target,
-        met=met,
-        label=label,
-        measured_min=mine["min"],
-        measured_max=mine["max"],
-        baseline_min=base["min"] if base else None,
-        baseline_max=base["max"] if base else None,
-        measured_rounds=measured,
-        baseline_rounds=baseline,
-    )
+    """Medians of the rounds, their min/max and the ratio of medians
+    (:func:`benchmarks.rounds.rounds_entry`), labelled for the table."""
+    return rounds_entry(measured, baseline, unit=unit, target=target, label=label)
 
 
 def build_entries(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -218,14 +188,14 @@ def build_entries(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "us",
             col("c", "memcpy_4KiB_h2d"),
             col("python", "memcpy_4KiB_h2d"),
-            at_most=C_LATENCY_RATIO_TARGET,
+            at_most(C_LATENCY_RATIO_TARGET),
         ),
         "exec_sync": _entry(
             "C aclmdlExecuteAsync + aclrtSynchronizeStream p50 (baseline: Python)",
             "us",
             col("c", "exec_sync"),
             col("python", "exec_sync"),
-            at_most=C_LATENCY_RATIO_TARGET,
+            at_most(C_LATENCY_RATIO_TARGET),
         ),
     }
     for kind, arrow in (("h2d", "H2D"), ("d2h", "D2H")):
@@ -236,7 +206,7 @@ def build_entries(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "GB/s",
             col("c", key),
             raw_col,
-            at_least=MEMCPY_RATIO_TARGET,
+            at_least(MEMCPY_RATIO_TARGET),
         )
         out[f"python_{key}"] = _entry(
             f"Python acl.rt.memcpy 16 MiB {arrow} (baseline: raw copy)",

@@ -1,8 +1,10 @@
 """The farm benchmark's result schema: entries, the issue's targets, and the summary table.
 
 Every entry under ``farm`` carries ``measured``, ``unit``, ``baseline``, ``ratio``, ``target`` and
-``meets_target`` (``None`` where the issue sets no target) plus measurement-specific keys;
-:func:`summarize` turns a result into rows and :func:`markdown_table` renders them.
+``meets_target`` (``None`` where the issue sets no target) plus measurement-specific keys; entries
+made from interleaved rounds (:func:`benchmarks.rounds.rounds_entry`) also carry the rounds'
+``*_min`` / ``*_max``. :func:`summarize` turns a result into rows and :func:`markdown_table`
+renders them, each figure as "median (min–max)".
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ __all__ = [
     "SYNC_DONE_RATIO_TARGET",
     "entry",
     "markdown_table",
-    "p50_vs_rtt",
     "percentiles_us",
     "ratio_of",
     "summarize",
@@ -60,24 +61,6 @@ def ratio_of(measured: float | None, baseline: float | None) -> float | None:
     return round(measured / baseline, 3)
 
 
-def p50_vs_rtt(
-    times_s: np.ndarray, raw_rtt: dict[str, Any] | None, target: float, note: str, samples: int
-) -> dict[str, Any]:
-    """A latency entry: p50 in µs against the raw 3-hop RTT p50, met if ratio <= target."""
-    stats = percentiles_us(times_s * 1e6)
-    baseline = raw_rtt["p50_us"] if raw_rtt else None
-    ratio = ratio_of(stats["p50_us"], baseline)
-    return entry(
-        stats["p50_us"],
-        unit="us",
-        baseline=baseline,
-        target=f"p50 ratio <= {target}{note}",
-        met=None if ratio is None else ratio <= target,
-        samples=samples,
-        **stats,
-    )
-
-
 def entry(
     measured: float | None,
     *,
@@ -104,10 +87,13 @@ def entry(
 # --------------------------------------------------------------------------------------------
 
 
+_SPREAD_KEYS = ("measured_min", "measured_max", "baseline_min", "baseline_max")
+
+
 def _row(metric: str, item: dict[str, Any] | None) -> dict[str, Any] | None:
     if not item:
         return None
-    return {
+    row = {
         "metric": metric,
         "unit": item.get("unit"),
         "measured": item.get("measured"),
@@ -115,6 +101,26 @@ def _row(metric: str, item: dict[str, Any] | None) -> dict[str, Any] | None:
         "ratio": item.get("ratio"),
         "target": item.get("target"),
         "met": item.get("meets_target"),
+    }
+    row.update({k: item.get(k) for k in (*_SPREAD_KEYS, "ratio_min", "ratio_max")})
+    return row
+
+
+def _side_row(metric: str, item: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """A row for a side figure of an entry (``key``, with ``key_min`` / ``key_max`` when there
+    were rounds): no baseline, no target; None when the entry lacks it."""
+    if item.get(key) is None:
+        return None
+    return {
+        "metric": metric,
+        "unit": "s",
+        "measured": item[key],
+        "measured_min": item.get(f"{key}_min"),
+        "measured_max": item.get(f"{key}_max"),
+        "baseline": None,
+        "ratio": None,
+        "target": None,
+        "met": None,
     }
 
 
@@ -146,31 +152,11 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row(f"memcpy H2D {size}", both.get("h2d")))
         rows.append(_row(f"memcpy D2H {size}", both.get("d2h")))
     for key, item in farm.get("start", {}).items():
-        rows.append(_row(f"farm start {key.replace('_', ' ')}", item))
-        if item.get("broker_uptime_at_announce_s") is not None:
-            rows.append(
-                {
-                    "metric": f"  broker's own start figure, {key.replace('_', ' ')}",
-                    "unit": "s",
-                    "measured": item["broker_uptime_at_announce_s"],
-                    "baseline": None,
-                    "ratio": None,
-                    "target": None,
-                    "met": None,
-                }
-            )
-        if item.get("stop_s") is not None:
-            rows.append(
-                {
-                    "metric": f"  farm stop {key.replace('_', ' ')}",
-                    "unit": "s",
-                    "measured": item["stop_s"],
-                    "baseline": None,
-                    "ratio": None,
-                    "target": None,
-                    "met": None,
-                }
-            )
+        name = key.replace("_", " ")
+        rows.append(_row(f"farm start {name}", item))
+        figure = f"  broker's own start figure, {name}"
+        rows.append(_side_row(figure, item, "broker_uptime_at_announce_s"))
+        rows.append(_side_row(f"  farm stop {name}", item, "stop_s"))
     rows.append(_row("idle CPU per card (mean)", farm.get("idle_cpu")))
     return [r for r in rows if r is not None]
 
@@ -191,17 +177,31 @@ def _fmt(value: Any, unit: str | None = None) -> str:
     return str(value)
 
 
-def markdown_table(summary: list[dict[str, Any]]) -> str:
-    """The summary rows as a markdown table (numbers formatted by unit, unmet targets bold)."""
+def _cell(value: Any, low: Any, high: Any, unit: str | None = None) -> str:
+    """``value`` formatted by unit, with `` (low–high)`` when the rounds spread."""
+    text = _fmt(value, unit)
+    if value is None or low is None or high is None or low == high:
+        return text
+    return f"{text} ({_fmt(low, unit)}–{_fmt(high, unit)})"
+
+
+def markdown_table(summary: list[dict[str, Any]], rounds: int | None = None) -> str:
+    """The summary rows as a markdown table: each figure as "median (min–max)" over the rounds
+    (the range left out where all rounds agree), numbers formatted by unit, unmet targets bold.
+    ``rounds``, when given, is named in the header."""
+    of = f"median of {rounds} (min–max)" if rounds else "median (min–max)"
     lines = [
-        "| metric | unit | measured | raw baseline | ratio | target | met |",
+        f"| metric | unit | measured, {of} | raw baseline, {of} | ratio of medians "
+        "(min–max of rounds) | target | met |",
         "|---|---|---:|---:|---:|---|---|",
     ]
     for r in summary:
         unit = r.get("unit")
+        measured = _cell(r["measured"], r.get("measured_min"), r.get("measured_max"), unit)
+        baseline = _cell(r["baseline"], r.get("baseline_min"), r.get("baseline_max"), unit)
+        ratio = _cell(r["ratio"], r.get("ratio_min"), r.get("ratio_max"))
         lines.append(
-            f"| {r['metric']} | {unit or ''} | {_fmt(r['measured'], unit)} | "
-            f"{_fmt(r['baseline'], unit)} | {_fmt(r['ratio'])} | {r['target'] or '-'} | "
-            f"{_fmt(r['met'])} |"
+            f"| {r['metric']} | {unit or ''} | {measured} | {baseline} | {ratio} | "
+            f"{r['target'] or '-'} | {_fmt(r['met'])} |"
         )
     return "\n".join(lines)

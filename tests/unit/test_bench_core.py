@@ -1,8 +1,8 @@
 """benchmarks.core: pure helpers, and one ``--quick`` run end to end in a subprocess.
 
 The subprocess run starts real farms (a few seconds each); it checks the JSON shape, that every
-figure is a positive number, and that nothing of that run is left behind (farm processes, shm
-segments, temp dirs).
+figure is a positive number, that every entry is the median of its rounds with the rounds' range
+beside it, and that nothing of that run is left behind (farm processes, shm segments, temp dirs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import core_farm, core_report
+from benchmarks import core, core_farm, core_report, rounds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,6 +66,46 @@ def test_summary_and_markdown():
     lines = table.splitlines()
     assert lines[0].startswith("| metric |") and len(lines) == 2 + len(rows)
     assert "| 12 | 10 | 1.20 | ratio >= 0.8 | yes |" in lines[2]
+
+
+def test_markdown_shows_the_rounds_range():
+    item = rounds.rounds_entry(
+        [12.0, 10.0, 14.0],
+        [10.0, 10.0, 10.0],
+        unit="tasks/s",
+        target=rounds.at_least(0.8),
+        in_flight=16,
+    )
+    item.update(cards=8, threads=1)
+    start = rounds.rounds_entry([0.3, 0.3], unit="s", stop_s=0.2, stop_s_min=0.1, stop_s_max=0.3)
+    result = {"farm": {"routing": {"8_cards": {"if16": item}}, "start": {"4_cards": start}}}
+    rows = core_report.summarize(result)
+    assert rows[0]["measured_min"] == 10.0 and rows[0]["ratio_max"] == 1.4
+    table = core_report.markdown_table(rows, 3).splitlines()
+    assert "median of 3 (min–max)" in table[0]
+    assert (
+        "| 12 (10–14) | 10 | 1.20 (1.00–1.40) | ratio >= 0.8 | yes |" in table[2]
+    )  # the baseline never moved: no range
+    assert "| farm start 4 cards | s | 0.300 | - | - | - | - |" in table  # all rounds agree
+    assert "|   farm stop 4 cards | s | 0.200 (0.100–0.300) | - | - | - | - |" in table
+
+
+def test_plan_rounds():
+    assert core.Plan.for_mode(False).rounds >= 5 and core.Plan.for_mode(True).rounds == 2
+    plan = core.Plan.for_mode(True, rounds=3)
+    assert plan.rounds == 3 and plan.duration_s == core.Plan.for_mode(True).duration_s
+    with pytest.raises(ValueError):
+        core.Plan.for_mode(False, rounds=0)
+
+
+def _check_rounds(item: dict, path: str, rounds_n: int) -> None:
+    """An entry made of rounds: the median between min and max, one value per round."""
+    assert len(item["measured_rounds"]) == rounds_n, path
+    assert item["measured_min"] <= item["measured"] <= item["measured_max"], path
+    if item["baseline"] is not None:
+        assert len(item["baseline_rounds"]) == rounds_n, path
+        assert item["baseline_min"] <= item["baseline"] <= item["baseline_max"], path
+        assert item["ratio_min"] <= item["ratio_max"], path
 
 
 # -- the real thing ---------------------------------------------------------------------------
@@ -126,7 +166,7 @@ def test_quick_run_end_to_end(tmp_path):
     assert json.loads(out.read_text()) == result
     assert "| metric |" in stderr  # the markdown table
 
-    assert result["quick"] is True
+    assert result["quick"] is True and result["plan"]["rounds"] == 2
     assert {"host", "baselines", "farm", "summary"} <= result.keys()
     assert result["host"]["cpus"] >= 1 and result["host"]["numpy"] and result["host"]["pyzmq"]
     assert {"echo", "rtt", "copy"} <= result["baselines"].keys()
@@ -157,6 +197,14 @@ def test_quick_run_end_to_end(tmp_path):
         assert start["measured"] > 0 and start["stop_s"] > 0
         assert start["leftover_shm"] == 0 and start["killed"] is False
     assert farm["idle_cpu"]["cards"] == 4 and farm["idle_cpu"]["measured"] >= 0
+
+    entries = [e for r in farm["routing"].values() for e in r.values()]
+    entries += [*farm["pipelined"].values(), lat, farm["sync_finished"], farm["idle_cpu"]]
+    entries += [e for both in farm["memcpy"].values() for e in both.values()]
+    entries += list(farm["start"].values())
+    for item in entries:
+        _check_rounds(item, item.get("target") or item["unit"], 2)
+    assert farm["start"]["4_cards"]["stop_s_min"] <= farm["start"]["4_cards"]["stop_s_max"]
 
     assert result["summary"], "summary rows"
     for row in result["summary"]:
