@@ -7,6 +7,9 @@ __all__ = [
     "load_from_mem",
     "unload",
     "get_desc",
+    "get_aipp_type",
+    "get_first_aipp_info",
+    "get_aipp_data_size",
     "execute",
     "execute_async",
     "execute_v2",
@@ -58,6 +61,9 @@ load_from_mem = runtime_call(
 )
 unload = runtime_call("unload", "Unload a model; unknown id → 145003.")
 get_desc = runtime_call("get_desc", "Fill a model description from a loaded model; 145003.")
+get_aipp_type = runtime_call("get_aipp_type")
+get_first_aipp_info = runtime_call("get_first_aipp_info")
+get_aipp_data_size = runtime_call("get_aipp_data_size")
 execute = runtime_call("execute", "Synchronous execute on the current context; the task's code.")
 execute_async = runtime_call("execute_async", "Queue one execution on the stream (only enqueues).")
 execute_v2 = runtime_call(

@@ -10,6 +10,8 @@ __all__ = [
     "query_device_status",
     "get_run_mode",
     "get_soc_name",
+    "set_device_sat_mode",
+    "get_device_sat_mode",
     "synchronize_device",
     "synchronize_device_with_timeout",
     "create_context",
@@ -59,6 +61,8 @@ get_device = runtime_call("get_device")
 query_device_status = runtime_call("query_device_status")
 get_run_mode = runtime_call("get_run_mode")
 get_soc_name = runtime_call("get_soc_name")
+set_device_sat_mode = runtime_call("set_device_sat_mode")
+get_device_sat_mode = runtime_call("get_device_sat_mode")
 synchronize_device = runtime_call("synchronize_device")
 synchronize_device_with_timeout = runtime_call("synchronize_device_with_timeout")
 create_context = runtime_call("create_context")

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +54,14 @@ from core.errors import (
     AclError,
 )
 
-__all__ = ["ExceptionApi", "ExceptionInfo", "ExceptionReporter", "INFO_INVALID", "INFO_HISTORY"]
+__all__ = [
+    "ExceptionApi",
+    "ExceptionInfo",
+    "ExceptionReporter",
+    "INFO_INVALID",
+    "INFO_HISTORY",
+    "TaskErrorNotes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +179,39 @@ class ExceptionReporter:
                 fn(handle)
             except Exception:  # the user's callback must not kill the dispatcher
                 logger.exception("exception-info callback %r raised", fn)
+
+
+class TaskErrorNotes:
+    """The first unreported failed task of each stream (its task id and code), kept from the
+    task's completion until a sync takes the stream's error, so that the thread which sees the
+    code can read what failed with ``get_recent_err_msg`` (CANN keeps such a text too).
+
+    :meth:`task_settled` is a settle hook (called under the session's condition); :meth:`text`
+    is called by the sync that took ``code`` from the stream. Entries die with their stream."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._first: weakref.WeakKeyDictionary[StreamTrack, tuple[int, int]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def task_settled(self, task_id: int, code: int, track: StreamTrack) -> None:
+        """A task ended: the first failure since the stream's last reported error is kept (a
+        lost card's 507010 is not a task's own failure)."""
+        if code in (ACL_SUCCESS, ACL_ERROR_RT_LOST_HEARTBEAT):
+            return
+        with self._lock:
+            self._first.setdefault(track, (task_id, code))
+
+    def text(self, track: StreamTrack, code: int, device_id: int) -> str:
+        """What failed, for a sync that took ``code`` from ``track`` (``device_id`` as this
+        process numbers the device); the task is named when its failure is the one taken."""
+        with self._lock:
+            first = self._first.pop(track, None)
+        where = f"device {device_id} stream {track.stream_id & _U32}"
+        if first is not None and first[1] == code:
+            return f"task {first[0] & _U32} on {where} failed with {code}"
+        return f"a task on {where} failed with {code}"
 
 
 class ExceptionApi:

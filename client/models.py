@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from typing import Any
 
 from client.conventions import api, int_arg
@@ -20,20 +21,53 @@ from client.streams import StreamApi
 from client.tracks import StreamTrack
 from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
+    ACL_ERROR_GE_FAILURE,
     ACL_ERROR_INVALID_PARAM,
     ACL_ERROR_RT_PARAM_INVALID,
     ACL_ERROR_RT_STREAM_CONTEXT,
     ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
     ACL_SUCCESS,
     AclError,
+    NpuFarmError,
 )
-from core.protocol import TaskKind
+from core.protocol import TASK_STAMP, TaskKind
 from device.memory import decode_ptr, is_device_ptr
 from device.models import ModelSpec, load_model_file, parse_model
 
-__all__ = ["ModelApi"]
+__all__ = [
+    "ACL_DATA_WITHOUT_AIPP",
+    "ACL_ERROR_GE_AIPP_NOT_EXIST",
+    "ACL_INVALID_NODE_INDEX",
+    "ModelApi",
+    "aipp_data_size",
+]
 
 logger = logging.getLogger(__name__)
+
+ACL_DATA_WITHOUT_AIPP = 0
+"""aclmdlInputAippType of an input without AIPP (acl_mdl.h)."""
+ACL_INVALID_NODE_INDEX = 0xFFFFFFFF
+"""acl_mdl.h: the dynamic-AIPP attached-data index of an input without dynamic AIPP."""
+ACL_ERROR_GE_AIPP_NOT_EXIST = 145015
+"""aclmdlGetFirstAippInfo on an input that has no AIPP configured (ge_error_codes.h)."""
+
+# GE's dynamic-AIPP parameter block (dynamic_aipp.h): a 64-byte head, then 96 bytes per batch
+# (aclmdlGetAippDataSize: batchSize * sizeof(kAippDynamicBatchPara) + the head).
+_AIPP_HEAD_BYTES = 64
+_AIPP_BATCH_BYTES = 96
+_SIZE_T_MAX = 2**64 - 1
+
+_SYNC_QUEUE_OFFSET = 8  # handles step by 16 (client.state): handle + 8 is never a handle
+
+
+def aipp_data_size(batch_size: Any) -> int:
+    """Bytes of the dynamic-AIPP input for ``batch_size`` images, as aclmdlGetAippDataSize
+    computes them; 0 (or overflowing size_t) → 100000."""
+    batch = int_arg(batch_size, "batch size")
+    size = batch * _AIPP_BATCH_BYTES + _AIPP_HEAD_BYTES
+    if batch <= 0 or size > _SIZE_T_MAX:
+        raise AclError(f"AIPP batch size {batch} is invalid", ACL_ERROR_INVALID_PARAM)
+    return size
 
 
 class ModelApi:
@@ -104,6 +138,50 @@ class ModelApi:
         found = self.state.model(model_id)
         return self.state.handles.fill_desc(desc, found.model_id, found.spec)
 
+    # -- AIPP (npufarm models have none) ---------------------------------------------------
+    def _aipp_input(self, model_id: Any, index: Any) -> LoadedModel:
+        """The model, once ``index`` names one of its inputs. GE checks the model id first
+        (145003), then the index against the model's inputs: its PARAM_INVALID, which
+        ACL_GET_ERRCODE_GE turns into ACL_ERROR_GE_FAILURE (500002)."""
+        found = self.state.model(model_id)
+        position = int_arg(index, "index")
+        if not 0 <= position < len(found.spec.inputs):
+            raise AclError(
+                f"model {found.model_id} has no input {position} ({len(found.spec.inputs)} inputs)",
+                ACL_ERROR_GE_FAILURE,
+            )
+        return found
+
+    def get_aipp_type(self, model_id: Any, index: Any) -> tuple[int, int, int]:
+        """``(type, dynamic_attached_data_index, ret)`` of an input: ACL_DATA_WITHOUT_AIPP (0)
+        and ACL_INVALID_NODE_INDEX (0xFFFFFFFF), npufarm models have no AIPP; unknown model →
+        145003, no such input → 500002.
+
+        The two values are the same on failure: CANN writes the index before it asks GE, and
+        pyACL's type starts as ACL_DATA_WITHOUT_AIPP (hence no :func:`api` wrapper here)."""
+        try:
+            self._aipp_input(model_id, index)
+        except NpuFarmError as exc:
+            self.state.note_error("get_aipp_type", exc)
+            return ACL_DATA_WITHOUT_AIPP, ACL_INVALID_NODE_INDEX, exc.code
+        return ACL_DATA_WITHOUT_AIPP, ACL_INVALID_NODE_INDEX, ACL_SUCCESS
+
+    @api(1, default={})
+    def get_first_aipp_info(self, model_id: Any, index: Any) -> dict[str, Any]:
+        """``(aipp_info, ret)``: npufarm models have no AIPP, so 145015 (AIPP not configured)
+        for every index; unknown model → 145003."""
+        found = self.state.model(model_id)
+        raise AclError(
+            f"input {index} of model {found.model_id} is not configured with AIPP",
+            ACL_ERROR_GE_AIPP_NOT_EXIST,
+        )
+
+    @api(1)
+    def get_aipp_data_size(self, batch_size: Any) -> int:
+        """``(size, ret)``: bytes of a dynamic-AIPP input for ``batch_size`` images
+        (64 + 96 per image, GE's layout); 0 → 100000."""
+        return aipp_data_size(batch_size)
+
     # -- execution -------------------------------------------------------------------------
     def _refs(
         self, dataset: Any, nbytes: tuple[int, ...], what: str, device_id: int
@@ -161,6 +239,7 @@ class ModelApi:
         stream: Stream | None,
         call: str,
     ) -> int:
+        submitted_s = time.monotonic()  # the card's model runs the kernel from here on
         found = self.state.model(model_id)
         if found.device_id != track.device_id:
             raise AclError(
@@ -182,7 +261,13 @@ class ModelApi:
         )
         if self.state.poison_outputs:
             self.state.poison_unread(plan)
-        task = {"k": TaskKind.EXECUTE, "m": found.card_handle, "i": reads, "o": writes}
+        task = {
+            "k": TaskKind.EXECUTE,
+            "m": found.card_handle,
+            "i": reads,
+            "o": writes,
+            TASK_STAMP: submitted_s,
+        }
         return self.state.submit_task(track, task, reads, writes, call, plan)
 
     def _exec_config(self, handle: Any) -> ExecConfig:
@@ -194,13 +279,18 @@ class ModelApi:
         return config
 
     def _sync_track(self) -> StreamTrack:
-        """The current context's private queue for synchronous executes."""
+        """The current context's private queue for synchronous executes.
+
+        Its stream id is a real, non-negative id, as the implicit stream of CANN's aclmdlExecute
+        has (exception infos report it): the context handle plus half a handle step, which no
+        handle of the session can equal (handles are multiples of 16) and which is unique per
+        context."""
         context = self.state.current_context()
         with self.state.lock:
             track = self.state.sync_tracks.get(context.handle)
             if track is None:
                 track = self.state.sync_tracks[context.handle] = StreamTrack(
-                    context.device_id, -context.handle
+                    context.device_id, context.handle + _SYNC_QUEUE_OFFSET
                 )
         return track
 
@@ -212,7 +302,9 @@ class ModelApi:
             task_id = self._submit_execute(
                 model_id, inputs, outputs, track, None, "acl.mdl.execute"
             )
-            return self.streams.wait_track(track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+            return self.streams.wait_track(
+                track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "execute"
+            )
 
     @api()
     def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
@@ -239,7 +331,7 @@ class ModelApi:
             model_id, inputs, outputs, target.track, target, "acl.mdl.execute_v2"
         )
         return self.streams.wait_track(
-            target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+            target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "execute_v2"
         )
 
     @api()

@@ -4,13 +4,17 @@ send socket it leaves on (owned by whoever holds :attr:`Outbox.lock`).
 Submits are one-way and batched: what queued up while the sending thread was busy leaves as one
 SUBMIT per card per run of consecutive submits, so order with requests is kept. The queue is
 flushed by the I/O thread (woken through ``wake``) or by a thread about to wait, which sends it
-itself first (:meth:`Outbox.flush_now`).
+itself first (:meth:`Outbox.flush_now`). Each task leaves with its submit stamp
+(``protocol.TASK_STAMP``, ``time.monotonic()``): an execute's taken as its call starts
+(client/models.py), a task held behind a blocking callback's as the callback returns
+(client/session.py), any other's at :meth:`Outbox.post`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +22,7 @@ from typing import Any
 import zmq
 
 from core import protocol as proto
-from core.protocol import Cmd
+from core.protocol import TASK_STAMP, Cmd
 
 __all__ = ["Outbox", "send_message", "MAX_BATCH"]
 
@@ -52,7 +56,11 @@ class Outbox:
         return bool(self._queue)
 
     def post(self, cmd: bytes, route: bytes, body: Any) -> None:
-        """Queue work; the I/O thread is woken (once until :meth:`woken`) to send it."""
+        """Queue work; the I/O thread is woken (once until :meth:`woken`) to send it. A task
+        not stamped yet (an execute is, as its call starts: client/models.py) is stamped with
+        its submit time here: the card's latency model starts it there."""
+        if cmd is Cmd.SUBMIT and TASK_STAMP not in body:
+            body[TASK_STAMP] = time.monotonic()
         self._queue.append((cmd, route, body))
         if not self._wake_pending:
             self._wake_pending = True

@@ -8,11 +8,13 @@ calls on it, composed (each part is given the state by reference).
                                     allocations, handle tables, memory, task bookkeeping
       devices     DeviceApi         init/finalize, devices, contexts
       callbacks   CallbackApi       host callbacks (hooks: task settled, device lost, reset)
-      streams     StreamApi         streams, events, stream and device syncs (uses callbacks)
+      streams     StreamApi         streams, events, stream and device syncs (uses callbacks;
+                                    hook: settled, for the text of a failed task's sync)
       memops      MemoryApi         malloc/free, host memory, memcpy/memset
       models      ModelApi          acl.mdl loading and execution (uses streams)
       dynamic     DynamicShapeApi   dynamic batch / hw / dims
       exceptions  ExceptionApi      the exception-info callback (hooks: settled, lost)
+      saturation  SaturationApi     the devices' floating-point overflow mode (hook: reset)
 
 The ``acl`` facade binds ``RUNTIME.<name>`` once, at import: each call name is forwarded to
 the part that implements it by the explicit table :data:`FORWARDED`; a few state attributes
@@ -30,6 +32,7 @@ from client.dynamic import DynamicShapeApi
 from client.exceptions import ExceptionApi
 from client.memops import MemoryApi
 from client.models import ModelApi
+from client.saturation import SaturationApi
 from client.state import RuntimeState
 from client.streams import StreamApi
 
@@ -93,11 +96,15 @@ FORWARDED: dict[str, tuple[str, ...]] = {
         "get_device_id_from_exception_info",
         "get_error_code_from_exception_info",
     ),
+    "saturation": ("set_device_sat_mode", "get_device_sat_mode"),
     "models": (
         "load_from_file",
         "load_from_mem",
         "unload",
         "get_desc",
+        "get_aipp_type",
+        "get_first_aipp_info",
+        "get_aipp_data_size",
         "execute",
         "execute_async",
         "execute_v2",
@@ -157,10 +164,15 @@ class AclRuntime:
         self.models = ModelApi(state, self.streams)
         self.dynamic = DynamicShapeApi(state)
         self.exceptions = ExceptionApi(state)
-        state.settle_hooks += [self.callbacks.task_settled, self.exceptions.task_settled]
+        self.saturation = SaturationApi(state)
+        state.settle_hooks += [
+            self.callbacks.task_settled,
+            self.exceptions.task_settled,
+            self.streams.task_errors.task_settled,
+        ]
         # the callbacks stop holding syncs before the loss is reported
         state.lost_hooks += [self.callbacks.device_lost, self.exceptions.device_lost]
-        state.reset_hooks.append(self.callbacks.reset)
+        state.reset_hooks += [self.callbacks.reset, self.saturation.reset]
         for part_name, names in FORWARDED.items():
             part = getattr(self, part_name)
             for name in names:

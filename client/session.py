@@ -214,6 +214,7 @@ class Session:
                         break
             self.cond.notify_all()
         for task in send:
+            task[proto.TASK_STAMP] = time.monotonic()  # submitted as the callback returned
             self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
 
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:

@@ -5,7 +5,9 @@ queries, and ``stream_wait_event``; the device-wide syncs. A part of the process
 A device sync has one deadline for all its streams and takes a task error only when it returns
 it; an exec-config timeout (``execute_async_v2``) is set atomically with its submit and consumed
 by the stream's next sync of any kind; a query that says "done" lets the querying thread read
-without a sync (the sanitizer is told); a destroyed stream is forgotten by its card.
+without a sync (the sanitizer is told); a destroyed stream is forgotten by its card. A sync
+that returns an error leaves its text for the thread's ``get_recent_err_msg`` (which task failed
+with what, the timeout, or the lost device).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from client.callbacks import CallbackApi
 from client.conventions import api, int_arg
+from client.exceptions import TaskErrorNotes
 from client.handles import sync_timeout_error
 from client.records import Event, Stream
 from client.session import Session
@@ -59,6 +62,7 @@ class StreamApi:
     def __init__(self, state: RuntimeState, callbacks: CallbackApi) -> None:
         self.state = state
         self.callbacks = callbacks
+        self.task_errors = TaskErrorNotes()  # its settle hook is registered by the runtime
 
     # -- streams ---------------------------------------------------------------------------
     @api(1)
@@ -102,15 +106,22 @@ class StreamApi:
         state.forget_card_streams([stream.track])
 
     def wait_track(
-        self, track: StreamTrack, task_id: int, timeout_ms: int, timeout_code: int
+        self,
+        track: StreamTrack,
+        task_id: int,
+        timeout_ms: int,
+        timeout_code: int,
+        call: str | None = None,
     ) -> int:
         """Wait for ``task_id`` on ``track``; ``timeout_code`` on expiry, else the track's
-        first unreported error (or 507010 if the card was lost)."""
+        first unreported error (or 507010 if the card was lost). A failure is noted for
+        ``get_recent_err_msg`` as ``call``'s (not when ``call`` is None)."""
         session = self.state.require()
         session.check_device(track.device_id)
         timeout_s = None if timeout_ms == -1 else timeout_ms / 1000.0
         started_s = time.monotonic()
-        if not session.wait(track, task_id, timeout_s):
+        timed_out = not session.wait(track, task_id, timeout_s)
+        if timed_out:
             code = timeout_code
         elif track.device_id in session.lost or session.broker_lost:
             code = ACL_ERROR_RT_LOST_HEARTBEAT
@@ -118,8 +129,32 @@ class StreamApi:
             code = session.take_error(track)
         self.state.sanitizer.stream_synced(track.device_id, track.stream_id, task_id, code)
         _trace_sync(session, track, started_s, code, "stream")
+        if call is not None and code != ACL_SUCCESS:
+            timed_out_ms = timeout_ms if timed_out else None
+            self._note_sync_error(call, track.device_id, code, track, timed_out_ms)
         session.check_device(track.device_id)
         return code
+
+    def _note_sync_error(
+        self,
+        call: str,
+        card: int,
+        code: int,
+        track: StreamTrack | None,
+        timed_out_ms: int | None,
+    ) -> None:
+        """Keep, for this thread's ``get_recent_err_msg``, what the sync returning ``code`` saw:
+        the failed task of ``track``, the timeout (``timed_out_ms``) or the lost device."""
+        device = self.state.view.device(card)
+        device = card if device is None else device
+        if track is None or code == ACL_ERROR_RT_LOST_HEARTBEAT:
+            text = f"device {device} was lost: its tasks failed with {code}"
+        elif timed_out_ms is not None:
+            stream_id = track.stream_id & 0xFFFFFFFF
+            text = f"device {device} stream {stream_id} not done within {timed_out_ms} ms"
+        else:
+            text = self.task_errors.text(track, code, device)
+        self.state.note_error(call, AclError(text, code))
 
     # -- the exec-config timeouts of execute_async_v2 -----------------------------------------
     @staticmethod
@@ -157,7 +192,9 @@ class StreamApi:
                 f"exec-config stream sync timeout {timeout_ms} ms is invalid",
                 ACL_ERROR_RT_PARAM_INVALID,
             )
-        return self.wait_track(found.track, upto, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+        return self.wait_track(
+            found.track, upto, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "synchronize_stream"
+        )
 
     @api()
     def synchronize_stream_with_timeout(self, stream: Any, timeout_ms: Any) -> int:
@@ -166,21 +203,27 @@ class StreamApi:
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
         _, upto = _take_sync_timeout(found)  # the explicit timeout wins; consumed anyway
-        return self.wait_track(found.track, upto, int(timeout_ms), ACL_ERROR_RT_STREAM_SYNC_TIMEOUT)
+        return self.wait_track(
+            found.track,
+            upto,
+            int(timeout_ms),
+            ACL_ERROR_RT_STREAM_SYNC_TIMEOUT,
+            "synchronize_stream_with_timeout",
+        )
 
     @api()
     def synchronize_device(self) -> int:
         """Wait for every stream of the current device; the first task error."""
-        return self._sync_device(-1)
+        return self._sync_device(-1, "synchronize_device")
 
     @api()
     def synchronize_device_with_timeout(self, timeout_ms: Any) -> int:
         """As synchronize_device, 507046 after ``timeout_ms`` (-1 forever)."""
         if sync_timeout_error(timeout_ms) != ACL_SUCCESS:
             raise AclError(f"timeout {timeout_ms} ms is invalid", ACL_ERROR_RT_PARAM_INVALID)
-        return self._sync_device(int(timeout_ms))
+        return self._sync_device(int(timeout_ms), "synchronize_device_with_timeout")
 
-    def _sync_device(self, timeout_ms: int) -> int:
+    def _sync_device(self, timeout_ms: int, call: str) -> int:
         """Wait for every stream of the current device under **one** deadline: 507046 once it
         passes, taking no error (each stays in its stream for a later sync); else the first
         stream error found, taken once (other streams keep theirs for their next sync)."""
@@ -192,12 +235,12 @@ class StreamApi:
             streams = [s for s in state.streams.values() if s.track.device_id == device_id]
         waits = [(stream.track, _take_sync_timeout(stream)[1]) for stream in streams]
         deadline = None if timeout_ms == -1 else time.monotonic() + timeout_ms / 1000.0
-        code = ACL_SUCCESS
+        code, failed, timed_out_ms = ACL_SUCCESS, None, None
         for track, upto in waits:
             waited_from_s = time.monotonic()
             remaining = None if deadline is None else max(0.0, deadline - waited_from_s)
             if not session.wait(track, upto, remaining):
-                code = ACL_ERROR_RT_STREAM_SYNC_TIMEOUT
+                code, failed, timed_out_ms = ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, track, timeout_ms
             _trace_sync(session, track, waited_from_s, code, "device")
             if code != ACL_SUCCESS:
                 break
@@ -207,7 +250,10 @@ class StreamApi:
             for track, _ in waits:
                 code = session.take_error(track)
                 if code != ACL_SUCCESS:
+                    failed = track
                     break
+        if code != ACL_SUCCESS:
+            self._note_sync_error(call, device_id, code, failed, timed_out_ms)
         state.sanitizer.device_synced(device_id, code)
         session.check_device(device_id)
         return code

@@ -16,8 +16,10 @@ Tensor bytes never travel: tasks carry device pointers into the cards' shared-me
 
 A SUBMIT body is a list of task maps (several tasks batched in one message), a COMPLETE body a list
 of ``[task_id, code, start_s, end_s, stream, queued_s]`` rows (``time.monotonic()`` seconds,
-comparable across local processes). ``route`` device ``BROKER_DEVICE`` addresses the broker
-itself (HELLO, STATUS, ...).
+comparable across local processes). A task map may carry ``ts`` (:data:`TASK_STAMP`), the client's
+``time.monotonic()`` as it sent the task: the card anchors the task's modelled time there
+(device/timing.py; a number, or the task is refused; local cards only). ``route`` device
+``BROKER_DEVICE`` addresses the broker itself (HELLO, STATUS, ...).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "worker_message",
     "parse_worker_message",
     "TaskKind",
+    "TASK_STAMP",
     "validate_task",
     "completion_row",
     "send_frames",
@@ -115,6 +118,9 @@ class TaskKind:
     WAIT = "wait"  # stream_wait_event: ws (stream), wt (task id of the record) must be done
     ALL = frozenset({EXECUTE, COPY, MEMSET, RECORD, WAIT})
 
+
+TASK_STAMP = "ts"
+"""Task map field: the client's ``time.monotonic()`` at submit (float seconds; optional)."""
 
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -237,6 +243,8 @@ def validate_task(task: Any) -> str | None:
         return "task is not a map"
     if type(task.get("t")) is not int or type(task.get("s")) is not int:
         return "task needs integer t (task id) and s (stream id)"
+    if TASK_STAMP in task and type(task[TASK_STAMP]) not in (float, int):
+        return "task ts (submit stamp) must be a number"
     kind = task.get("k")
     if kind == TaskKind.EXECUTE:
         if not isinstance(task.get("m"), int):

@@ -6,12 +6,13 @@
                   ◀─COMPLETE/REPLY──              ◀─ timer heap (modelled latency) ◀─┘
                   ◀─HEARTBEAT (stats)── every heartbeat interval, kernels running or not
 
-The card never blocks on a kernel's modelled duration: a started task computes its real outputs
-at once (numpy on the shm views) and completes when its timer fires, ``max(start + modelled,
-compute done)``. The poll timeout is the nearest timer or heartbeat, so an idle card sleeps.
-The real compute itself may take seconds; the heartbeat keeper (device/heartbeat.py) beats for
-the loop meanwhile, which is why every socket call here holds ``io_lock``.
-A card whose broker has been silent for the heartbeat expiry exits and unlinks its segment.
+The card never blocks on a kernel's modelled duration: a started task computes its real outputs at
+once (numpy on the shm views) and completes when its timer fires, ``max(start + modelled, compute
+done)``, the start anchored at the client's submit stamp (device/timing.py). The poll timeout is
+the nearest timer or heartbeat, so an idle card sleeps. The real compute itself may take seconds;
+the heartbeat keeper (device/heartbeat.py) beats for the loop meanwhile, which is why every socket
+call here holds ``io_lock``. A card whose broker has been silent for the heartbeat expiry exits and
+unlinks its segment.
 
 Tasks are started and timed by device/runner.py through the executor (device/executor.py);
 request ops are the table of device/requests.py; the spec the card starts with is
@@ -53,6 +54,7 @@ from device.model_spec import ModelSpec
 from device.requests import dispatch, error_reply
 from device.runner import TaskRunner
 from device.streams import StreamScheduler, Task
+from device.timing import submitted_at
 
 __all__ = ["CardSpec", "Card", "run_card"]  # CardSpec: re-exported for farm/supervisor.py
 
@@ -160,6 +162,7 @@ class Card:
             "queued": self.scheduler.queued,
             "running": self.scheduler.running,
             "stream_queues": self.scheduler.queue_depths(),
+            "timing": self.runner.timing(),
             **self.stats,
             **self.reclaimed,
         }
@@ -339,7 +342,11 @@ class Card:
                     answered += 1
                 continue
             self.stats["submitted"] += 1
-            self.scheduler.submit(Task(client, body["s"], body["t"], body, now))
+            stamp = body.get(proto.TASK_STAMP)
+            submitted_s = submitted_at(stamp, now)
+            if stamp is not None:
+                self.runner.lead.arrived(submitted_s, now)
+            self.scheduler.submit(Task(client, body["s"], body["t"], body, submitted_s))
             answered += 1
         return answered
 

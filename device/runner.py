@@ -6,11 +6,15 @@
         ▲                                 │ (code, modelled duration, deferred write)
         └── finish ◀── timer heap ◀───────┘ ── completion row ─▶ outbox (sent by the card loop)
 
-A started task computes its real outputs at once and completes when its timer fires,
-``max(start + modelled, compute done)``; a deferred write is published at completion only if
-its memory is still the task's (:meth:`device.executor.Publish.holds`), else the task fails
-with 507053. Injected task faults (device/injection.py) crash the card, fail the task, hang it
-(sticky hangs end at the watchdog's timeout or at ``recover``), slow it or corrupt its outputs.
+A started task computes its real outputs at once and completes when its timer fires at its modelled
+end, ``max(start + modelled, compute done)``, where the start is anchored at the client's submit,
+the end of the stream's previous task and the time its slot freed, all modelled (device/timing.py:
+the transport to the card is absorbed, a task whose end is already past ends at once). Completion
+rows carry the modelled start and end, so event times and the trace show the model, not the card
+loop's lateness. A deferred write is published at completion only if its memory is still the task's
+(:meth:`device.executor.Publish.holds`), else the task fails with 507053. Injected task faults
+(device/injection.py) crash the card, fail the task, hang it (sticky hangs end at the watchdog's
+timeout or at ``recover``), slow it or corrupt its outputs.
 """
 
 from __future__ import annotations
@@ -31,19 +35,21 @@ from device.card_spec import CardSpec
 from device.executor import Executor, Publish
 from device.injection import CardFaults, TaskFault
 from device.streams import StreamScheduler, Task
+from device.timing import CompletionLead, modelled_end, modelled_start, send_at
 
 __all__ = ["TaskRunner"]
 
 logger = logging.getLogger(__name__)
 
-Timer = tuple[float, int, Task, int, Publish | None]  # (deadline, seq, task, code, commit)
+Timer = tuple[float, int, Task, int, Publish | None]  # (send at, seq, task, code, commit)
 
 
 class TaskRunner:
     """The card's started tasks: the timer heap, the sticky hangs, the completion rows.
 
     ``stats`` is the card's counter map (``done``/``failed`` are counted here); ``crash`` ends
-    the card process at an injected crash.
+    the card process at an injected crash; ``clock`` is the card's (``time.monotonic``; a fake
+    one in unit tests).
     """
 
     def __init__(
@@ -54,8 +60,10 @@ class TaskRunner:
         faults: CardFaults,
         stats: dict[str, Any],
         crash: Callable[[], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
+        self.clock = clock
         self.scheduler = scheduler
         self.executor = executor
         self.faults = faults
@@ -65,6 +73,21 @@ class TaskRunner:
         self._timer_seq = itertools.count()
         self.outbox: dict[bytes, list] = {}  # client -> completion rows not yet sent
         self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
+        self.lead = CompletionLead()  # how early a completion is sent (device/timing.py)
+
+    def timing(self) -> dict[str, float]:
+        """The card's latency model (its heartbeat stats), for a bench to set observed latency
+        against: the profile's speed and jitter, the farm's time scale, the completion lead and
+        its two parts (device/timing.py), in microseconds."""
+        lead, spec = self.lead, self.spec
+        return {
+            "speed_factor": spec.speed_factor,
+            "jitter_sigma": spec.jitter_sigma,
+            "time_scale": spec.time_scale,
+            "lead_us": round(lead.value * 1e6, 1),
+            "transport_us": round(lead.transport.value * 1e6, 1),
+            "late_us": round(lead.lateness.value * 1e6, 1),
+        }
 
     def next_deadline(self, default: float) -> float:
         """The earliest timer's deadline, or ``default`` (as late) when none runs."""
@@ -76,7 +99,7 @@ class TaskRunner:
         stream or slot for the next round. True if the time budget ran out first (the loop
         comes back at once, after a heartbeat and a look at the socket)."""
         while tasks := self.scheduler.take_startable():
-            if time.monotonic() > budget_end:
+            if self.clock() > budget_end:
                 self.scheduler.put_back(tasks)
                 return True
             for task in tasks:
@@ -85,19 +108,21 @@ class TaskRunner:
 
     def _start(self, task: Task) -> None:
         min_delay_s = self.spec.min_completion_delay_s
-        task.started_s = started_s = time.monotonic()
+        stream_end_s = self.scheduler.stream_end_s(task)
+        task.started_s = modelled_start(task.submitted_s, stream_end_s, task.slot_free_s)
         fault = self.task_fault(task) if self.faults.enabled else None
         defer = min_delay_s > 0 or self.spec.time_scale > 0
         if fault is None:
             code, duration_s, commit = self.executor.start(task, defer)
         else:
             code, duration_s, commit = self.start_faulty(task, fault, defer)
-        done_s = time.monotonic()
-        deadline = max(started_s + max(duration_s, min_delay_s), done_s)
-        if deadline <= done_s:
-            self.finish(task, code, done_s, commit)
+        done_s = self.clock()
+        task.end_s = modelled_end(task.started_s, duration_s, min_delay_s, done_s)
+        send_s = send_at(task.started_s, task.end_s, min_delay_s, done_s, self.lead.value)
+        if send_s <= done_s:  # its modelled end is (nearly) past: transport or compute was longer
+            self.finish(task, code, commit)
         else:
-            heapq.heappush(self.timers, (deadline, next(self._timer_seq), task, code, commit))
+            heapq.heappush(self.timers, (send_s, next(self._timer_seq), task, code, commit))
 
     def task_fault(self, task: Task) -> TaskFault | None:
         model = None
@@ -143,19 +168,25 @@ class TaskRunner:
     def end_hangs(self) -> None:
         """``recover``: the sticky hangs that fired end now (with their fault's code: nothing
         was computed), instead of at the watchdog's timeout."""
-        now = time.monotonic()
-        self.timers = [
-            (now, *entry[1:]) if (entry[2].client, entry[2].task_id) in self.hung else entry
-            for entry in self.timers
-        ]
+        now = self.clock()
+        ended = [entry for entry in self.timers if (entry[2].client, entry[2].task_id) in self.hung]
+        for entry in ended:
+            entry[2].end_s = now
+        self.timers = [(now, *entry[1:]) if entry in ended else entry for entry in self.timers]
         heapq.heapify(self.timers)
 
     def fire_timers(self, now: float) -> None:
+        """End the tasks whose completion is due, at their modelled end (not at ``now``: the
+        loop's lateness must not push the stream's next task back); how late each timer fired
+        feeds the lead."""
         while self.timers and self.timers[0][0] <= now:
-            _, _, task, code, commit = heapq.heappop(self.timers)
-            self.finish(task, code, now, commit)
+            send_s, _, task, code, commit = heapq.heappop(self.timers)
+            self.lead.fired(now - send_s)
+            self.finish(task, code, commit)
 
-    def finish(self, task: Task, code: int, now: float, commit: Publish | None = None) -> None:
+    def finish(self, task: Task, code: int, commit: Publish | None = None) -> None:
+        """End a started task at its modelled ``end_s``: publish its deferred write, free its
+        stream and slot, queue its completion row."""
         if commit is not None and code == ACL_SUCCESS:
             if commit.holds(self.executor):
                 commit()  # results appear at completion, as on hardware
@@ -163,13 +194,15 @@ class TaskRunner:
                 code = ACL_ERROR_RT_DEVICE_MEM_ERROR
         self.scheduler.finish(task)
         self.hung.discard((task.client, task.task_id))
-        self.complete(task.client, task.task_id, code, task.started_s, now, task)
+        self.complete(task.client, task.task_id, code, task.started_s, task.end_s, task)
 
     def end_tasks(self, client: bytes) -> int:
         """End every task of a departed ``client`` still queued or running here with 107023
         (nothing more is computed or written), rows sent at the loop's next flush; how many."""
-        now = time.monotonic()
+        now = self.clock()
         tasks = [entry[2] for entry in self.timers if entry[2].client == client]
+        for task in tasks:
+            task.end_s = now  # (aborted now: their slots are free from now on)
         if tasks:
             self.timers = [entry for entry in self.timers if entry[2].client != client]
             heapq.heapify(self.timers)

@@ -17,10 +17,17 @@ entry retired, everything drained) passes when the client has submitted a task w
 A stream entry lives from its first task until its client destroys the stream (``retire``: at
 once when idle, else when its last queued task finishes) or leaves, so entries do not pile up
 over a long client's life.
+
+The scheduler also keeps what the card's latency model (device/timing.py) anchors a task's
+start at, from the times the card puts on its tasks: each stream's ``end_s``, the modelled end
+of its last finished task, and the modelled times at which the free execution slots freed (a
+heap; a task taking a slot takes the earliest, in ``Task.slot_free_s``, and gives it back at
+its ``end_s``). :meth:`StreamScheduler.stream_end_s` gives a task's stream anchor.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,8 +48,10 @@ class Task:
     stream: int
     task_id: int
     body: dict[str, Any]
-    submitted_s: float
-    started_s: float = 0.0
+    submitted_s: float  # the client's submit stamp (device/timing.py), else the card's receipt
+    started_s: float = 0.0  # modelled start
+    end_s: float = 0.0  # modelled end, once ended
+    slot_free_s: float = 0.0  # when the execution slot it took freed (modelled)
 
     @property
     def key(self) -> StreamKey:
@@ -65,6 +74,7 @@ class CardStream:
     last_done: int = 0
     done: int = 0
     last_seen: int = 0  # highest task id submitted on this stream
+    end_s: float = 0.0  # modelled end of its last finished task
 
     def blocks(self, task_id: int) -> bool:
         """True while a task with id <= ``task_id`` is still queued or running here."""
@@ -82,6 +92,7 @@ class StreamScheduler:
         self.slots = slots
         self.streams: dict[StreamKey, CardStream] = {}
         self.running_slots = 0
+        self.free_slots: list[float] = [0.0] * slots  # heap: when each free slot freed (modelled)
         self._ready: deque[StreamKey] = deque()
         self._waiters: dict[StreamKey, list[StreamKey]] = {}
         self._retiring: set[StreamKey] = set()  # destroyed by the client, not drained yet
@@ -160,6 +171,7 @@ class StreamScheduler:
             stream.running = head
             if head.takes_slot:
                 self.running_slots += 1
+                head.slot_free_s = heapq.heappop(self.free_slots) if self.free_slots else 0.0
             started.append(head)
         self._ready.extend(parked)
         return started
@@ -173,7 +185,7 @@ class StreamScheduler:
             stream.running = None
             stream.queue.appendleft(task)
             if task.takes_slot:
-                self.running_slots -= 1
+                self._free_slot(task.slot_free_s)
             self._ready.appendleft(task.key)
 
     def finish(self, task: Task) -> None:
@@ -185,8 +197,9 @@ class StreamScheduler:
         stream.running = None
         stream.last_done = task.task_id
         stream.done += 1
+        stream.end_s = max(stream.end_s, task.end_s)
         if task.takes_slot:
-            self.running_slots -= 1
+            self._free_slot(task.end_s)
         if stream.queue:
             self._ready.append(task.key)
         elif task.key in self._retiring:
@@ -214,12 +227,29 @@ class StreamScheduler:
             stream = self.streams.pop(key)
             dropped.extend(stream.queue)
             if stream.running is not None and stream.running.takes_slot:
-                self.running_slots -= 1
+                self._free_slot(stream.running.end_s)  # (set by the card as it ended it)
             self._waiters.pop(key, None)
             self._retiring.discard(key)
         self._ready = deque(k for k in self._ready if k[0] != client)
         self._highest.pop(client, None)
         return dropped
+
+    def stream_end_s(self, task: Task) -> float:
+        """The modelled end of the task before ``task`` on its stream (0 if none), and for a
+        wait also of the awaited stream's last finished task: at or after the awaited record's
+        end (0 when that stream's entry is gone)."""
+        stream = self.streams.get(task.key)
+        end_s = stream.end_s if stream is not None else 0.0
+        if task.body["k"] == TaskKind.WAIT:
+            awaited = self.streams.get((task.client, task.body["ws"]))
+            if awaited is not None:
+                end_s = max(end_s, awaited.end_s)
+        return end_s
+
+    def _free_slot(self, freed_s: float) -> None:
+        self.running_slots -= 1
+        if len(self.free_slots) < self.slots:
+            heapq.heappush(self.free_slots, freed_s)
 
     def _wait_satisfied(self, task: Task) -> bool:
         if task.body["ws"] == task.stream:

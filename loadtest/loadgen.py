@@ -58,7 +58,7 @@ from core.errors import NpuFarmError
 from core.faults import read_fault_log
 from core.statefile import resolve_address
 from farm.admin import query_status
-from loadtest import report
+from loadtest import accuracy, report
 from loadtest.live import LiveView
 from loadtest.messages import (
     STOP,
@@ -321,6 +321,7 @@ class BenchRun:
             },
             samples_file="requests.jsonl" if out_dir and config.per_request else None,
         )
+        accuracy.annotate(result, config.model, status, self.cards, runs)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             report.write_json(result, out_dir / "result.json")

@@ -352,6 +352,36 @@ def bench_table(result: Mapping[str, Any]):
     return table
 
 
+def _accuracy_table(result: Mapping[str, Any]):
+    """The requests' own p50 / p99 (end − start) over the modelled duration per phase (None
+    when no phase has a figure)."""
+    phases = [p for p in result.get("phases", []) if p.get("accuracy")]
+    if not phases:
+        return None
+    targets = (result.get("accuracy") or {}).get("targets") or {}
+    bounds = ", ".join(f"{k} ±{targets[k] * 100:g}%" for k in ("p50", "p99") if k in targets)
+    caption = (
+        "the requests' own latency in ms (execute → sync with the two copies, from the actual "
+        f"send) and its ratio to the modelled duration; ok: within {bounds}"
+    )
+    columns = ["<phase", "modelled", "p50", "p50 ×", "p99", "p99 ×", "ok"]
+    table = _table("Accuracy", columns, caption)
+    for p in phases:
+        figure = p["accuracy"]
+        ok = figure.get("within")
+        table.add_row(
+            str(p.get("name", "?")),
+            _ms(figure.get("modelled_ms")) if figure.get("modelled_ms") else "per card",
+            *(
+                cell
+                for k in ("p50", "p99")
+                for cell in (_ms(figure.get(f"{k}_ms")), _num(figure.get(f"{k}_ratio"), 3))
+            ),
+            "—" if ok is None else "yes" if ok else "[yellow]no[/]",
+        )
+    return table
+
+
 def render_terminal(result: Mapping[str, Any], console=None) -> None:
     """Print the phase, per-card and fault-window tables of ``result`` on ``console`` (a
     ``rich.console.Console``; default: a new one on stdout). Consoles narrower than 120 columns
@@ -362,6 +392,9 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
     if any(p.get("per_card") for p in result.get("phases", [])):
         console.print()
         console.print(_card_table(result))
+    if (accuracy := _accuracy_table(result)) is not None:
+        console.print()
+        console.print(accuracy)
     faults = _fault_table(result, wide)
     if faults is not None:
         console.print()
@@ -371,9 +404,12 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
 
 
 def print_bench_summary(result: dict[str, Any]) -> None:
-    """The phase table with the generator's figures, then the fault windows (if any)."""
+    """The phase table with the generator's figures, then the accuracy and the fault windows
+    (if any)."""
     console = Console()
     console.print(bench_table(result))
+    if (accuracy := _accuracy_table(result)) is not None:
+        console.print(accuracy)
     faults = _fault_table(result, console.width >= 120)
     if faults is not None:
         console.print()

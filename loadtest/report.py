@@ -55,7 +55,13 @@ named otherwise; card keys are strings)::
      "generator": {"workers", "slots", "start_method", "setup_s", "peak_achieved_rps",
                    "lag_ms_p50_max", "max_worker_cpu_util", "saturated"},
      "faults": [fault-log events of the run, each plus "bench_t_s"],
-     "samples_file": "requests.jsonl" | None}
+     "samples_file": "requests.jsonl" | None,
+     "accuracy": {"model", "targets": {"p50": 0.05, "p99": 0.1}, "modelled_ms": {"0": ms},
+                  "reason": why there is no figure | None, "completion_lead_us": {"0": µs}}}
+
+    Each phase also has ``"accuracy"``: None, or ``{"modelled_ms", "requests", "p50_ms",
+    "p50_ratio", "p99_ms", "p99_ratio", "within", "per_card": {"0": the same}}``: the requests'
+    own latency (end − start) against the model (:mod:`loadtest.accuracy`, added by the bench).
 
     summary = {"requests", "completed", "errors": {"507046": n}, "error_rate", "duration_s",
                "throughput_rps", "goodput_rps", "slo_ms",

@@ -1,6 +1,8 @@
 """Model descriptions (``aclmdlCreateDesc`` ... ``aclmdlGetOutputIndexByName``), the dims
-calls with the ``aclmdlIODims`` struct, and the dynamic-shape calls (``aclmdlGetDynamicBatch``
-with ``aclmdlBatch``, ``aclmdlGetDynamicHW`` with ``aclmdlHW``, the dynamic dims).
+calls with the ``aclmdlIODims`` struct, the dynamic-shape calls (``aclmdlGetDynamicBatch``
+with ``aclmdlBatch``, ``aclmdlGetDynamicHW`` with ``aclmdlHW``, the dynamic dims) and the AIPP
+queries (``aclmdlGetAippType``, ``aclmdlGetFirstAippInfo``, ``aclmdlGetAippDataSize``: npufarm
+models have no AIPP, so every input is ACL_DATA_WITHOUT_AIPP).
 
 Everything is answered by the runtime's description tables, exactly as ``acl.mdl``; the bridge
 only moves the answers into C structs. ``aclmdlIODims`` gets the tensor name (NUL-terminated,
@@ -259,3 +261,37 @@ def aclmdlSetInputDynamicDims(model_id: int, dataset: Any, index: int, dims: Any
     cdata.require(dims, "dims")
     wanted = read_io_dims(cdata.struct_at("aclmdlIODims *", dims))
     return RUNTIME.set_input_dynamic_dims(model_id, cdata.address(dataset), index, wanted)
+
+
+# -- AIPP (npufarm models have none) ---------------------------------------------------------
+@CALLS.error
+def aclmdlGetAippType(model_id: int, index: int, aipp_type: Any, attached_index: Any) -> int:
+    """Write ACL_DATA_WITHOUT_AIPP (0) and ACL_INVALID_NODE_INDEX (0xFFFFFFFF) for an input;
+    NULL out-pointer → 100000, unknown model → 145003, no such input → 500002."""
+    cdata.require(aipp_type, "type")
+    cdata.require(attached_index, "dynamicAttachedDataIndex")
+    kind, attached, ret = RUNTIME.get_aipp_type(model_id, index)
+    cdata.store("size_t", attached_index, attached)  # CANN writes it before it asks GE
+    if ret == ACL_SUCCESS:
+        cdata.store("int", aipp_type, kind)
+    return ret
+
+
+@CALLS.error
+def aclmdlGetFirstAippInfo(model_id: int, index: int, aipp_info: Any) -> int:
+    """145015 (AIPP not configured) for every input of a loaded model, as CANN answers for a
+    model without AIPP; NULL ``aippInfo`` → 100000, unknown model → 145003."""
+    cdata.require(aipp_info, "aippInfo")
+    _, ret = RUNTIME.get_first_aipp_info(model_id, index)
+    return ret
+
+
+@CALLS.error
+def aclmdlGetAippDataSize(batch_size: int, size: Any) -> int:
+    """Write the bytes of a dynamic-AIPP input for ``batchSize`` images (64 + 96 each);
+    NULL ``size`` or a batch size of 0 → 100000."""
+    cdata.require(size, "size")
+    value, ret = RUNTIME.get_aipp_data_size(batch_size)
+    if ret == ACL_SUCCESS:
+        cdata.store("size_t", size, value)
+    return ret

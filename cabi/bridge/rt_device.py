@@ -1,5 +1,7 @@
 """Devices and contexts: ``aclrtSetDevice`` ... ``aclrtGetCurrentContext``, the device-wide
-syncs, the run mode and the SoC name, forwarded to the runtime ``acl.rt`` uses.
+syncs, the run mode, the SoC name and the floating-point overflow mode
+(``aclrtSetDeviceSatMode`` / ``aclrtGetDeviceSatMode``), forwarded to the runtime ``acl.rt``
+uses.
 
 Out-parameters are checked before the runtime is asked (a NULL one is 100000 and nothing
 happens: no context is created for ``aclrtCreateContext(NULL, 0)``), and written only when the
@@ -79,6 +81,23 @@ def aclrtGetSocName() -> Any:
     """The SoC name of the current (else the first) card, e.g. "Ascend910B"; NULL if unknown."""
     name = RUNTIME.get_soc_name()
     return cdata.interned(name) if name else cdata.null()
+
+
+@CALLS.error
+def aclrtSetDeviceSatMode(mode: int) -> int:
+    """Set the current device's overflow mode (0 saturation, 1 inf/nan; others → 100000)."""
+    return RUNTIME.set_device_sat_mode(mode)
+
+
+@CALLS.error
+def aclrtGetDeviceSatMode(mode: Any) -> int:
+    """Write the current device's overflow mode (1, inf/nan, unless set); 107002 without a
+    context."""
+    cdata.require(mode, "mode")
+    value, ret = RUNTIME.get_device_sat_mode()
+    if ret == 0:
+        cdata.store("int", mode, value)
+    return ret
 
 
 @CALLS.error

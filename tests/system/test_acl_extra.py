@@ -240,3 +240,94 @@ def test_run_mode_soc_name_recent_error_and_tensor_queries(farm, acl_on):
         assert acl.mdl.unload(model_id) == 0
         assert acl.mdl.destroy_desc(desc) == 0
         assert acl.rt.reset_device(1) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# calls ais_bench makes: AIPP queries, the overflow mode, error texts after a failed sync
+
+
+def test_aipp_queries_on_a_model_without_aipp(farm, acl_on):
+    with acl_on(farm) as acl:
+        assert acl.rt.set_device(0) == 0
+        model_id, ret = acl.mdl.load_from_file(MATMUL)
+        assert ret == 0
+        # every input: ACL_DATA_WITHOUT_AIPP, ACL_INVALID_NODE_INDEX
+        assert acl.mdl.get_aipp_type(model_id, 0) == (0, U32_INVALID, 0)
+        assert acl.get_recent_err_msg() == ""
+        assert acl.mdl.get_aipp_type(model_id + 99, 0) == (0, U32_INVALID, 145003)
+        assert "get_aipp_type" in acl.get_recent_err_msg()
+        assert acl.mdl.get_aipp_type(model_id, 1) == (0, U32_INVALID, 500002)  # one input
+        assert acl.mdl.get_aipp_type(model_id, -1)[2] == 500002
+        assert acl.mdl.get_first_aipp_info(model_id, 0) == ({}, 145015)
+        assert acl.mdl.get_first_aipp_info(model_id + 99, 0) == ({}, 145003)
+        assert acl.mdl.get_aipp_data_size(1) == (160, 0)
+        assert acl.mdl.get_aipp_data_size(4) == (64 + 4 * 96, 0)
+        assert acl.mdl.get_aipp_data_size(0) == (0, 100000)
+        assert acl.mdl.unload(model_id) == 0
+        assert acl.mdl.get_aipp_type(model_id, 0)[2] == 145003
+        assert acl.rt.reset_device(0) == 0
+
+
+def test_device_sat_mode_is_kept_per_device_until_reset(farm, acl_on):
+    with acl_on(farm) as acl:
+        assert acl.rt.get_device_sat_mode() == (0, 107002)  # no context
+        assert acl.rt.set_device_sat_mode(0) == 107002
+        assert acl.rt.set_device(0) == 0
+        assert acl.rt.get_device_sat_mode() == (1, 0)  # ACL_RT_OVERFLOW_MODE_INFNAN
+        assert acl.rt.set_device_sat_mode(0) == 0
+        assert acl.rt.get_device_sat_mode() == (0, 0)
+        for bad in (2, -1, 7):
+            assert acl.rt.set_device_sat_mode(bad) == 100000
+        assert acl.rt.get_device_sat_mode() == (0, 0)
+        assert acl.rt.set_device(1) == 0  # another device keeps its own mode
+        assert acl.rt.get_device_sat_mode() == (1, 0)
+        assert acl.rt.set_device(0) == 0
+        assert acl.rt.get_device_sat_mode() == (0, 0)
+        assert acl.rt.reset_device(1) == 0
+        assert acl.rt.reset_device(0) == 0  # set twice: still open
+        assert acl.rt.get_device_sat_mode() == (0, 0)
+        assert acl.rt.reset_device(0) == 0
+        assert acl.rt.set_device(0) == 0  # a reset device starts over
+        assert acl.rt.get_device_sat_mode() == (1, 0)
+        assert acl.rt.reset_device(0) == 0
+
+
+def test_a_failed_sync_leaves_its_text_and_sync_execute_has_a_real_stream_id(
+    tmp_path, acl_on, exception_callback
+):
+    rule = {"kind": "error", "card": 1, "api": "execute", "after_tasks": 1, "count": 2}
+    rule["code"] = 507015
+    with fault_farm(tmp_path, rule) as farm, acl_on(farm) as acl:
+        assert acl.rt.set_device(1) == 0
+        stream, _ = acl.rt.create_stream()
+        model = Model(acl, tmp_path)
+        assert acl.mdl.execute(model.model_id, model.inputs, model.outputs) == 0  # index 0
+        assert acl.get_recent_err_msg() == ""
+        # index 1 fails: the synchronous execute returns it with its text
+        assert acl.mdl.execute(model.model_id, model.inputs, model.outputs) == 507015
+        message = acl.get_recent_err_msg()
+        assert message.startswith("execute: task ") and "on device 1 stream " in message
+        assert "failed with 507015" in message
+        poll_for(lambda: exception_callback, 5.0)
+        RUNTIME.exception_reporter.drain(5.0)
+        sync_stream_id = exception_callback[0]["stream"]
+        assert exception_callback[0]["code"] == 507015
+        assert sync_stream_id < 0x8000_0000  # a real id, not the old -handle (0xFFFFFFD0)
+        assert sync_stream_id != stream & U32_INVALID
+        assert f"stream {sync_stream_id} " in message
+        # index 2 fails on an explicit stream: the sync that reports it gets the text
+        assert model.submit(stream) == 0
+        assert acl.rt.synchronize_stream(stream) == 507015
+        message = acl.get_recent_err_msg()
+        assert message.startswith("synchronize_stream: task ")
+        assert f"stream {stream & U32_INVALID} failed with 507015" in message
+        assert acl.get_recent_err_msg() == ""
+        # the next sync execute uses the same implicit stream; no error, no text
+        assert acl.mdl.execute(model.model_id, model.inputs, model.outputs) == 0
+        assert acl.get_recent_err_msg() == ""
+        RUNTIME.exception_reporter.drain(5.0)
+        assert [info["stream"] for info in exception_callback] == [
+            sync_stream_id,
+            stream & U32_INVALID,
+        ]
+        assert acl.rt.reset_device(1) == 0

@@ -326,6 +326,8 @@ def test_exception_info_callback_is_a_c_function(tmp_path, ffi, monkeypatch):
             C["aclmdlAddDatasetBuffer"](outputs, buffers[1])
             assert C["aclmdlExecuteAsync"](model_id[0], inputs, outputs, stream[0]) == 0
             assert C["aclrtSynchronizeStream"](stream[0]) == 507015
+            message = _text(ffi, C["aclGetRecentErrMsg"]())  # the syncing thread gets the text
+            assert message.startswith("synchronize_stream: task ") and "507015" in message
             poll_for(lambda: infos, 5.0)
             RUNTIME.exception_reporter.drain(5.0)
             assert infos[0]["code"] == 507015 and infos[0]["device"] == 1
@@ -345,6 +347,44 @@ def test_exception_info_callback_is_a_c_function(tmp_path, ffi, monkeypatch):
         finally:
             C["aclrtSetExceptionInfoCallback"](ffi.NULL)
             assert C["aclFinalize"]() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# what ais_bench asks first: AIPP types, the overflow mode
+
+
+def test_aipp_queries_and_device_sat_mode(session, ffi):
+    mode = _out(ffi, "int", 7)
+    assert C["aclrtGetDeviceSatMode"](mode) == 107002 and mode[0] == 7  # no context
+    assert C["aclrtSetDevice"](0) == 0
+    assert C["aclrtGetDeviceSatMode"](mode) == 0 and mode[0] == 1  # INFNAN by default
+    assert C["aclrtSetDeviceSatMode"](0) == 0
+    assert C["aclrtGetDeviceSatMode"](mode) == 0 and mode[0] == 0
+    assert C["aclrtSetDeviceSatMode"](2) == 100000  # ACL_RT_OVERFLOW_MODE_UNDEF
+    assert C["aclrtGetDeviceSatMode"](ffi.NULL) == 100000
+    path, model_id = ffi.new("char[]", ADD_MODEL.encode()), _out(ffi, "uint32_t")
+    assert C["aclmdlLoadFromFile"](path, model_id) == 0
+    aipp_type, attached = _out(ffi, "int", 5), _out(ffi, "size_t", 5)
+    for index in (0, 1):  # add.toml has two inputs
+        aipp_type[0], attached[0] = 5, 5
+        assert C["aclmdlGetAippType"](model_id[0], index, aipp_type, attached) == 0
+        assert (aipp_type[0], attached[0]) == (0, 0xFFFFFFFF)  # WITHOUT_AIPP, INVALID_NODE
+    aipp_type[0], attached[0] = 5, 5
+    assert C["aclmdlGetAippType"](model_id[0], 2, aipp_type, attached) == 500002
+    assert (aipp_type[0], attached[0]) == (5, 0xFFFFFFFF)  # CANN writes the index first
+    assert C["aclmdlGetAippType"](model_id[0] + 99, 0, aipp_type, attached) == 145003
+    assert "get_aipp_type" in _text(ffi, C["aclGetRecentErrMsg"]())
+    assert C["aclmdlGetAippType"](model_id[0], 0, ffi.NULL, attached) == 100000
+    assert C["aclmdlGetAippType"](model_id[0], 0, aipp_type, ffi.NULL) == 100000
+    info = ffi.new("char[]", 4096)  # stands in for an aclAippInfo
+    assert C["aclmdlGetFirstAippInfo"](model_id[0], 0, info) == 145015
+    assert C["aclmdlGetFirstAippInfo"](model_id[0], 0, ffi.NULL) == 100000
+    size = _out(ffi, "size_t")
+    assert C["aclmdlGetAippDataSize"](2, size) == 0 and size[0] == 64 + 2 * 96
+    assert C["aclmdlGetAippDataSize"](0, size) == 100000
+    assert C["aclmdlGetAippDataSize"](1, ffi.NULL) == 100000
+    assert C["aclmdlUnload"](model_id[0]) == 0
+    assert C["aclrtResetDevice"](0) == 0
 
 
 # --------------------------------------------------------------------------------------------
