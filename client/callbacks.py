@@ -215,8 +215,13 @@ class CallbackApi:
                 if code == ACL_SUCCESS:
                     # the callback runs after every earlier task of its stream: this thread
                     # may read their results (the vendor's async samples copy them out here)
-                    self.state.sanitizer.stream_observed(track.device_id, track.stream_id, task_id)
-                    fn(user_data)
+                    sanitizer = self.state.sanitizer
+                    sanitizer.stream_observed(track.device_id, track.stream_id, task_id)
+                    if block:  # the stream's later tasks are held until it returns
+                        with sanitizer.blocking_callback(track.device_id, track.stream_id, task_id):
+                            fn(user_data)
+                    else:
+                        fn(user_data)
                 else:
                     logger.warning("callback dropped: its stream failed with %d", code)
             except Exception:  # the user's callback must not kill the report thread

@@ -259,8 +259,12 @@ class ModelApi:
         plan = self.state.task_plan(
             writes, reads, found.spec.outputs if self.state.poison_outputs else ()
         )
-        if self.state.poison_outputs:
-            self.state.poison_unread(plan)
+        poison = None
+        if self.state.poison_outputs:  # as the task leaves for the card (held ones wait)
+
+            def poison() -> None:
+                self.state.poison_unread(plan)
+
         task = {
             "k": TaskKind.EXECUTE,
             "m": found.card_handle,
@@ -268,7 +272,7 @@ class ModelApi:
             "o": writes,
             TASK_STAMP: submitted_s,
         }
-        return self.state.submit_task(track, task, reads, writes, call, plan)
+        return self.state.submit_task(track, task, reads, writes, call, plan, poison)
 
     def _exec_config(self, handle: Any) -> ExecConfig:
         if int_arg(handle, "exec config handle") == 0:

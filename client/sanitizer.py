@@ -20,6 +20,9 @@ Coverage rules (task ids increase per process; every stream is a FIFO):
   its marker: the callback runs after every earlier task of its stream, the vendor's async
   samples copy the outputs back right there). The thread saw the completion; another thread it
   tells through a queue or a flag cannot be followed, so it still needs a sync of its own.
+- :meth:`~Sanitizer.blocking_callback` ``(device, stream, marker)`` marks the calling thread as
+  running a *blocking* callback: the tasks its stream queued after the marker wait for it to
+  return (they are held in the client), so they cannot have written anything it reads.
 - :meth:`~Sanitizer.task_waits` records a ``stream_wait_event``: covering the waiting task
   (either way above) also covers the awaited stream up to the event's record, transitively.
 - A sync that returns a code in :data:`UNCOVERED_SYNC_CODES` (timeouts 507046/507047, a lost card
@@ -52,10 +55,12 @@ Everything here is pure and thread-safe (one lock); ``"off"`` returns from every
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +157,8 @@ class Sanitizer:
         self._pending: dict[int, dict[int, dict[int, _Task]]] = {}
         self._located: dict[int, StreamKey] = {}  # unsynced task id -> (device, stream)
         self._marks: dict[int, dict[StreamKey, int]] = {}  # thread -> stream -> observed upto
+        self._blocking = threading.local()  # .held: (device, stream, marker) while a blocking
+        # callback runs on this thread: that stream's tasks after the marker wait for it
         self._failures: dict[int, _Failure] = {}  # unobserved task errors by task id
         self._early: dict[int, int] = {}  # failure codes that arrived before their submit
         self._findings: list[Finding] = []
@@ -382,6 +389,16 @@ class Sanitizer:
             finding, new = self._record("destroy_stream_pending", call, task, message)
         self._emit(finding, new)
 
+    @contextlib.contextmanager
+    def blocking_callback(self, device_id: int, stream_id: int, marker: int) -> Iterator[None]:
+        """While the calling thread runs the blocking callback ``marker`` of a stream, that
+        stream's later tasks are not started (see the module docstring)."""
+        self._blocking.held = (device_id, stream_id, marker)
+        try:
+            yield
+        finally:
+            self._blocking.held = None
+
     def _thread_marks(self) -> dict[StreamKey, int]:
         return self._marks.get(threading.get_ident()) or {}
 
@@ -393,9 +410,13 @@ class Sanitizer:
         latest: _Task | None = None
         count = 0
         marks = self._thread_marks()
+        held = getattr(self._blocking, "held", None)
         for stream_id, tasks in self._pending.get(device_id, {}).items():
             seen = marks.get((device_id, stream_id), 0)
+            waiting = held[2] if held is not None and held[:2] == (device_id, stream_id) else None
             for task in tasks.values():
+                if waiting is not None and task.task_id > waiting:
+                    break  # held behind the blocking callback this thread is running
                 if task.task_id > seen and (
                     _overlaps(task.writes, start, end)
                     or (reads and _overlaps(task.reads, start, end))

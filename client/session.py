@@ -73,6 +73,7 @@ class Session:
         self.devices_in_use: Callable[[], list[int]] | None = None
         self.sync_spans: deque[list] = deque()  # sync waits for the farm's trace (if tracing)
         self._task_ids = itertools.count(1)
+        self._before_send: dict[int, Callable[[], None]] = {}  # held task id -> its on_send
         self._rids = itertools.count(1)
         self._replies: dict[int, dict | None] = {}
         self._receiver: int | str | None = None  # who may use the receive socket (cond)
@@ -172,9 +173,12 @@ class Session:
         track: StreamTrack,
         task: dict[str, Any],
         registered: Callable[[int], None] | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> int:
         """Queue one task on ``track``'s stream; return its task id. One-way.
-        ``registered(task_id)`` runs under the condition before the task can complete."""
+        ``registered(task_id)`` runs under the condition before the task can complete;
+        ``on_send()`` right before the task leaves for the card, which for a task held behind a
+        blocking callback is when the callback returns (the card cannot start it earlier)."""
         self.check_device(track.device_id)
         with self.cond:
             task_id = next(self._task_ids)
@@ -190,9 +194,13 @@ class Session:
             gate, track.gate_next = track.gate_next, False
             if track.held is not None:  # behind a blocking callback: sent when it returns
                 track.held.append((task, gate))
+                if on_send is not None:
+                    self._before_send[task_id] = on_send
                 return task_id
             if gate:  # a blocking callback's marker: what follows waits for the callback
                 track.held = []
+        if on_send is not None:
+            on_send()
         self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
         return task_id
 
@@ -214,6 +222,9 @@ class Session:
                         break
             self.cond.notify_all()
         for task in send:
+            before = self._before_send.pop(task["t"], None)
+            if before is not None:
+                before()
             task[proto.TASK_STAMP] = time.monotonic()  # submitted as the callback returned
             self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
 
@@ -451,6 +462,7 @@ class Session:
         track = self.tracks.pop(task_id, None)
         if track is None:
             return
+        self._before_send.pop(task_id, None)  # a held task failed before it was sent
         if track.pending and track.pending[0] == task_id:
             track.pending.popleft()
         else:

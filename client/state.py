@@ -310,9 +310,11 @@ class RuntimeState:
         writes: list,
         call: str,
         plan: tuple | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> int:
         """Submit ``task`` and remember which byte ranges it reads until it completes
-        (``plan``: its :meth:`task_plan`, if the caller has it)."""
+        (``plan``: its :meth:`task_plan`, if the caller has it; ``on_send``: see
+        :meth:`Session.submit`)."""
         spans = (plan or self.task_plan(writes, reads))[0]
 
         def registered(task_id: int) -> None:  # under session.cond, before any completion
@@ -321,7 +323,7 @@ class RuntimeState:
                 task_id, track.device_id, track.stream_id, reads, writes, call
             )
 
-        return self.require().submit(track, task, registered)
+        return self.require().submit(track, task, registered, on_send)
 
     def task_settled(
         self, task_id: int, code: int, track: StreamTrack, end_s: float | None

@@ -7,8 +7,9 @@ nothing), fails every execution of the model named "boom" on card 1 (a fault pla
 1 s of missed heartbeats, so a loaded box does not lose a card by itself. Card 2 is killed by
 the card-loss test, the last one to use it.
 
-One test is a strict xfail: a known emulation gap (tasks held behind a blocking host callback
-are poisoned, and flagged by the sanitizer, as if they were running); it passes once fixed.
+A blocking host callback holds its stream's later tasks in the client until it returns (CANN:
+they cannot start earlier), so it may read outputs a later task will overwrite: no poison, no
+sanitizer finding.
 """
 
 from __future__ import annotations
@@ -207,12 +208,6 @@ def test_callbacks_run_on_the_subscribed_pthread_and_copy_inside(
         assert want in done.stdout, done.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="skip_sync poison is applied at enqueue, and the sanitizer flags the read, even for "
-    "tasks held behind an ACL_CALLBACK_BLOCK callback, which cannot have started (CANN: a "
-    "blocking callback holds the stream's later tasks until it returns)",
-)
 def test_a_blocking_callback_reads_its_output_before_held_tasks_overwrite_it(
     sdk_root, programs, env, models, tmp_path
 ):
