@@ -91,7 +91,7 @@ def acl_out(result: tuple, what: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _config_text(name: str, hbm: str, cards: int) -> str:
+def _config_text(name: str, hbm: str, cards: int, profile_keys: str = "") -> str:
     return (
         "# written by benchmarks.core\n"
         "[farm]\n"
@@ -104,7 +104,7 @@ def _config_text(name: str, hbm: str, cards: int) -> str:
         "seed = 0\n"
         "[cards]\n"
         f"count = {cards}\n"
-        f'profile = {{ base = "910b", name = "910b-bench", hbm_bytes = "{hbm}" }}\n'
+        f'profile = {{ base = "910b", name = "910b-bench", hbm_bytes = "{hbm}"{profile_keys} }}\n'
     )
 
 
@@ -123,10 +123,11 @@ class FarmProcess:
 
     _seq = 0
 
-    def __init__(self, cards: int, hbm: str = "256MiB") -> None:
+    def __init__(self, cards: int, hbm: str = "256MiB", profile_keys: str = "") -> None:
         FarmProcess._seq += 1
         self.cards = cards
         self.hbm = hbm
+        self.profile_keys = profile_keys  # more card profile keys, e.g. ', cpu_affinity = "auto"'
         self.name = f"bench{os.getpid()}n{FarmProcess._seq}"
         self.tmpdir: str | None = None
         self.proc: subprocess.Popen | None = None
@@ -161,7 +162,7 @@ class FarmProcess:
         self.tmpdir = tempfile.mkdtemp(prefix="nfb-", dir="/tmp")  # short: ipc path limit
         try:
             config = Path(self.tmpdir, "farm.toml")
-            config.write_text(_config_text(self.name, self.hbm, self.cards))
+            config.write_text(_config_text(self.name, self.hbm, self.cards, self.profile_keys))
             state_file = Path(self.tmpdir, f"{self.name}.json")
             env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
             extra = ("--time-scale", "0", "--watch-parent", str(os.getpid()))

@@ -14,6 +14,13 @@ a temp dir. A card runs it with onnxruntime on one thread, so the raw baselines 
 * ``farm.throughput_2cards`` - one thread per card, closed loop of ``farm.request``: requests/s
   vs ``ort_parallel``. Target: ratio >= 0.75 (the broker and the client share the host's cores).
 
+``compute`` is the real-compute check (issue 12, goal 4): a MatMul chain of ``CHAIN_STEPS`` steps
+on a [CHAIN_ROWS, CHAIN_WIDTH] input (about 10 ms per run on one thread here), N = 2 cards vs N
+host onnxruntime threads, closed loops of requests, interleaved rounds (host, farm, host, ...)
+in the same run; the ratio is the median of the rounds' ratios (min/max given). Target: >= 0.85.
+It runs once per card profile variant: ``default`` (1 intra-op thread, no affinity) and
+``pinned`` (``cpu_affinity = "auto"``: card d on CPU d mod the allowed CPUs).
+
 The farm is ``benchmarks.core_farm.FarmProcess`` (time_scale 0: only the real compute counts).
 """
 
@@ -41,6 +48,10 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH, IMAGE = 8, (3, 64, 64)
+CHAIN_STEPS, CHAIN_ROWS, CHAIN_WIDTH = 12, 256, 512  # about 10 ms of onnxruntime on one thread
+CARDS = 2
+COMPUTE_TARGET = 0.85
+PROFILE_VARIANTS = {"default": "", "pinned": ', cpu_affinity = "auto"'}
 _H2D, _D2H = 1, 2
 
 
@@ -50,7 +61,32 @@ def _p50_us(samples: list[float]) -> float:
 
 def _convert(work: Path) -> tuple[Path, Path]:
     source = build_cnn(work / "cnn.onnx", image=IMAGE)
-    shape = ",".join(map(str, (BATCH, *IMAGE)))
+    return source, _atc(source, work / "cnn", (BATCH, *IMAGE))
+
+
+def _chain_model(path: Path) -> Path:
+    """x @ I, CHAIN_STEPS times: real onnxruntime work whose result is x again."""
+    import onnx  # optional heavy dependency (the onnx extra): only this benchmark needs it
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = ["x", *(f"m{i}" for i in range(CHAIN_STEPS - 1)), "y"]
+    nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:])]
+    shape = [CHAIN_ROWS, CHAIN_WIDTH]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
+        [numpy_helper.from_array(np.eye(CHAIN_WIDTH, dtype=np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _atc(source: Path, output: Path, shape: tuple[int, ...]) -> Path:
+    """``npufarm atc`` of ``source`` with input x of ``shape``; the .om path."""
     subprocess.run(
         [
             sys.executable,
@@ -59,15 +95,15 @@ def _convert(work: Path) -> tuple[Path, Path]:
             "atc",
             f"--model={source}",
             "--framework=5",
-            f"--output={work / 'cnn'}",
+            f"--output={output}",
             "--soc_version=Ascend910B",
-            f"--input_shape=x:{shape}",
+            f"--input_shape=x:{','.join(map(str, shape))}",
         ],
         cwd=REPO,
         check=True,
         capture_output=True,
     )
-    return source, work / "cnn.om"
+    return output.with_suffix(".om")
 
 
 def _host_session(source: Path):
@@ -195,6 +231,89 @@ def _farm_figures(
     return exec_us, request_us, sum(done) / window_s
 
 
+def _closed_loops(bodies: list, window_s: float) -> float:
+    """Requests/s of one thread per body, each calling its body in a loop for ``window_s``."""
+    done = [0] * len(bodies)
+
+    def loop(index: int) -> None:
+        body = bodies[index]
+        body()  # warm (and, for a card rig, bind the thread's context)
+        deadline = time.perf_counter() + window_s
+        while time.perf_counter() < deadline:
+            body()
+            done[index] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(len(bodies))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / window_s
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": float(np.median(values)), "min": min(values), "max": max(values)}
+
+
+def _compute_variant(
+    source: Path, om: Path, x: np.ndarray, keys: str, rounds: int, window_s: float
+) -> dict[str, Any]:
+    """Interleaved rounds of N host threads (own 1-thread sessions) and N cards (one client
+    thread per card, H2D + execute + sync + D2H) on a farm whose profile adds ``keys``."""
+    sessions = [_host_session(source) for _ in range(CARDS)]
+    host_bodies = [lambda s=s: s.run(None, {"x": x}) for s in sessions]
+    host, farm_rates = [], []
+    with FarmProcess(cards=CARDS, profile_keys=keys) as farm, acl_session(farm.endpoint) as acl:
+        rigs = [_CardRig(acl, d, om) for d in range(CARDS)]
+        try:
+            rigs[0].request(x)
+            assert np.abs(rigs[0].y.reshape(x.shape) - x).max() <= 1e-5, "card outputs differ"
+
+            def card_body(rig: _CardRig) -> None:
+                acl.rt.set_context(rig.context)
+                rig.request(x)
+
+            farm_bodies = [lambda r=r: card_body(r) for r in rigs]
+            for _ in range(rounds):
+                host.append(_closed_loops(host_bodies, window_s))
+                farm_rates.append(_closed_loops(farm_bodies, window_s))
+        finally:
+            for rig in rigs:
+                rig.close()
+    ratios = [f / h for f, h in zip(farm_rates, host)]
+    return {
+        "profile_keys": keys.lstrip(", ") or "(none)",
+        "host_requests_per_s": _spread(host),
+        "farm_requests_per_s": _spread(farm_rates),
+        "ratio": _spread(ratios),
+        "rounds": rounds,
+        "meets_target": float(np.median(ratios)) >= COMPUTE_TARGET,
+    }
+
+
+def measure_compute(quick: bool = False) -> dict[str, Any]:
+    """The real-compute figures (goal 4): the chain model, each profile variant."""
+    rounds, window_s = (1, 0.5) if quick else (5, 3.0)
+    variants = {"default": ""} if quick else PROFILE_VARIANTS
+    x = np.random.default_rng(1).standard_normal((CHAIN_ROWS, CHAIN_WIDTH)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="nfo-") as work:
+        source = _chain_model(Path(work) / "chain.onnx")
+        om = _atc(source, Path(work) / "chain", x.shape)
+        session = _host_session(source)
+        run_ms = _p50_us(_timed(lambda: session.run(None, {"x": x}), 20)) / 1e3
+        figures = {
+            name: _compute_variant(source, om, x, keys, rounds, window_s)
+            for name, keys in variants.items()
+        }
+    return {
+        "model": {"name": "matmul_chain", "input": list(x.shape), "steps": CHAIN_STEPS},
+        "ort_run_p50_ms": run_ms,
+        "cards": CARDS,
+        "target": f"median ratio >= {COMPUTE_TARGET}",
+        "variants": figures,
+    }
+
+
 def measure(quick: bool = False) -> dict[str, Any]:
     """Convert the model, measure the host baselines, then the farm; the JSON-able result."""
     rounds, window_s = (50, 1.0) if quick else (400, 4.0)
@@ -230,6 +349,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
                 "meets_target": throughput / parallel >= 0.75,
             },
         },
+        "compute": measure_compute(quick),
     }
 
 

@@ -77,6 +77,27 @@ def _check_extensions(value: tuple[int, ...]) -> str | None:
     return None
 
 
+def _to_affinity(label: str, value: object, text: bool) -> tuple[int, ...] | str:
+    """``"auto"`` or a list of CPU numbers (``[]``: no affinity, the card runs anywhere)."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    if isinstance(value, str) and not text:
+        raise ConfigError(f"{label}: must be 'auto' or a list of CPU numbers, got {value!r}")
+    return to_ints(label, value, text)
+
+
+def _check_affinity(value: tuple[int, ...] | str) -> str | None:
+    if value == "auto":
+        return None
+    if len(set(value)) != len(value):
+        return f"must not repeat CPUs, got {list(value)}"
+    allowed = sorted(os.sched_getaffinity(0))
+    missing = [cpu for cpu in value if cpu not in allowed]
+    if missing:
+        return f"CPUs {missing} are not available to this process (allowed: {allowed})"
+    return None
+
+
 def _check_endpoint(value: str) -> str | None:
     if value == "ipc":
         return None
@@ -108,6 +129,8 @@ PROFILE_SPEC: dict[str, Spec] = {
     "max_events": Spec(to_int, ge(1)),
     "op_timeout_s": Spec(to_float, gt(0)),
     "exec_config_extensions": Spec(to_ints, _check_extensions),
+    "intra_op_threads": Spec(to_int, between(1, 64)),
+    "cpu_affinity": Spec(_to_affinity, _check_affinity),
 }
 
 FARM_SPEC: dict[str, Spec] = {
@@ -144,6 +167,8 @@ class CardProfile:
     max_events: int = 65535
     op_timeout_s: float = 1091.0  # device-side watchdog per operator
     exec_config_extensions: tuple[int, ...] = ()  # exec-config attr ids accepted beyond 0/1
+    intra_op_threads: int = 1  # onnxruntime intra-op threads of each ONNX model on the card
+    cpu_affinity: tuple[int, ...] | str = ()  # CPUs the card process may run on; "auto"; () any
 
     def __post_init__(self) -> None:
         for name, spec in PROFILE_SPEC.items():
@@ -154,6 +179,8 @@ class CardProfile:
         """Plain (msgpack/JSON friendly) form."""
         data = dataclasses.asdict(self)
         data["exec_config_extensions"] = list(self.exec_config_extensions)
+        if self.cpu_affinity != "auto":
+            data["cpu_affinity"] = list(self.cpu_affinity)
         return data
 
     @classmethod

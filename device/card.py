@@ -44,13 +44,14 @@ import zmq
 from core import protocol as proto
 from core.errors import ACL_ERROR_RT_PARAM_INVALID, ACL_SUCCESS, NpuFarmError
 from core.protocol import Cmd, TaskKind
-from device.card_spec import CardSpec
+from device.card_spec import CardSpec, affinity_cpus
 from device.executor import Executor, ModelTable, Owners
 from device.heartbeat import Heartbeat
 from device.injection import CardFaults
 from device.loader import ModelLoader
 from device.memory import Allocator, HbmSegment, segment_name
 from device.model_spec import ModelSpec
+from device.onnx_kernel import set_card_threads
 from device.requests import dispatch, error_reply
 from device.runner import TaskRunner
 from device.streams import StreamScheduler, Task
@@ -471,6 +472,12 @@ def run_card(spec_dict: dict[str, Any]) -> None:
         format=f"%(asctime)s card{spec.device_id} %(levelname)s %(message)s",
     )
     _tighten_timer_slack()
+    cpus = affinity_cpus(
+        spec.cpu_affinity, spec.device_id, spec.intra_op_threads, os.sched_getaffinity(0)
+    )
+    if cpus is not None:  # before any thread starts: onnxruntime's pool inherits the mask
+        os.sched_setaffinity(0, cpus)
+    set_card_threads(spec.intra_op_threads)
     card = Card(spec)
 
     def _stop(signum, frame):

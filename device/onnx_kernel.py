@@ -2,9 +2,10 @@
 
 The card builds one :class:`onnxruntime.InferenceSession` per loaded model (``acl.mdl.load_*``)
 from the ONNX bytes of the npufarm ``.om`` container (:mod:`device.om`), on the CPU execution
-provider with one intra-op and one inter-op thread: a card is one compute unit, and N cards on a
-small host must not oversubscribe it. Inputs are fed as typed views of device memory (no copy);
-outputs are copied into the output views (or the card's deferred-publish buffers).
+provider with one inter-op thread and the card profile's ``intra_op_threads`` (default 1: a
+card is one compute unit, and N cards on a small host must not oversubscribe it). Inputs are fed
+as typed views of device memory (no copy); outputs are copied into the output views (or the
+card's deferred-publish buffers).
 
 onnxruntime is the ``onnx`` extra (``pip install 'npufarm[onnx]'``); without it loading an ONNX
 model fails with ACL_ERROR_FEATURE_UNSUPPORTED and says what to install. It is imported when the
@@ -22,9 +23,20 @@ import numpy as np
 from core.errors import ACL_ERROR_FEATURE_UNSUPPORTED, AclError
 from device.model_spec import ModelFormatError, ModelSpec
 
-__all__ = ["make_session", "make_onnx_compute"]
+__all__ = ["make_session", "make_onnx_compute", "set_card_threads"]
 
 logger = logging.getLogger(__name__)
+
+# intra-op threads of the sessions this process builds for cards: one process is one card, and
+# the card sets its profile's ``intra_op_threads`` here at start (device/card.py run_card)
+_card_threads = [1]
+
+
+def set_card_threads(threads: int) -> None:
+    """The intra-op thread count of every ONNX model this (card) process loads from now on."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    _card_threads[0] = threads
 
 
 def make_session(model: bytes, threads: int = 1):
@@ -51,7 +63,7 @@ def make_session(model: bytes, threads: int = 1):
 def make_onnx_compute(spec: ModelSpec) -> Callable[[list[np.ndarray], list[np.ndarray]], None]:
     """The kernel body (a :data:`device.kernels.Compute`) of an ``onnx`` model spec: typed
     inputs in, typed outputs written."""
-    session = make_session(spec.blob)
+    session = make_session(spec.blob, _card_threads[0])
     input_names = [t.name for t in spec.inputs]
     output_names = [t.name for t in spec.outputs]
     graph_inputs = {i.name for i in session.get_inputs()}

@@ -92,6 +92,8 @@ class Supervisor:
             op_timeout_s=profile.op_timeout_s,
             farm_start_s=self.farm_start_s,
             faults=self.card_plan(device_id).to_dict() if self.plan.rules else None,
+            intra_op_threads=profile.intra_op_threads,
+            cpu_affinity=profile.to_dict()["cpu_affinity"] or None,  # msgpack: list or "auto"
         )
 
     def card_plan(self, device_id: int) -> FaultPlan:

@@ -1,5 +1,6 @@
 """Unit tests for core.config card profiles: lookup by name, per-card overrides, inline profiles
-with a base, profile files next to the config file, their errors, and the built-in 910b."""
+with a base, profile files next to the config file, their errors, the built-in 910b, and the
+onnxruntime threads / CPU affinity keys."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from core import config as cfg
 from core.config import CardProfile
+from device.card_spec import affinity_cpus
 from tests.unit.config_helpers import error_of, load, write
 
 __all__: list[str] = []
@@ -102,3 +104,56 @@ def test_builtin_910b_without_profile_files(
 ) -> None:
     monkeypatch.setattr(cfg, "_CONFIGS_DIR", tmp_path / "nowhere")
     assert load(tmp_path, "[cards]\nprofile = '910b'\n").cards[0].profile == CardProfile()
+
+
+def test_intra_op_threads_and_cpu_affinity(tmp_path: Path) -> None:
+    default = CardProfile()
+    assert (default.intra_op_threads, default.cpu_affinity) == (1, ())
+    text = """
+    [cards]
+    count = 3
+    profile = { base = '910b', intra_op_threads = 2, cpu_affinity = 'auto' }
+    [[cards.override]]
+    device_id = 1
+    cpu_affinity = [0]
+    [[cards.override]]
+    device_id = 2
+    cpu_affinity = []
+    """
+    cards = load(tmp_path, text).cards
+    assert (cards[0].profile.intra_op_threads, cards[0].profile.cpu_affinity) == (2, "auto")
+    assert cards[1].profile.cpu_affinity == (0,)
+    assert cards[1].profile.to_dict()["cpu_affinity"] == [0]
+    assert cards[2].profile.cpu_affinity == ()
+    assert CardProfile.from_dict(cards[0].profile.to_dict()) == cards[0].profile
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ("intra_op_threads = 0", "intra_op_threads: must be in 1..64, got 0"),
+        ("intra_op_threads = 'two'", "intra_op_threads: expected an integer"),
+        ("cpu_affinity = 'all'", "cpu_affinity: must be 'auto' or a list of CPU numbers"),
+        ("cpu_affinity = [0, 0]", "cpu_affinity: must not repeat CPUs, got [0, 0]"),
+        ("cpu_affinity = [4096]", "cpu_affinity: CPUs [4096] are not available to this process"),
+        ("cpu_affinity = ['0']", "cpu_affinity[0]: expected an integer"),
+    ],
+)
+def test_intra_op_threads_and_cpu_affinity_errors(
+    tmp_path: Path, setting: str, problem: str
+) -> None:
+    write(tmp_path / "cards" / "bad.toml", f"[profile]\n{setting}\n")
+    assert problem in error_of(tmp_path, "[cards]\nprofile = 'bad'\n")
+
+
+def test_auto_affinity_round_robin() -> None:
+    assert affinity_cpus(None, 0, 1, {0, 1}) is None
+    assert affinity_cpus([], 3, 1, {0, 1}) is None
+    assert affinity_cpus([1], 0, 1, {0, 1}) == {1}
+    assert [affinity_cpus("auto", d, 1, {2, 5}) for d in range(3)] == [{2}, {5}, {2}]
+    assert [affinity_cpus("auto", d, 2, {0, 1, 2, 3}) for d in range(3)] == [
+        {0, 1},
+        {2, 3},
+        {0, 1},
+    ]
+    assert affinity_cpus("auto", 1, 4, {0, 1}) == {0, 1}
