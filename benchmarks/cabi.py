@@ -37,7 +37,7 @@ import numpy as np
 from benchmarks import raw
 from benchmarks.core_farm import MIB, REPO, ZERO_MODEL, BenchError, FarmProcess
 from benchmarks.core_report import MEMCPY_RATIO_TARGET
-from benchmarks.rounds import Target, at_least, at_most, rounds_entry
+from benchmarks.rounds import Target, at_least, at_most, emit, rounds_entry
 from cabi.build import sdk_tree
 
 __all__ = ["C_LATENCY_RATIO_TARGET", "Plan", "compile_bench", "main", "markdown_table", "run"]
@@ -333,16 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
     result = run(quick=args.quick, rounds=args.rounds, sdk=args.sdk)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    table = markdown_table(result["summary"], len(result["rounds"]))
-    if args.markdown:
-        print(table)
-    else:
-        print(text)
-        print(table, file=sys.stderr)
+    emit(result, markdown_table(result["summary"], len(result["rounds"])), args.out, args.markdown)
     return 0
 
 

@@ -43,7 +43,6 @@ if anything was left). ``acl.finalize()`` always runs before a farm is stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -53,7 +52,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,7 +77,7 @@ from benchmarks.core_rates import (
     routing_entry,
 )
 from benchmarks.core_report import markdown_table, summarize
-from benchmarks.rounds import Step, run_rounds
+from benchmarks.rounds import Step, emit, run_rounds
 
 __all__ = ["BATCHED_ECHO", "Plan", "main", "run"]
 
@@ -306,16 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be >= 1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
     result = run(quick=args.quick, rounds=args.rounds)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    table = markdown_table(result["summary"], result["plan"]["rounds"])
-    if args.markdown:
-        print(table)
-    else:
-        print(text)
-        print(table, file=sys.stderr)
+    emit(
+        result, markdown_table(result["summary"], result["plan"]["rounds"]), args.out, args.markdown
+    )
     return 0
 
 

@@ -13,11 +13,14 @@ Shared by :mod:`benchmarks.core` and :mod:`benchmarks.cabi`.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.core_report import entry, ratio_of
@@ -25,6 +28,7 @@ from benchmarks.core_report import entry, ratio_of
 __all__ = [
     "Step",
     "Target",
+    "emit",
     "at_least",
     "at_most",
     "median_fields",
@@ -194,3 +198,17 @@ def rounds_entry(
         baseline_rounds=list(baseline) if baseline else None,
         **extra,
     )
+
+
+def emit(result: dict, table: str, out: str | None, markdown: bool) -> None:
+    """A benchmark's output: the JSON to ``out`` (if given) and to stdout with the table on
+    stderr, or only the table on stdout with ``markdown``."""
+    text = json.dumps(result, indent=2)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    if markdown:
+        print(table)
+    else:
+        print(text)
+        print(table, file=sys.stderr)
