@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from benchmarks import core, core_farm, core_report, rounds
+from tests.unit.bench_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,23 +142,8 @@ def _processes_mentioning(text: str) -> list[int]:
 @pytest.mark.timeout(150)
 def test_quick_run_end_to_end(tmp_path):
     out = tmp_path / "core.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.core", "--quick", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=130)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
-    tag = f"bench{proc.pid}n"
+    pid, stdout, stderr = run_benchmark("benchmarks.core", "--quick", "--out", str(out))
+    tag = f"bench{pid}n"
 
     result = json.loads(stdout)
     assert json.loads(out.read_text()) == result

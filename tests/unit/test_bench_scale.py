@@ -7,14 +7,12 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks import scale, scale_load, scale_report
+from tests.unit.bench_run import run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,24 +107,9 @@ def _check_load(point: dict, clients: int) -> None:
 
 @pytest.mark.timeout(150)
 def test_quick_run_end_to_end(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
-    cmd = [sys.executable, "-m", "benchmarks.scale", "--quick", "--big-cards", "8"]
-    proc = subprocess.Popen(
-        [*cmd, "--out-dir", str(tmp_path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=130)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
-    tag = f"bench{proc.pid}n"
+    args = ("--quick", "--big-cards", "8", "--out-dir", str(tmp_path))
+    pid, stdout, stderr = run_benchmark("benchmarks.scale", *args)
+    tag = f"bench{pid}n"
 
     result = json.loads(stdout)
     assert json.loads((tmp_path / "scale.json").read_text()) == result
