@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,plot,onnx]'
+	$(PY) -m pip install -q -e '.[test,plot,onnx,ray]'
 	touch $(STAMP)
 
 venv: $(STAMP)
