@@ -4,6 +4,10 @@ Handles and pointers are ints; calls with out-parameters return tuples with the 
 last, exactly as pyACL does. All logic lives in :mod:`client`; this package only binds names.
 ``acl.media``, ``acl.op``, ``acl.prof`` and ``acl.himpi`` exist but are not emulated: their calls
 return 200006.
+
+Before ``acl.init`` (as on hardware, where they ask the driver): ``acl.rt.get_device_count``,
+``acl.get_soc_name`` / ``acl.rt.get_soc_name`` (ask the farm, :mod:`client.discovery`),
+``acl.get_version`` and ``acl.rt.get_run_mode``; every other call returns 100001.
 """
 
 from acl import constants, himpi, mdl, media, op, prof, rt, util
@@ -21,6 +25,8 @@ __all__ = [
     "init",
     "finalize",
     "get_recent_err_msg",
+    "get_soc_name",
+    "get_version",
     "create_data_buffer",
     "destroy_data_buffer",
     "update_data_buffer",
@@ -32,6 +38,8 @@ __all__ = [
 init = runtime_call("init")
 finalize = runtime_call("finalize")
 get_recent_err_msg = runtime_call("get_recent_err_msg")
+get_soc_name = runtime_call("get_soc_name")
+get_version = runtime_call("get_version")
 create_data_buffer = handle_call("create_data_buffer")
 destroy_data_buffer = handle_call("destroy_data_buffer")
 update_data_buffer = handle_call("update_data_buffer")

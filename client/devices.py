@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from client import discovery
 from client.conventions import api, int_arg
 from client.embedded import connect
 from client.init_config import config_error
@@ -33,11 +34,14 @@ from core.errors import (
 from core.protocol import BROKER_DEVICE
 from device.memory import decode_ptr
 
-__all__ = ["DeviceApi"]
+__all__ = ["ACL_VERSION", "DeviceApi"]
 
 logger = logging.getLogger(__name__)
 
 _RUN_MODE_HOST = 1
+ACL_VERSION = (1, 17, 0)
+"""``ACL_MAJOR_VERSION`` / ``ACL_MINOR_VERSION`` / ``ACL_PATCH_VERSION`` of the headers
+(``cabi/include/acl/acl_rt.h``), as CANN's ``aclrtGetVersion`` writes them."""
 _DEVICE_STATUS_NORMAL, _DEVICE_STATUS_ABNORMAL = 0, 1  # aclrtDeviceStatus
 
 
@@ -76,9 +80,12 @@ class DeviceApi:
     @api(1)
     def get_device_count(self) -> int:
         """Number of devices this process sees (the farm's cards, or those
-        ``ASCEND_RT_VISIBLE_DEVICES`` leaves); none: 207004, as CANN."""
-        self.state.require()
-        view = self.state.view
+        ``ASCEND_RT_VISIBLE_DEVICES`` leaves); none: 207004, as CANN. Works before ``acl.init``
+        (asks the farm, as CANN asks the driver; no farm: 0 with 207004)."""
+        if self.state.session is None:
+            view = discovery.device_view_before_init()
+        else:
+            view = self.state.view
         if not view.count:
             raise AclError(f"no device is visible: {view.why_none()}", ACL_ERROR_RT_NO_DEVICE)
         return view.count
@@ -221,20 +228,29 @@ class DeviceApi:
 
     @api(1)
     def get_run_mode(self) -> int:
-        """1 (ACL_HOST): the emulator runs on the host."""
+        """1 (ACL_HOST): the emulator runs on the host (also before ``acl.init``)."""
         return _RUN_MODE_HOST
 
-    @api("direct", default="")
-    def get_soc_name(self) -> str:
+    @api(3)
+    def get_version(self) -> tuple[int, int, int]:
+        """``(major, minor, patch, ret)`` of the ACL interface (aclrtGetVersion: 1.17.0, the
+        headers' ``ACL_*_VERSION``), at any time, ``acl.init`` or not."""
+        return ACL_VERSION
+
+    @api("direct", default=None)
+    def get_soc_name(self) -> str | None:
         """The SoC name of the current (else the first visible) card's profile, e.g.
-        "Ascend910B"."""
-        session = self.state.require()
+        "Ascend910B"; before ``acl.init`` the farm's first card's; None when there is no farm
+        (CANN: NULL)."""
+        session = self.state.session
+        if session is None:
+            return discovery.soc_name()
         context = getattr(self.state.tls, "context", None)
         if context is not None:
             card = context.device_id
         else:
             card = (self.state.view.cards or tuple(sorted(session.farm["cards"])))[0]
-        return session.card(card).get("soc_name", "")
+        return session.card(card).get("soc_name") or None
 
     # -- contexts --------------------------------------------------------------------------
     @api(1)

@@ -51,6 +51,7 @@ FORWARDED: dict[str, tuple[str, ...]] = {
         "get_device",
         "query_device_status",
         "get_run_mode",
+        "get_version",
         "get_soc_name",
         "create_context",
         "destroy_context",

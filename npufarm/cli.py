@@ -18,10 +18,10 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -89,14 +89,77 @@ def _announce_ready(config: FarmConfig, stop: threading.Event) -> None:
             return
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from farm.broker import run_farm  # +0.14 s of startup: see the module docstring
+def _refuse_running(config: FarmConfig) -> None:
+    """``NpuFarmError`` when a live farm already holds this name's state file or the address
+    (a second farm would take over the first one's ipc socket)."""
+    state = statefile.read_state(statefile.state_path(config))
+    if state is not None:
+        raise NpuFarmError(
+            f"farm {config.name!r} is already running (pid {state['pid']}) at "
+            f"{state['endpoint']}; stop it with `npufarm down --name {config.name}` or choose "
+            "another --name"
+        )
+    busy = admin.address_in_use(config.endpoint_address())
+    if busy is not None:
+        raise NpuFarmError(f"{busy}; choose another --endpoint or --name")
 
+
+def _detached_command(args: argparse.Namespace, config: FarmConfig) -> list[str]:
+    """The foreground ``npufarm up`` the daemon runs: this config, resolved, paths absolute."""
+    command = [sys.executable, "-m", "npufarm", "up", "--name", config.name]
+    command += ["--runtime-dir", str(config.runtime_path()), "--endpoint"]
+    command += [config.endpoint_address()] + ["-v"] * args.verbose
+    paths = {"--config": args.config, "--faults": args.faults, "--fault-log": args.fault_log}
+    paths["--trace"] = args.trace
+    for flag, value in paths.items():
+        if value is not None:
+            command += [flag, os.path.abspath(value)]
+    for flag, value in (
+        ("--cards", args.cards),
+        ("--time-scale", args.time_scale),
+        ("--metrics-port", args.metrics_port),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    return command
+
+
+def _up_detached(args: argparse.Namespace, config: FarmConfig) -> int:
+    """``npufarm up --detach``: start the farm as a daemon, return once it is ready."""
+    log_path = Path(args.log or config.runtime_path() / f"{config.name}.log").absolute()
+    print(f"npufarm: starting farm {config.name!r} in the background, log {log_path}", flush=True)
+    try:
+        state = admin.start_detached(
+            _detached_command(args, config),
+            log_path,
+            statefile.state_path(config),
+            args.ready_timeout_s,
+        )
+    except NpuFarmError as exc:
+        print(f"npufarm: up: {exc.args[0]}", file=sys.stderr)
+        return 1
+    cards = len(state.get("cards") or [])
+    print(
+        f"npufarm: farm {config.name!r} ready at {state['endpoint']}: {cards} "
+        f"card{'s' * (cards != 1)}, pid {state['pid']}, state file "
+        f"{statefile.state_path(config)}; stop it with `npufarm down --name {config.name}`"
+    )
+    print(f"export {statefile.ADDRESS_ENV}={state['endpoint']}", flush=True)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
     config = _load(args)
     plan = FaultPlan.from_toml(args.faults) if args.faults else None
     if plan is not None:
         plan.check_card_count(len(config.cards))
     config.make_runtime_dir()  # a missing --runtime-dir is made (0700), or a one-line error
+    if args.watch_parent is None:  # (an embedded farm has a private directory of its own)
+        _refuse_running(config)
+    if args.detach:
+        return _up_detached(args, config)
+    from farm.broker import run_farm  # +0.14 s of startup: see the module docstring
+
     stop = threading.Event()
     if args.watch_parent is None:  # an embedded farm's lines would land in its program's output
         threading.Thread(target=_announce_ready, args=(config, stop), daemon=True).start()
@@ -132,11 +195,37 @@ def _refused(command: str, reply: Any) -> bool:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     rule = FaultRule.from_args(args.rule, label="npufarm inject")
+    if args.ray:
+        return _inject_ray(args.ray, rule)
     reply = admin.inject(_address(args), rule.to_dict())
     if _refused("inject", reply):
         return 1
     print(f"fault rule {reply.get('rule')} injected: {rule.to_dict()}")
     return 0
+
+
+def _inject_ray(address: str, rule: FaultRule) -> int:
+    """``npufarm inject --ray ADDRESS``: the rule reaches the farm of every node it names
+    (``node=``; every node without it) through one agent actor per node."""
+    from loadtest.ray_nodes import NodeSet, connect  # Ray (the optional extra) +1 s
+
+    try:
+        nodes = NodeSet.start(connect(address))
+    except RuntimeError as exc:  # no ray installed, no NPU node
+        print(f"npufarm: inject: {exc}", file=sys.stderr)
+        return 1
+    try:
+        done = nodes.inject([rule])
+    finally:
+        nodes.close()
+    failed = 0
+    for item in done:
+        node, reply = item["node_id"][:8], item["reply"]
+        if _refused(f"inject (node {node})", reply):
+            failed += 1
+        else:
+            print(f"node {node}: fault rule {reply.get('rule')} injected: {item['rule']}")
+    return 1 if failed else 0
 
 
 def _trace_contents(path: str) -> tuple[int, int] | None:
@@ -191,23 +280,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    """Stop the named farm (foreground or ``--detach``ed) and wait until its processes and
+    shared memory are gone."""
     config = _load(args)
     state = statefile.read_state(statefile.state_path(config))
     if state is None:
         print(f"no running farm named {config.name!r}", file=sys.stderr)
         return 1
-    os.kill(state["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + 15.0
-    while statefile.pid_alive(state["pid"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if statefile.pid_alive(state["pid"]):
-        print(f"farm pid {state['pid']} did not stop", file=sys.stderr)
+    left = admin.stop_farm(state, timeout_s=15.0)
+    if left:
+        print(f"farm {config.name!r} did not stop: {', '.join(left)} remain", file=sys.stderr)
         return 1
     print(f"farm {config.name!r} (pid {state['pid']}) stopped")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.ray:
+        from loadtest.ray_demo import run_ray_demo  # Ray (the optional extra)
+
+        try:
+            return run_ray_demo(args.ray, args.out, args.duration_s, args.rate)
+        except (RuntimeError, ValueError) as exc:
+            print(f"npufarm: demo: {exc}", file=sys.stderr)
+            return 1
     from loadtest.demo import run_demo  # +0.16 s of startup: see the module docstring
 
     try:
@@ -247,8 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run a farm in the foreground (Ctrl-C stops it)")
+    up = sub.add_parser(
+        "up", help="run a farm in the foreground (Ctrl-C stops it), or as a daemon (--detach)"
+    )
     _config_args(up)
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background; return once ready (prints the address); stop with down",
+    )
+    up.add_argument("--log", help="with --detach: log file (default <runtime dir>/<name>.log)")
+    up.add_argument(
+        "--ready-timeout-s", type=float, default=60.0, help="with --detach: wait this long"
+    )
     up.add_argument("--faults", help="fault plan TOML (configs/faults/*.toml)")
     up.add_argument(
         "--fault-log", help="fault log JSONL (default <runtime dir>/<name>-faults.jsonl)"
@@ -267,7 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     inject = sub.add_parser("inject", help="add a fault rule to a running farm")
     _config_args(inject)
-    inject.add_argument("rule", nargs="+", help="key=value fields, e.g. kind=slow card=1 factor=4")
+    inject.add_argument(
+        "rule", nargs="+", help="key=value fields, e.g. kind=slow card=1 factor=4 [node=NAME]"
+    )
+    inject.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="inject into the farms of a Ray cluster's nodes (node= picks one by Ray node id, "
+        "Ray node name or farm name)",
+    )
     inject.set_defaults(func=cmd_inject)
     trace = sub.add_parser("trace", help="write a running farm's trace (Chrome/Perfetto JSON)")
     _config_args(trace)
@@ -283,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="report folder (default out/demo-<time>)")
     demo.add_argument("--duration-s", type=float, default=8.0, help="length of the load")
     demo.add_argument("--rate", type=float, default=400.0, help="requests/s over all cards")
+    demo.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run it on a Ray cluster with a farm per node (a link drop on one node)",
+    )
     demo.set_defaults(func=cmd_demo)
     sdk = sub.add_parser(
         "sdk", help="print the root of a CANN-style toolkit tree for C/C++ (built on first use)"

@@ -1,5 +1,5 @@
 """Devices and contexts: ``aclrtSetDevice`` ... ``aclrtGetCurrentContext``, the device-wide
-syncs, the run mode, the SoC name and the floating-point overflow mode
+syncs, the run mode, the ACL version, the SoC name and the floating-point overflow mode
 (``aclrtSetDeviceSatMode`` / ``aclrtGetDeviceSatMode``), forwarded to the runtime ``acl.rt``
 uses.
 
@@ -49,7 +49,7 @@ def aclrtGetDevice(device_id: Any) -> int:
 @CALLS.error
 def aclrtGetDeviceCount(count: Any) -> int:
     """Write the number of devices this process sees (0 with the error when it sees none,
-    as CANN writes it)."""
+    as CANN writes it); works before aclInit (asks the farm; none: 0 and 207004)."""
     cdata.require(count, "count")
     value, ret = RUNTIME.get_device_count()
     cdata.store("uint32_t", count, value if ret == 0 else 0)
@@ -76,9 +76,23 @@ def aclrtQueryDeviceStatus(device_id: int, status: Any) -> int:
     return ret
 
 
+@CALLS.error
+def aclrtGetVersion(major: Any, minor: Any, patch: Any) -> int:
+    """Write the ACL interface version (1.17.0, the headers' ACL_*_VERSION); works before
+    aclInit."""
+    cdata.require(major, "majorVersion")
+    cdata.require(minor, "minorVersion")
+    cdata.require(patch, "patchVersion")
+    (*version, ret) = RUNTIME.get_version()
+    for pointer, value in zip((major, minor, patch), version, strict=True):
+        cdata.store("int32_t", pointer, value)
+    return ret
+
+
 @CALLS.pointer
 def aclrtGetSocName() -> Any:
-    """The SoC name of the current (else the first) card, e.g. "Ascend910B"; NULL if unknown."""
+    """The SoC name of the current (else the first) card, e.g. "Ascend910B"; before aclInit
+    the farm's first card's; NULL when there is no farm."""
     name = RUNTIME.get_soc_name()
     return cdata.interned(name) if name else cdata.null()
 
