@@ -28,6 +28,7 @@ import logging
 import math
 import select
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "ClientFrame",
     "WorkerFrame",
     "pack",
+    "packer",
     "unpack",
     "pack_route",
     "unpack_route",
@@ -136,6 +138,12 @@ _unpacker_kwargs = {"raw": False, "strict_map_key": False}
 def pack(body: Any) -> bytes:
     """msgpack-encode a body (maps, lists, ints, floats, str, bytes)."""
     return msgpack.packb(body, **_packer_kwargs)
+
+
+def packer() -> Callable[[Any], bytes]:
+    """A reusable :func:`pack` (a msgpack ``Packer``'s ``pack``: a third of ``pack``'s cost for
+    small bodies, no packer built per call). Not thread-safe: one per thread or behind a lock."""
+    return msgpack.Packer(**_packer_kwargs).pack
 
 
 def unpack(data: bytes) -> Any:
@@ -303,17 +311,19 @@ def recv_ready(socket: zmq.Socket) -> list | None:
         return None
 
 
-def wait_readable(socket: zmq.Socket, timeout_s: float) -> bool:
+def wait_readable(socket: zmq.Socket, timeout_s: float, fd: int | None = None) -> bool:
     """Wait until ``socket`` has a message to read or ``timeout_s`` has passed (0: just look);
     True if it has one. Unlike ``zmq.Poller.poll``, whose timeout is whole milliseconds (a float
     is truncated, so a timer loop wakes early and spins), this sleeps in ``select`` on the
     socket's ZMQ_FD with microsecond resolution. That FD only signals "look at ZMQ_EVENTS", so
-    EVENTS is checked before sleeping and after waking (a wake-up may be spurious: False)."""
+    EVENTS is checked before sleeping and after waking (a wake-up may be spurious: False).
+    ``fd``: the socket's ZMQ_FD if the caller keeps it (it never changes; saves a getsockopt)."""
     if socket.get(_EVENTS) & _POLLIN:
         return True
     if timeout_s <= 0:
         return False
-    fd = socket.get(_FD)
+    if fd is None:
+        fd = socket.get(_FD)
     if fd < _SELECT_FD_LIMIT:
         select.select([fd], [], [], timeout_s)
     else:  # select() cannot watch such an fd: whole milliseconds, rounded up (never early)

@@ -25,6 +25,7 @@ chosen by each client process, so one client's mapping is never served to anothe
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_flat = itertools.chain.from_iterable
 
 _MAX_BINDINGS = 4096  # cached exec bindings per card (cleared on any free)
 
@@ -314,12 +317,8 @@ class Executor:
         None when the task names too few or too small buffers; BadAddress when a buffer is not
         the client's live memory."""
         body = task.body
-        key = (
-            task.client,
-            body["m"],
-            tuple(x for ref in body["i"] for x in ref),
-            tuple(x for ref in body["o"] for x in ref),
-        )
+        # (client, model, input ptr/size pairs flattened, None, outputs'): built once per task
+        key = (task.client, body["m"], *_flat(body["i"]), None, *_flat(body["o"]))
         bound = self.bindings.get(key)
         if bound is not None:
             return bound

@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from core import protocol as proto
 from core.errors import ACL_ERROR_RT_DEVICE_MEM_ERROR, ACL_ERROR_RT_STREAM_ABORT, ACL_SUCCESS
 from core.faults import corrupt_bytes
+from core.protocol import TaskKind
 from device.card_spec import CardSpec
 from device.executor import Executor, Publish
 from device.injection import CardFaults, TaskFault
 from device.streams import StreamScheduler, Task
-from device.timing import CompletionLead, modelled_end, modelled_start, send_at
+from device.timing import CompletionLead
 
 __all__ = ["TaskRunner"]
 
@@ -74,6 +74,8 @@ class TaskRunner:
         self.outbox: dict[bytes, list] = {}  # client -> completion rows not yet sent
         self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
         self.lead = CompletionLead()  # how early a completion is sent (device/timing.py)
+        # results are written at completion, not at start, whenever completion is not at once
+        self._defer = spec.min_completion_delay_s > 0 or spec.time_scale > 0
 
     def timing(self) -> dict[str, float]:
         """The card's latency model (its heartbeat stats), for a bench to set observed latency
@@ -107,18 +109,26 @@ class TaskRunner:
         return False
 
     def _start(self, task: Task) -> None:
+        """Start ``task`` (its times: device/timing.py's ``modelled_start``, ``modelled_end``
+        and ``send_at``, inlined: this runs once per task)."""
         min_delay_s = self.spec.min_completion_delay_s
-        stream_end_s = self.scheduler.stream_end_s(task)
-        task.started_s = modelled_start(task.submitted_s, stream_end_s, task.slot_free_s)
+        stream = self.scheduler.streams.get((task.client, task.stream))
+        start_s = task.submitted_s
+        if stream is not None and stream.end_s > start_s:
+            start_s = stream.end_s
+        if task.slot_free_s > start_s:
+            start_s = task.slot_free_s
+        if task.body["k"] == TaskKind.WAIT:  # (and the awaited stream's end)
+            start_s = max(start_s, self.scheduler.stream_end_s(task))
+        task.started_s = start_s
         fault = self.task_fault(task) if self.faults.enabled else None
-        defer = min_delay_s > 0 or self.spec.time_scale > 0
         if fault is None:
-            code, duration_s, commit = self.executor.start(task, defer)
+            code, duration_s, commit = self.executor.start(task, self._defer)
         else:
-            code, duration_s, commit = self.start_faulty(task, fault, defer)
+            code, duration_s, commit = self.start_faulty(task, fault, self._defer)
         done_s = self.clock()
-        task.end_s = modelled_end(task.started_s, duration_s, min_delay_s, done_s)
-        send_s = send_at(task.started_s, task.end_s, min_delay_s, done_s, self.lead.value)
+        task.end_s = end_s = max(start_s + max(duration_s, min_delay_s), done_s)
+        send_s = max(end_s - self.lead.value, start_s + min_delay_s, done_s)
         if send_s <= done_s:  # its modelled end is (nearly) past: transport or compute was longer
             self.finish(task, code, commit)
         else:
@@ -224,7 +234,12 @@ class TaskRunner:
     ) -> None:
         """Count a task's end and queue its completion row for ``client``."""
         self.stats["done" if code == ACL_SUCCESS else "failed"] += 1
-        stream, queued_s = (task.stream, task.submitted_s) if task is not None else (0, start_s)
-        self.outbox.setdefault(client, []).append(
-            proto.completion_row(task_id, code, start_s, end_s, stream, queued_s)
-        )
+        if task is None:
+            row = [task_id, code, start_s, end_s, 0, start_s]
+        else:  # (proto.completion_row, inlined: once per task)
+            row = [task_id, code, start_s, end_s, task.stream, task.submitted_s or start_s]
+        rows = self.outbox.get(client)
+        if rows is None:
+            self.outbox[client] = [row]
+        else:
+            rows.append(row)

@@ -40,6 +40,7 @@ __all__ = ["Task", "CardStream", "StreamScheduler"]
 logger = logging.getLogger(__name__)
 
 StreamKey = tuple[bytes, int]
+_SLOT_FREE_KINDS = frozenset({TaskKind.RECORD, TaskKind.WAIT})  # tasks that take no exec slot
 
 
 @dataclass(slots=True)
@@ -63,7 +64,7 @@ class Task:
 
     @property
     def takes_slot(self) -> bool:
-        return self.body["k"] not in (TaskKind.RECORD, TaskKind.WAIT)
+        return self.body["k"] not in _SLOT_FREE_KINDS
 
 
 @dataclass(slots=True)
@@ -151,29 +152,32 @@ class StreamScheduler:
         """Pop every task that may start now, in a fair round-robin over ready streams."""
         started: list[Task] = []
         parked: list[StreamKey] = []
-        while self._ready:
-            key = self._ready[0]
-            stream = self.streams.get(key)
+        ready, streams, free_slots = self._ready, self.streams, self.free_slots
+        while ready:
+            key = ready[0]
+            stream = streams.get(key)
             if stream is None or stream.running is not None or not stream.queue:
-                self._ready.popleft()
+                ready.popleft()
                 continue
             head = stream.queue[0]
-            if head.kind == TaskKind.WAIT and not self._wait_satisfied(head):
-                self._ready.popleft()
+            kind = head.body["k"]
+            if kind == TaskKind.WAIT and not self._wait_satisfied(head):
+                ready.popleft()
                 self._waiters.setdefault((head.client, head.body["ws"]), []).append(key)
                 continue
-            if head.takes_slot and self.running_slots >= self.slots:
+            takes_slot = kind not in _SLOT_FREE_KINDS
+            if takes_slot and self.running_slots >= self.slots:
                 # no slot: this stream stays ready; slot-free heads of later streams may go on
-                parked.append(self._ready.popleft())
+                parked.append(ready.popleft())
                 continue
-            self._ready.popleft()
+            ready.popleft()
             stream.queue.popleft()
             stream.running = head
-            if head.takes_slot:
+            if takes_slot:
                 self.running_slots += 1
-                head.slot_free_s = heapq.heappop(self.free_slots) if self.free_slots else 0.0
+                head.slot_free_s = heapq.heappop(free_slots) if free_slots else 0.0
             started.append(head)
-        self._ready.extend(parked)
+        ready.extend(parked)
         return started
 
     def put_back(self, tasks: list[Task]) -> None:
@@ -190,23 +194,26 @@ class StreamScheduler:
 
     def finish(self, task: Task) -> None:
         """Mark ``task`` (previously returned by :meth:`take_startable`) as done."""
-        stream = self.streams.get(task.key)
+        key = (task.client, task.stream)
+        stream = self.streams.get(key)
         if stream is None or stream.running is not task:
             logger.debug("finish of a task that is not running: %s", task.task_id)
             return
         stream.running = None
         stream.last_done = task.task_id
         stream.done += 1
-        stream.end_s = max(stream.end_s, task.end_s)
-        if task.takes_slot:
+        if task.end_s > stream.end_s:
+            stream.end_s = task.end_s
+        if task.body["k"] not in _SLOT_FREE_KINDS:
             self._free_slot(task.end_s)
         if stream.queue:
-            self._ready.append(task.key)
-        elif task.key in self._retiring:
-            self._retiring.discard(task.key)
-            del self.streams[task.key]
-        for waiter in self._waiters.pop(task.key, ()):
-            self._ready.append(waiter)
+            self._ready.append(key)
+        elif self._retiring and key in self._retiring:
+            self._retiring.discard(key)
+            del self.streams[key]
+        if self._waiters:
+            for waiter in self._waiters.pop(key, ()):
+                self._ready.append(waiter)
 
     def retire(self, key: StreamKey) -> bool:
         """The client destroyed stream ``key``: forget it once drained. True if gone now."""

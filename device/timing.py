@@ -108,9 +108,34 @@ class RunningMedian:
         self._count += 1
         if self._count % self.every:
             return False
+        self._recompute()
+        return True
+
+    def add_many(self, samples: list[float]) -> bool:
+        """Take several samples at once (a message's worth: one call, not one per sample);
+        the median is recomputed once, after them, if the count passed a multiple of
+        ``every`` meanwhile. True when :attr:`value` was recomputed."""
+        count = len(samples)
+        if count >= self.window:  # the window is the last ``window`` of them
+            self.samples = samples[count - self.window :]
+            self._next = 0
+        else:
+            for sample in samples:
+                if len(self.samples) < self.window:
+                    self.samples.append(sample)
+                else:
+                    self.samples[self._next] = sample
+                self._next = (self._next + 1) % self.window
+        before = self._count
+        self._count += count
+        if self._count // self.every == before // self.every:
+            return False
+        self._recompute()
+        return True
+
+    def _recompute(self) -> None:
         ordered = sorted(self.samples)
         self.value = ordered[len(ordered) // 2]
-        return True
 
 
 class CompletionLead:
@@ -128,6 +153,16 @@ class CompletionLead:
     def arrived(self, submitted_s: float, received_s: float) -> None:
         """A stamped task (its clamped stamp) reached the card at ``received_s``."""
         if self.transport.add(received_s - submitted_s):
+            self._update()
+
+    def arrived_many(self, submitted: list[float], received_s: float) -> None:
+        """The stamped tasks of one message (their clamped stamps) reached the card at
+        ``received_s``: one sample each, taken in one call."""
+        if len(submitted) == 1:  # (one task per message: the routing path)
+            recomputed = self.transport.add(received_s - submitted[0])
+        else:
+            recomputed = self.transport.add_many([received_s - stamp for stamp in submitted])
+        if recomputed:
             self._update()
 
     def fired(self, late_s: float) -> None:

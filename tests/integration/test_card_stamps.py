@@ -90,3 +90,21 @@ def test_a_stamp_that_is_not_a_number_refuses_the_task(card):
     assert rows[bad][1] == ACL_ERROR_RT_PARAM_INVALID
     assert rows[good][1] == ACL_SUCCESS
     assert h.card.stats["malformed"] == 1 and h.alive()
+
+
+def test_a_batch_of_stamped_tasks_gives_the_lead_one_sample_each(card):
+    """One SUBMIT of 16 stamped tasks: 16 transport samples (the lead's median is recomputed
+    every 16), each its task's receipt minus its own stamp; an unstamped task gives none."""
+    h, buffers, handle = card
+    lead = h.card.runner.lead
+    assert lead.transport._count == 0
+    stamp = time.monotonic() - 0.02  # as if the way to the card took 20 ms
+    ids = [h.broker.task_id() for _ in range(17)]
+    tasks = [buffers.task(t, handle, i % 4, **{TASK_STAMP: stamp}) for i, t in enumerate(ids)]
+    del tasks[-1][TASK_STAMP]
+    h.broker.submit(tasks)
+    rows = h.broker.completions(ids, timeout_s=10.0)
+    assert all(row[1] == ACL_SUCCESS for row in rows.values())
+    assert lead.transport._count == 16 and h.card.stats["submitted"] == 17
+    assert 0.02 <= lead.transport.value < 0.5
+    assert lead.value == MAX_LEAD_S  # (capped)

@@ -6,6 +6,7 @@ ends a task at once; faults (slow, hang), the minimum delay and garbage stamps k
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -85,6 +86,29 @@ def test_running_median_and_the_lead():
         lead.arrived(T0, T0)
         lead.fired(-1.0)  # (never negative)
     assert lead.value == 0.0
+
+
+def test_running_median_takes_a_message_of_samples_at_once():
+    one, many = RunningMedian(window=8, every=4), RunningMedian(window=8, every=4)
+    chunks = [[5.0], [1.0, 3.0], [100.0, 7.0, 2.0], list(map(float, range(20))), [9.0, 8.0]]
+    for chunk in chunks:
+        before = many.value
+        crossed = (one._count + len(chunk)) // 4 != one._count // 4
+        for sample in chunk:
+            one.add(sample)
+        assert many.add_many(list(chunk)) == crossed
+        assert sorted(many.samples) == sorted(one.samples)  # the same window
+        if crossed:  # recomputed once, after the whole chunk
+            assert many.value == sorted(one.samples)[len(one.samples) // 2]
+        else:
+            assert many.value == before
+    assert not many.add_many([])
+    lead = CompletionLead(window=4, every=2)
+    lead.arrived_many([T0, T0 + 100e-6, T0 + 200e-6, T0 + 300e-6], T0 + 400e-6)
+    assert lead.transport.value == pytest.approx(300e-6)  # of 100..400 µs: the upper middle
+    lead.arrived_many([T0], T0 + 500e-6)  # (one task: the single-sample path)
+    lead.arrived_many([T0], T0 + 500e-6)
+    assert lead.transport.value == pytest.approx(500e-6)  # 200, 100, 500, 500 µs
 
 
 # -- the runner on a fake clock ------------------------------------------------------------------
@@ -341,3 +365,40 @@ def test_a_lead_longer_than_the_kernels_never_sends_a_completion_before_its_star
         assert rows[task][3] == pytest.approx(T0 + task * 0.1 * MS)
         assert sent[task] >= rows[task][2]
     assert sent[tasks[-1]] >= T0 + 1.9 * MS
+
+
+def test_the_runner_starts_ends_and_sends_by_the_rules():
+    """The runner inlines modelled_start, modelled_end and send_at (once per task): the times it
+    gives every task of a random mix of streams, slots, durations, computes, stamps, delays and
+    leads are the rules' own."""
+    rng = random.Random(7)
+    for min_delay_s in (0.0, 0.3 * MS):
+        card = Card(slots=2, min_delay_s=min_delay_s)
+        card.runner.lead.value = 0.2 * MS
+        checked = []
+        original = card.runner._start
+
+        def start(task, original=original, checked=checked, card=card, min_delay_s=min_delay_s):
+            before = (task.submitted_s, card.scheduler.stream_end_s(task), task.slot_free_s)
+            began = card.clock()
+            timers = len(card.runner.timers)
+            original(task)
+            done_s = began + task.body.get("c", 0.0)
+            start_s = modelled_start(*before)
+            end_s = modelled_end(start_s, task.body.get("d", 0.0), min_delay_s, done_s)
+            assert (task.started_s, task.end_s) == (start_s, end_s)
+            if len(card.runner.timers) > timers:  # (else it ended at once: sent now)
+                sent = [e[0] for e in card.runner.timers if e[2] is task]
+                lead_s = card.runner.lead.value
+                assert sent == [send_at(start_s, end_s, min_delay_s, done_s, lead_s)]
+            checked.append(task.task_id)
+
+        card.runner._start = start
+        for _ in range(60):
+            card.clock.now += rng.uniform(0.0, 2 * MS)
+            stamp = card.clock.now - rng.uniform(0.0, 1.5 * MS)
+            duration, compute = rng.choice((0.0, 1 * MS, 3 * MS)), rng.uniform(0.0, 0.5 * MS)
+            card.submit(stamp, stream=rng.randint(1, 4), d=duration, c=compute)
+            card.run_until(card.clock.now + rng.uniform(0.0, 1 * MS))
+        card.run_until(card.clock.now + 1.0)
+        assert sorted(checked) == list(range(1, 61))
