@@ -138,6 +138,9 @@ class Registry:
         entry.hbm_bytes = hbm_bytes
         entry.soc_name = soc_name
         entry.last_seen_s = now
+        pid = body.get("pid")
+        if not entry.pid and _is_int(pid) and pid > 0:  # READY can overtake the spawner's adopt
+            entry.pid = pid  # (shown in the state file; adopt_spawned sets the same pid)
         self.by_identity[identity] = entry
         self.routes[entry.route] = identity
         return entry

@@ -87,6 +87,25 @@ def test_on_ready_accepts_the_awaited_epoch_and_records_the_body():
     assert registry.routes == {pack_route(0, 1): b"card0.1", pack_route(1, 1): b"card1.1"}
 
 
+def test_ready_before_the_spawner_adopts_keeps_the_cards_pid():
+    """The spawner thread may hand the process over after the card's READY arrived: the state
+    file written at announce must still name the card's pid (not null), and the READY's pid
+    never replaces one the spawner set."""
+    registry = started()
+    registry.cards[0].pid = 0  # READY overtook adopt_spawned
+    registry.on_ready(identity(0, 1), ready_body(0, 1), T0)
+    assert registry.cards[0].describe()["pid"] == 4242
+    registry.on_ready(identity(1, 1), ready_body(1, 1, pid=9999), T0)
+    assert registry.cards[1].pid == 1001  # the spawner's own
+
+
+def test_ready_with_a_bad_pid_leaves_it_unset():
+    registry = started()
+    registry.cards[0].pid = 0
+    registry.on_ready(identity(0, 1), ready_body(0, 1, pid=-3), T0)
+    assert registry.cards[0].describe()["pid"] is None
+
+
 def test_describe_is_plain_data():
     registry = ready()
     info = registry.cards[0].describe()
