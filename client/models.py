@@ -9,13 +9,14 @@ of the process-wide runtime (see :mod:`client.runtime`).
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import time
 from typing import Any
 
 from client.conventions import api, int_arg
 from client.handles import ExecConfig, sync_timeout_error
-from client.records import LoadedModel, Stream
+from client.records import LoadedModel
 from client.state import RuntimeState
 from client.streams import StreamApi
 from client.tracks import StreamTrack
@@ -57,6 +58,8 @@ _AIPP_HEAD_BYTES = 64
 _AIPP_BATCH_BYTES = 96
 _SIZE_T_MAX = 2**64 - 1
 
+_BINDING = "execute binding"  # key prefix of a cached binding in RuntimeState.refs_cache
+_MAX_CACHED = 4096  # entries of refs_cache (refs and bindings) before it is emptied
 _SYNC_QUEUE_OFFSET = 8  # handles step by 16 (client.state): handle + 8 is never a handle
 
 
@@ -194,7 +197,7 @@ class ModelApi:
         if cached is not None and cached[0] == generations:
             return cached[1]
         refs = self._check_refs(dataset, nbytes, what, device_id)
-        if len(self.state.refs_cache) > 4096:
+        if len(self.state.refs_cache) > _MAX_CACHED:
             self.state.refs_cache.clear()
         self.state.refs_cache[key] = (generations, refs)
         return refs
@@ -230,17 +233,39 @@ class ModelApi:
             refs.append([ptr, need])
         return refs
 
+    def _binding(self, found: LoadedModel, inputs: Any, outputs: Any) -> tuple:
+        """``(reads, writes, plan, poison)`` of ``found`` executed on these datasets: checked
+        (:meth:`_refs`, :meth:`RuntimeState.task_plan`) on first use, then reused while the
+        data buffers, datasets and allocations are unchanged (their generations) and the model
+        is still loaded (the same :class:`LoadedModel` record). Kept in the session's
+        ``refs_cache``, which a new session replaces; a pipeline resubmits the same binding."""
+        state = self.state
+        handles, allocations = state.handles.generation, state.allocations.generation
+        key = (_BINDING, found.model_id, inputs, outputs)
+        cached = state.refs_cache.get(key)
+        if (
+            cached is not None
+            and cached[0] == handles
+            and cached[1] == allocations
+            and cached[2] is found
+        ):
+            return cached[3]
+        reads = self._refs(inputs, found.input_nbytes, "input", found.device_id)
+        writes = self._refs(outputs, found.output_nbytes, "output", found.device_id)
+        plan = state.task_plan(writes, reads, found.spec.outputs if state.poison_outputs else ())
+        # as the task leaves for the card (held ones wait): fill its outputs (skip_sync poison)
+        poison = functools.partial(state.poison_unread, plan) if state.poison_outputs else None
+        binding = (reads, writes, plan, poison)
+        if len(state.refs_cache) > _MAX_CACHED:
+            state.refs_cache.clear()
+        state.refs_cache[key] = (handles, allocations, found, binding)
+        return binding
+
     def _submit_execute(
-        self,
-        model_id: Any,
-        inputs: Any,
-        outputs: Any,
-        track: StreamTrack,
-        stream: Stream | None,
-        call: str,
+        self, found: LoadedModel, inputs: Any, outputs: Any, track: StreamTrack, call: str
     ) -> int:
+        """Submit an execute of ``found`` (looked up by the caller) on ``track``."""
         submitted_s = time.monotonic()  # the card's model runs the kernel from here on
-        found = self.state.model(model_id)
         if found.device_id != track.device_id:
             raise AclError(
                 f"model {found.model_id} is on device {found.device_id}, the stream "
@@ -254,17 +279,7 @@ class ModelApi:
                 "the model was loaded before the device was reset",
                 ACL_ERROR_GE_EXEC_MODEL_ID_INVALID,
             )
-        reads = self._refs(inputs, found.input_nbytes, "input", found.device_id)
-        writes = self._refs(outputs, found.output_nbytes, "output", found.device_id)
-        plan = self.state.task_plan(
-            writes, reads, found.spec.outputs if self.state.poison_outputs else ()
-        )
-        poison = None
-        if self.state.poison_outputs:  # as the task leaves for the card (held ones wait)
-
-            def poison() -> None:
-                self.state.poison_unread(plan)
-
+        reads, writes, plan, poison = self._binding(found, inputs, outputs)
         task = {
             "k": TaskKind.EXECUTE,
             "m": found.card_handle,
@@ -300,28 +315,24 @@ class ModelApi:
 
     @api()
     def execute(self, model_id: Any, inputs: Any, outputs: Any) -> int:
-        self.state.model(model_id)  # CANN looks the model up before it needs a context
+        found = self.state.model(model_id)  # CANN looks the model up before it needs a context
         track = self._sync_track()
         with self.streams.one_sync_execute(track):  # its error is its own (StreamApi)
-            task_id = self._submit_execute(
-                model_id, inputs, outputs, track, None, "acl.mdl.execute"
-            )
+            task_id = self._submit_execute(found, inputs, outputs, track, "acl.mdl.execute")
             return self.streams.wait_track(
                 track, task_id, -1, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "execute"
             )
 
     @api()
     def execute_async(self, model_id: Any, inputs: Any, outputs: Any, stream: Any) -> None:
-        self.state.model(model_id)  # CANN looks the model up before the stream and its context
+        found = self.state.model(model_id)  # CANN looks it up before the stream and its context
         target = self.state.stream(stream)
-        self._submit_execute(
-            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async"
-        )
+        self._submit_execute(found, inputs, outputs, target.track, "acl.mdl.execute_async")
 
     @api()
     def execute_v2(self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any) -> int:
         config = self._exec_config(handle)
-        self.state.model(model_id)  # before the context, as in CANN
+        found = self.state.model(model_id)  # before the context, as in CANN
         if int_arg(stream, "stream") == 0 and getattr(self.state.tls, "context", None) is None:
             self.state.current_context()
         target = self.state.stream(stream)
@@ -331,9 +342,7 @@ class ModelApi:
                 "exec-config stream sync timeout 0 is invalid for a sync",
                 ACL_ERROR_RT_PARAM_INVALID,
             )
-        task_id = self._submit_execute(
-            model_id, inputs, outputs, target.track, target, "acl.mdl.execute_v2"
-        )
+        task_id = self._submit_execute(found, inputs, outputs, target.track, "acl.mdl.execute_v2")
         return self.streams.wait_track(
             target.track, task_id, timeout_ms, ACL_ERROR_RT_STREAM_SYNC_TIMEOUT, "execute_v2"
         )
@@ -343,9 +352,7 @@ class ModelApi:
         self, model_id: Any, inputs: Any, outputs: Any, stream: Any, handle: Any
     ) -> None:
         config = self._exec_config(handle)
-        self.state.model(model_id)  # before the stream and its context, as in CANN
+        found = self.state.model(model_id)  # before the stream and its context, as in CANN
         target = self.state.stream(stream)
         with self.streams.exec_config_applies(target, config):  # atomically (StreamApi)
-            self._submit_execute(
-                model_id, inputs, outputs, target.track, target, "acl.mdl.execute_async_v2"
-            )
+            self._submit_execute(found, inputs, outputs, target.track, "acl.mdl.execute_async_v2")

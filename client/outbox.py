@@ -2,9 +2,23 @@
 send socket it leaves on (owned by whoever holds :attr:`Outbox.lock`).
 
 Submits are one-way and batched: what queued up while the sending thread was busy leaves as one
-SUBMIT per card per run of consecutive submits, so order with requests is kept. The queue is
-flushed by the I/O thread (woken through ``wake``) or by a thread about to wait, which sends it
-itself first (:meth:`Outbox.flush_now`). Each task leaves with its submit stamp
+SUBMIT per card per run of consecutive submits, so order with requests is kept.
+
+Who sends (:meth:`Outbox.post`)::
+
+    post ─▶ queue ─┬─ ``direct`` (a request, whose caller waits next; a submit with nothing
+                   │  else of the session in flight) or the first post after a pause
+                   │  (>= DIRECT_GAP_S), and the send lock is free: the posting thread sends
+                   │  the queue itself (no wake-up, no thread hand-off)
+                   └─ otherwise (tasks in flight, or another thread is sending): the I/O thread
+                        is woken (once until it reads the wake-up) and sends what queued up,
+                        unless a thread about to wait or the lock holder takes it first
+
+A round trip (submit then sync) thus leaves from the API thread without waking the I/O thread,
+while submits made with tasks in flight (a window of streams, bursts) leave batched: the card is
+busy anyway, and a batch saves the broker and the card a message per task. Whoever holds the
+lock looks at the queue again after releasing it (:meth:`Outbox.flush_now`), so nothing queued
+meanwhile waits for the next wake-up. Each task leaves with its submit stamp
 (``protocol.TASK_STAMP``, ``time.monotonic()``): an execute's taken as its call starts
 (client/models.py), a task held behind a blocking callback's as the callback returns
 (client/session.py), any other's at :meth:`Outbox.post`.
@@ -24,12 +38,17 @@ import zmq
 from core import protocol as proto
 from core.protocol import TASK_STAMP, Cmd
 
-__all__ = ["Outbox", "send_message", "MAX_BATCH"]
+__all__ = ["Outbox", "send_message", "MAX_BATCH", "DIRECT_GAP_S"]
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 """Tasks per SUBMIT message, at most."""
+
+DIRECT_GAP_S = 1e-3
+"""A post this long after the previous one is sent by the posting thread itself (if the send
+lock is free): it starts no burst worth batching. Posts closer together are batched (a Python
+submit takes ~10 µs, but a thread may stall for a GIL switch interval, 5 ms, inside a burst)."""
 
 
 def send_message(socket: zmq.Socket, cmd: bytes, route: bytes, body: bytes) -> None:
@@ -50,18 +69,33 @@ class Outbox:
         self._wake = wake
         self._wake_pending = False
         self._open = True
+        self._last_post_s = 0.0  # time.monotonic() of the latest post
 
     def __bool__(self) -> bool:
         """Work is queued."""
         return bool(self._queue)
 
-    def post(self, cmd: bytes, route: bytes, body: Any) -> None:
-        """Queue work; the I/O thread is woken (once until :meth:`woken`) to send it. A task
-        not stamped yet (an execute is, as its call starts: client/models.py) is stamped with
-        its submit time here: the card's latency model starts it there."""
+    def post(self, cmd: bytes, route: bytes, body: Any, direct: bool = False) -> None:
+        """Queue work and see it sent: by this thread at once if ``direct`` or after a pause,
+        when the send lock is free; otherwise by the I/O thread (woken once until
+        :meth:`woken`) or whoever flushes first. A task not stamped yet (an execute is, as its
+        call starts: client/models.py) is stamped with its submit time here: the card's latency
+        model starts it there."""
+        now = time.monotonic()
         if cmd is Cmd.SUBMIT and TASK_STAMP not in body:
-            body[TASK_STAMP] = time.monotonic()
+            body[TASK_STAMP] = now
         self._queue.append((cmd, route, body))
+        last, self._last_post_s = self._last_post_s, now
+        if (direct or now - last >= DIRECT_GAP_S) and self.lock.acquire(blocking=False):
+            try:
+                if self._open:
+                    self._flush()
+            finally:
+                self.lock.release()
+            if self._queue:  # another thread posted while this one sent
+                self.flush_now()
+            if not self._queue:
+                return
         if not self._wake_pending:
             self._wake_pending = True
             self._wake()
@@ -85,6 +119,8 @@ class Outbox:
         """Send one message now, ahead of the queue (heartbeats, trace spans, DISCONNECT)."""
         with self.lock:
             send_message(self._socket, cmd, route, body)
+        if self._queue:  # posted while this thread held the lock: not left for a wake-up
+            self.flush_now()
 
     def stop(self) -> None:
         """No flush from now on (the session is closing)."""

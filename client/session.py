@@ -12,17 +12,21 @@ The broker answers everything sent from ``<id>/s`` to ``<id>`` (``protocol.reply
 Sockets move between threads only under their locks (ZeroMQ allows a socket to migrate with a
 full memory barrier). A thread that waits for a completion flushes the outbox itself and then
 receives on the socket itself (leader/follower), so a synchronous round trip has no thread
-hand-off; the I/O thread steps aside while anyone waits, and otherwise drains completions,
-card events and pongs, pings an idle broker and declares it lost after the heartbeat expiry.
-Submits are one-way and batched (:mod:`client.outbox`). A sync on a stream whose tasks are done
-is a local check, no round trip (:mod:`client.tracks`). A lost card fails every pending task of
-that card with 507010; a silent broker fails everything (:mod:`client.membership`).
+hand-off; the I/O thread steps aside while anyone waits (and, when the wait left nothing in
+flight, for a lull of ``_LULL_S`` after it, so a submit/sync loop costs no wake-up), and
+otherwise drains completions, card events and pongs, pings an idle broker and declares it lost
+after the heartbeat expiry. Submits are one-way: a task submitted with nothing else in flight
+leaves from the API thread at once; with tasks in flight, submits are batched
+(:mod:`client.outbox`). A sync on a stream whose tasks are done is a local check, no round trip
+(:mod:`client.tracks`). A lost card fails every pending task of that card with 507010; a silent
+broker fails everything (:mod:`client.membership`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -53,6 +57,19 @@ logger = logging.getLogger(__name__)
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _REQUEST_TIMEOUT_S = 30.0
 _IO_THREAD = "io"  # the receiver marker of the I/O thread (waiting threads use their ident)
+_LULL_S = 1e-3
+"""After a wait that left no task in flight, the I/O thread takes the receive socket back once
+no thread has waited for this long (it looks on its own, nobody wakes it), so a thread
+alternating submit and sync keeps the socket with no wake-up per round trip. After a wait
+that left tasks in flight it is woken at once to drain their completions."""
+_MAX_ASIDE_S = 2e-3
+"""While threads keep waiting, the stepped-aside I/O thread looks every 1, 2, 2, ... ms: a task
+submitted after a wait that left nothing in flight (no wake-up then) is drained at most this
+late if nobody waits for it (a host callback, a polled event)."""
+_LONG_WAIT_S = 10e-3
+"""Once threads have waited this long without a break, the I/O thread stops looking (it sleeps
+until woken, at most a heartbeat interval) and the last waiter wakes it as it leaves: a long
+sync (a slow model, a hang fault) costs a few wake-ups, not 500 a second."""
 
 
 class Session:
@@ -78,6 +95,8 @@ class Session:
         self._replies: dict[int, dict | None] = {}
         self._receiver: int | str | None = None  # who may use the receive socket (cond)
         self._waiters = 0  # threads in _await (the I/O thread steps aside while > 0)
+        self._waited_s = 0.0  # time.monotonic() when the latest wait ended (cond)
+        self._aside_since_s = 0.0  # time.monotonic() when _waiters last went 0 -> 1 (cond)
         self._last_heard = time.monotonic()
         self._wake_r, self._wake_w = os.pipe()
         self._running = True
@@ -141,7 +160,7 @@ class Session:
         with self.cond:
             self._replies[rid] = None
             epoch = self.epochs.get(device_id)
-        self._outbox.post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args})
+        self._outbox.post(Cmd.REQUEST, route, {"rid": rid, "op": op, **args}, direct=True)
         answered = self._await(  # a lost card ends the wait at once, like a lost broker
             lambda: (
                 self._replies[rid] is not None
@@ -181,6 +200,7 @@ class Session:
         blocking callback is when the callback returns (the card cannot start it earlier)."""
         self.check_device(track.device_id)
         with self.cond:
+            alone = not self.tracks  # nothing of ours in flight: no batch to wait for
             task_id = next(self._task_ids)
             task["t"] = task_id
             task["s"] = track.stream_id
@@ -201,7 +221,9 @@ class Session:
                 track.held = []
         if on_send is not None:
             on_send()
-        self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task)
+        # alone, it leaves from this thread at once (a round trip: no wake-up, no hand-off);
+        # with tasks in flight it may wait for the I/O thread and leave batched
+        self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task, alone)
         return task_id
 
     def host_done(self, track: StreamTrack, task_id: int, release: bool) -> None:
@@ -296,6 +318,8 @@ class Session:
         with self.cond:
             if done():
                 return True
+            if self._waiters == 0:
+                self._aside_since_s = time.monotonic()
             self._waiters += 1
         try:
             while True:
@@ -322,9 +346,14 @@ class Session:
         finally:
             with self.cond:
                 self._waiters -= 1
-                last = self._waiters == 0
-            if last:
-                self._wake()  # the I/O thread takes the receive socket back
+                now_s = time.monotonic()
+                give_back = self._waiters == 0 and (
+                    bool(self.tracks) or now_s - self._aside_since_s >= _LONG_WAIT_S
+                )
+                if self._waiters == 0:  # nothing in flight: it takes the socket after a lull
+                    self._waited_s = 0.0 if give_back else now_s
+            if give_back:  # tasks in flight, or a long wait: the I/O thread takes it back now
+                self._wake()
 
     def _receive(self, timeout_s: float, poller: zmq.Poller | None = None) -> None:
         """Poll and drain the receive socket; the caller has just become the receiver."""
@@ -361,17 +390,25 @@ class Session:
         wake_only = zmq.Poller()
         wake_only.register(self._wake_r, zmq.POLLIN)
         last_ping = time.monotonic()
+        look_s = _LULL_S  # stepped aside: look again this soon (doubles while threads wait)
         while self._running:
             interval_s = self._interval_s()
             with self.cond:
-                mine = self._waiters == 0 and self._receiver is None and self._running
-                if mine:
-                    self._receiver = _IO_THREAD
-            if mine:
+                aside_s = look_s
+                if self._waiters and time.monotonic() - self._aside_since_s >= _LONG_WAIT_S:
+                    aside_s = interval_s  # a long wait: its last waiter wakes this thread
+                elif self._waiters == 0 and self._receiver is None and self._running:
+                    aside_s = min(aside_s, self._waited_s + _LULL_S - time.monotonic())
+                    if aside_s <= 0:
+                        self._receiver = _IO_THREAD
+            if aside_s <= 0:
+                look_s = _LULL_S
                 self._receive(interval_s, poller)
-            elif wake_only.poll(interval_s * 1000.0):  # a waiter receives; keep flushing
+            elif wake_only.poll(math.ceil(min(aside_s, interval_s) * 1000.0)):  # (int ms)
                 os.read(self._wake_r, 4096)
                 self._outbox.woken()
+            else:
+                look_s = min(2.0 * look_s, _MAX_ASIDE_S)
             if self._outbox:
                 self._outbox.flush_now()
             now = time.monotonic()
