@@ -10,6 +10,13 @@ matching call). ``duration_s`` makes a rule transient: it is in effect for that 
 ``at_s`` (or from its first fire) and never fires again afterwards; without it a rule is sticky.
 ``count`` caps the number of fires (crash and disconnect default to 1).
 
+``node`` (optional) names the node of a cluster a rule is for; a rule without it is for every
+node. A node is known by several names (:func:`node_matches`): its farm's ``name`` and its host
+name (what a farm checks against itself: :meth:`FaultPlan.for_node`), and, under Ray, the Ray
+node id (or a prefix of it of at least :data:`NODE_ID_PREFIX` characters) and the Ray node name
+(``ray start --node-name``, by default the node's IP). :func:`route_rules` deals rules to the
+nodes they name, refusing a rule that names no node; the rule a farm receives has no ``node``.
+
 Plan file shape (``configs/faults/*.toml``)::
 
     seed = 7
@@ -20,6 +27,7 @@ Plan file shape (``configs/faults/*.toml``)::
     probability = 0.01      # triggers (optional): at_s, after_tasks, probability
     code = 507015           # kind parameters: code, factor (slow), pattern (corrupt),
                             # message (drop: "task" | "completion")
+    node = "node2"          # only on this node of a cluster (optional)
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ __all__ = [
     "FaultRule",
     "FaultPlan",
     "check_kinds",
+    "NODE_ID_PREFIX",
+    "node_matches",
+    "route_rules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -126,7 +137,7 @@ def rule_hook(kind: str, message: str = "task") -> str:
 
 
 _RULE_TYPES = {
-    **dict.fromkeys(("kind", "model", "api", "pattern", "message", "name"), to_str),
+    **dict.fromkeys(("kind", "model", "api", "pattern", "message", "name", "node"), to_str),
     **dict.fromkeys(("card", "stream", "after_tasks", "count", "code"), to_int),
     **dict.fromkeys(("at_s", "probability", "duration_s", "factor"), to_float),
 }
@@ -185,6 +196,8 @@ def _check_targets(out: Mapping[str, Any], kind: str, hook: str, fail: _Fail) ->
         raise fail("stream", f"must be >= 0, got {out['stream']}")
     if get("model") is not None and not out["model"]:
         raise fail("model", "must not be empty")
+    if get("node") is not None and not out["node"].strip():
+        raise fail("node", "must not be empty (omit it for every node)")
     api = get("api")
     if api is not None:
         if api not in APIS:
@@ -261,6 +274,7 @@ class FaultRule:
     pattern: str = "bitflip"  # corrupt: bitflip | nan | zero | stale
     message: str = "task"  # drop: the "task" (never delivered) or its "completion" (never heard)
     name: str = ""
+    node: str | None = None  # only on this node of a cluster (see node_matches); None = all
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -397,6 +411,16 @@ class FaultPlan:
         wanted = check_kinds(kinds)
         return self._select(wanted is not None and r.kind not in wanted for r in self.rules)
 
+    def for_node(self, names: Iterable[str]) -> FaultPlan:
+        """The rules of a node known by ``names`` (its farm name, host name, ...): those without
+        a ``node`` and those naming it (:func:`node_matches`), without their ``node`` field;
+        rule ids are kept."""
+        names = tuple(names)
+        keep = [r.node is None or node_matches(r.node, names) for r in self.rules]
+        plan = self._select(keep)
+        rules = tuple(dataclasses.replace(r, node=None) for r in plan.rules)
+        return FaultPlan(plan.seed, rules, plan.rule_ids)
+
     def check_card_count(self, count: int) -> None:
         """:class:`ConfigError` if a rule targets a card a ``count``-card farm does not have."""
         for rule_id, rule in zip(self.rule_ids, self.rules):
@@ -423,3 +447,39 @@ def check_kinds(kinds: Iterable[str] | None) -> set[str] | None:
         if kind not in KINDS:
             raise ConfigError(f"kind: unknown fault kind {kind!r}{hint(kind, KINDS)}")
     return wanted
+
+
+NODE_ID_PREFIX = 8  # a Ray node id may be abbreviated to this many leading characters
+
+
+def node_matches(node: str, names: Iterable[str]) -> bool:
+    """Whether a rule's ``node`` names a node known by ``names``: equal to one of them, or (for
+    a Ray node id among them) a prefix of at least :data:`NODE_ID_PREFIX` characters."""
+    node = node.strip()
+    for name in names:
+        if not name:
+            continue
+        if node == name or (len(node) >= NODE_ID_PREFIX and name.startswith(node)):
+            return True
+    return False
+
+
+def route_rules(
+    rules: Iterable[FaultRule], nodes: Mapping[str, Iterable[str]]
+) -> dict[str, list[FaultRule]]:
+    """Deal ``rules`` to ``nodes`` (node key -> the names it is known by): a rule without a
+    ``node`` goes to every node, one with it to the nodes it matches, without its ``node`` (what
+    that node's farm is given). A rule that matches no node is a :class:`ConfigError`, naming
+    the nodes there are."""
+    nodes = {key: tuple(names) for key, names in nodes.items()}
+    routed: dict[str, list[FaultRule]] = {key: [] for key in nodes}
+    for rule in rules:
+        targets = [
+            k for k, names in nodes.items() if rule.node is None or node_matches(rule.node, names)
+        ]
+        if not targets:
+            known = "; ".join(", ".join(n for n in names if n) for names in nodes.values())
+            raise ConfigError(f"fault.node: {rule.node!r} names no node of the cluster ({known})")
+        for key in targets:
+            routed[key].append(dataclasses.replace(rule, node=None))
+    return routed

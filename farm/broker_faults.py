@@ -11,19 +11,25 @@ completions), so the broker declares the card lost one heartbeat expiry after th
 would for a longer one (a transient drop is never a silent loss of work). ``recover`` removes
 the rules; the admin op then restarts the cards that are down, so the farm is healthy again
 (clients of the old epoch still get 507010 until their own reset: the epoch changed).
+
+A rule with a ``node`` (a cluster's fault plan) is this farm's when it names the farm's
+``name`` or its host name (:meth:`core.fault_plan.FaultPlan.for_node`): the plan keeps only
+this node's rules, and ``inject`` refuses a rule for another node.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import socket
 import time
 from typing import Any
 
 from core import protocol as proto
 from core.errors import ConfigError
-from core.fault_plan import check_kinds
+from core.fault_plan import check_kinds, node_matches
 from core.faults import API_BY_TASK_KIND, BROKER, KINDS, FaultInjector, FaultPlan, FaultRule
 from core.protocol import Cmd
 from farm.broker_io import Counted, Outbox, Telemetry
@@ -63,6 +69,8 @@ class FaultControl:
         self.outbox = outbox
         self.telemetry = telemetry
         self.malformed = malformed
+        self.node_names = (supervisor.config.name, socket.gethostname())
+        plan = plan.for_node(self.node_names)
         self.plan = plan
         supervisor.plan = plan
         broker_plan = plan.for_broker()
@@ -207,6 +215,11 @@ class FaultControl:
     def inject(self, body: dict) -> dict:
         """``npufarm inject``: add a rule to the running farm (and to cards started later)."""
         rule = FaultRule.from_dict(body.get("rule"), label="injected fault")
+        if rule.node is not None:
+            if not node_matches(rule.node, self.node_names):
+                names = ", ".join(self.node_names)
+                raise ConfigError(f"injected fault.node: {rule.node!r} is not this node ({names})")
+            rule = dataclasses.replace(rule, node=None)
         if rule.card is not None and rule.card not in self.registry.cards:
             last = max(self.registry.cards)
             raise ConfigError(f"injected fault.card: no card {rule.card} in this farm (0..{last})")

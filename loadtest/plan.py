@@ -44,6 +44,8 @@ class BenchConfig:
     out_dir: str | None = None
     per_request: bool = False
     live: bool | None = None  # None: when stdout is a terminal
+    ray: str | None = None  # a Ray cluster ("auto" or HOST:PORT): workers are Ray actors
+    npus_per_worker: int = 1  # with ray: the NPU resources each actor asks for
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open") or self.arrival not in ("constant", "poisson"):
@@ -55,6 +57,8 @@ class BenchConfig:
             raise ValueError("bound each phase with duration_s or requests")
         if (self.duration_s or 1) <= 0 or (self.requests or 1) <= 0 or self.warmup_s < 0:
             raise ValueError("duration_s and requests must be > 0, warmup_s >= 0")
+        if self.npus_per_worker < 1:
+            raise ValueError(f"npus_per_worker must be >= 1, got {self.npus_per_worker}")
         if self.sync_timeout_ms <= 0 or (self.workers or 1) < 1 or (self.streams_per_card or 1) < 1:
             raise ValueError("sync_timeout_ms, workers and streams_per_card must be >= 1")
 

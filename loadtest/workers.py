@@ -1,6 +1,6 @@
 """The worker-process side of ``npufarm bench`` (:mod:`loadtest.loadgen` is the parent side and
 has the data-flow diagram): :func:`worker_main` is the entry of a spawned worker process; its
-:class:`_Worker` runs one :class:`_Slot` thread per (card, stream) it was dealt, each with its
+:class:`Worker` runs one :class:`_Slot` thread per (card, stream) it was dealt, each with its
 own ACL objects and request loop, and sends the samples to the parent in numpy batches
 (:data:`loadtest.schema.SAMPLE_DTYPE`) every :data:`FLUSH_S`, then each phase's CPU time. The
 messages both ways are the dataclasses of :mod:`loadtest.messages`.
@@ -37,6 +37,8 @@ from loadtest.messages import (
 )
 from loadtest.schema import SAMPLE_DTYPE
 
+__all__ = ["FLUSH_S", "Worker", "worker_main"]
+
 logger = logging.getLogger(__name__)
 
 _H2D, _D2H = 1, 2
@@ -51,7 +53,7 @@ _LOST = 507010  # ACL_ERROR_RT_LOST_HEARTBEAT: the slot resets the device and re
 class _Slot(threading.Thread):
     """One (card, stream) of a worker: its ACL objects and its request loop."""
 
-    def __init__(self, worker: _Worker, slot_id: int, card: int) -> None:
+    def __init__(self, worker: Worker, slot_id: int, card: int) -> None:
         super().__init__(name=f"slot{slot_id}", daemon=True)
         self.w, self.slot_id, self.card = worker, slot_id, card
         self.inbox: queue.Queue = queue.Queue()
@@ -225,7 +227,12 @@ class _Slot(threading.Thread):
                 self.recover(end)
 
 
-class _Worker:
+class Worker:
+    """The slots of one bench worker and its message loop: in a spawned process
+    (:func:`worker_main`) or a Ray actor (:class:`loadtest.ray_bench.BenchActor`). ``results``
+    and ``commands`` need ``put`` / ``get(timeout=)`` (queues), ``stop_all`` ``is_set``,
+    ``budget`` ``value`` and ``get_lock()``."""
+
     def __init__(
         self,
         index: int,
@@ -324,7 +331,7 @@ def worker_main(
                 f"worker {index}: acl.init returned {ret}: {acl.get_recent_err_msg()}"
             )
         try:
-            worker = _Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget)
+            worker = Worker(index, slots, model, sync_timeout_ms, results, stop_all, budget)
             worker.run(commands)
         finally:
             acl.finalize()

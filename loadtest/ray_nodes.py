@@ -1,0 +1,222 @@
+"""The nodes of a Ray cluster running a farm each: one small agent actor per node, which talks to
+that node's farm through the admin client (status, fault rules, the fault log), and the clock
+and card bookkeeping the cluster bench needs.
+
+::
+
+    driver (npufarm bench/inject --ray)        node k (ray start, env NPUFARM_ADDRESS=farm k)
+    ───────────────────────────────────        ─────────────────────────────────────────────
+    NodeSet.start(ray)  ══ Ray: one NodeAgent ══▶ NodeAgent (num_cpus=0, pinned to node k by
+      names per node: Ray node id, node name,      NodeAffinitySchedulingStrategy, soft=False)
+      farm name                                      │ farm.admin: STATUS / inject / recover
+    NodeSet.inject(rules) ─ route_rules ──────▶      ▼ (the raylet's environment names the farm)
+      (a node= rule only to the nodes it names)   farm k: broker ══▶ cards
+    NodeSet.fault_events() ◀── fault log read on the node, times on the driver's clock
+
+Ray is imported only by the functions that need it (the ``ray`` extra); the actor classes are
+plain classes made remote at run time. Every node with ``NPU`` resources gets an agent; its
+farm is the one its raylet's environment names (``NPUFARM_ADDRESS``, else the state file).
+
+Clocks: each agent reports ``time.monotonic()``; the offset to the driver's clock is 0 when both
+run on the same boot of the same host (``/proc/sys/kernel/random/boot_id``), else estimated
+from the request's midpoint (half a round trip of error: a few ms on a LAN).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from core.fault_plan import FaultPlan, FaultRule, route_rules
+from core.faults import read_fault_log
+from core.statefile import resolve_address
+from farm import admin
+
+__all__ = [
+    "import_ray",
+    "connect",
+    "npu_nodes",
+    "boot_id",
+    "clock_offset_s",
+    "NodeAgent",
+    "NodeSet",
+    "inject_plan",
+]
+
+logger = logging.getLogger(__name__)
+
+_AGENT_TIMEOUT_S = 30.0
+
+
+def import_ray():
+    """The ``ray`` module, or a RuntimeError saying how to get it (``npufarm[ray]``)."""
+    try:
+        import ray  # the optional extra: only the --ray paths import it
+    except ImportError as exc:
+        raise RuntimeError(
+            "--ray needs Ray: pip install 'npufarm[ray]' (or pip install ray)"
+        ) from exc
+    return ray
+
+
+def connect(address: str):
+    """``ray.init`` against a running cluster (``auto`` or ``HOST:PORT``); returns ``ray``."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    return ray
+
+
+def npu_nodes(ray) -> list[dict[str, Any]]:
+    """The alive nodes offering ``NPU`` resources (node name, then id)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("NPU", 0) > 0]
+    return sorted(nodes, key=lambda n: (n.get("NodeName", ""), n["NodeID"]))
+
+
+def boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return f"{socket.gethostname()}/{handle.read().strip()}"
+    except OSError:
+        return f"{socket.gethostname()}/?"
+
+
+def clock_offset_s(remote: Mapping[str, Any], before_s: float, after_s: float) -> float:
+    """Remote monotonic minus the driver's: 0 on the same boot of the same host, else the
+    remote reading against the midpoint of the request (``before_s``/``after_s``)."""
+    if remote.get("boot_id") == boot_id():
+        return 0.0
+    return float(remote["monotonic_s"]) - (before_s + after_s) / 2.0
+
+
+class NodeAgent:
+    """Runs on one node (made a Ray actor by :class:`NodeSet`): that node's farm, by admin."""
+
+    def __init__(self) -> None:
+        self.address = os.environ.get("NPUFARM_ADDRESS", "").strip() or resolve_address()
+
+    def describe(self) -> dict[str, Any]:
+        """The node as the agent sees it, its farm's status, and the agent's clock."""
+        status = admin.query_status(self.address) if self.address else {}
+        return {
+            "address": self.address,
+            "farm": status.get("name"),
+            "hostname": socket.gethostname(),
+            "boot_id": boot_id(),
+            "monotonic_s": time.monotonic(),
+            "uptime_s": status.get("uptime_s"),
+            "status": status,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return admin.query_status(self.address)
+
+    def inject(self, rule: dict[str, Any]) -> dict[str, Any]:
+        return admin.inject(self.address, rule)
+
+    def recover(self, kinds: list[str] | None = None) -> dict[str, Any]:
+        return admin.recover(self.address, kinds)
+
+    def fault_events(self) -> dict[str, Any]:
+        """The farm's fault log (read here, on the node) and the farm's start on this node's
+        monotonic clock."""
+        before = time.monotonic()
+        status = admin.query_status(self.address)
+        farm_start_s = (before + time.monotonic()) / 2 - status["uptime_s"]
+        faults = status.get("faults") or {}
+        path = faults.get("log") or ""
+        events = []
+        if faults.get("counts") and os.path.isfile(path):
+            events = [e.to_dict() for e in read_fault_log(path)]
+        return {"farm_start_s": farm_start_s, "events": events}
+
+
+class NodeSet:
+    """One :class:`NodeAgent` per NPU node of the cluster, with the names each node answers to
+    (Ray node id, Ray node name, farm name) and its clock offset."""
+
+    def __init__(self, ray, nodes: list[dict[str, Any]], agents: list, infos: list[dict]) -> None:
+        self.ray, self.nodes, self.agents, self.infos = ray, nodes, agents, infos
+        self.ids = [n["NodeID"] for n in nodes]
+
+    @classmethod
+    def start(cls, ray) -> NodeSet:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        nodes = npu_nodes(ray)
+        if not nodes:
+            raise RuntimeError("the Ray cluster has no node with NPU resources")
+        remote = ray.remote(num_cpus=0)(NodeAgent)
+        agents = [
+            remote.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                name=None,
+            ).remote()
+            for n in nodes
+        ]
+        infos = []
+        for node, agent in zip(nodes, agents):
+            before = time.monotonic()
+            info = ray.get(agent.describe.remote(), timeout=_AGENT_TIMEOUT_S)
+            info["offset_s"] = clock_offset_s(info, before, time.monotonic())
+            info["node_id"], info["node_name"] = node["NodeID"], node.get("NodeName")
+            infos.append(info)
+        # a stable order: node name (the IP unless set), then farm name, then id
+        order = sorted(
+            range(len(nodes)),
+            key=lambda k: (infos[k]["node_name"] or "", infos[k]["farm"] or "", nodes[k]["NodeID"]),
+        )
+        return cls(
+            ray, [nodes[k] for k in order], [agents[k] for k in order], [infos[k] for k in order]
+        )
+
+    def names(self) -> dict[str, tuple[str, ...]]:
+        """Node id -> the names a rule's ``node`` may use for it."""
+        return {
+            info["node_id"]: tuple(
+                n for n in (info["node_id"], info["node_name"], info["farm"]) if n
+            )
+            for info in self.infos
+        }
+
+    def inject(self, rules: Iterable[FaultRule]) -> list[dict[str, Any]]:
+        """Route ``rules`` (:func:`core.fault_plan.route_rules`) and add each to the farms of
+        the nodes it is for; one ``{"node_id", "rule", "reply"}`` per farm rule."""
+        routed = route_rules(rules, self.names())
+        calls = []
+        for agent, node_id in zip(self.agents, self.ids):
+            for rule in routed[node_id]:
+                calls.append((node_id, rule.to_dict(), agent.inject.remote(rule.to_dict())))
+        replies = self.ray.get([c[2] for c in calls], timeout=_AGENT_TIMEOUT_S)
+        return [
+            {"node_id": node_id, "rule": rule, "reply": reply}
+            for (node_id, rule, _), reply in zip(calls, replies)
+        ]
+
+    def call(self, method: str, *args: Any) -> list[Any]:
+        """``method(*args)`` on every agent, in node order."""
+        refs = [getattr(a, method).remote(*args) for a in self.agents]
+        return self.ray.get(refs, timeout=_AGENT_TIMEOUT_S)
+
+    def close(self) -> None:
+        for agent in self.agents:
+            self.ray.kill(agent)
+        self.agents = []
+
+
+def inject_plan(ray_address: str, path: str) -> list[dict[str, Any]]:
+    """Add a fault plan's rules to the farms of a Ray cluster (``node=`` routes a rule to its
+    node's farm only); RuntimeError when a farm refuses one."""
+    nodes = NodeSet.start(connect(ray_address))
+    try:
+        done = nodes.inject(FaultPlan.from_toml(path).rules)
+    finally:
+        nodes.close()
+    for item in done:
+        if item["reply"].get("code"):
+            raise RuntimeError(f"node {item['node_id'][:8]}: {item['reply'].get('error')}")
+    return done
