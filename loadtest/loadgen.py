@@ -52,7 +52,12 @@ def run_bench(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npufarm bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="npufarm bench",
+        description="Drive a farm (or, with --ray, a farm per Ray node) with a closed- or "
+        "open-loop inference load through pyACL, and report throughput, latency percentiles, "
+        "errors, the modelled-latency accuracy and fault windows.",
+    )
     add = p.add_argument
     add(
         "--address",
