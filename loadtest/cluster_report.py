@@ -22,6 +22,9 @@ Counts, rates and errors come from the request samples as on one farm (every req
 once wherever it ran); the ``latency_ms`` figures named above come from HdrHistograms (each
 worker's per phase and card, recorded in the worker, merged here: never an average of
 percentiles); the fault windows' figures stay exact over the samples.
+
+:func:`node_table` / :func:`print_node_table` render ``per_node`` (``rich``, imported there): the
+per-node table ``npufarm bench --ray`` and ``npufarm report`` of its result print.
 """
 
 from __future__ import annotations
@@ -35,7 +38,15 @@ from loadtest.histograms import PRECISION, merge
 from loadtest.report import summarize
 from loadtest.schema import DEFAULT_PERCENTILES, as_samples
 
-__all__ = ["LATENCY_FROM", "apply_histograms", "per_node", "cluster_section"]
+__all__ = [
+    "LATENCY_FROM",
+    "NODE_CAPTION",
+    "apply_histograms",
+    "per_node",
+    "cluster_section",
+    "node_table",
+    "print_node_table",
+]
 
 LATENCY_FROM = (
     "merged HdrHistograms for phases[].latency_ms, per_card and per_node; "
@@ -112,30 +123,66 @@ def cluster_section(
     }
 
 
+NODE_CAPTION = (
+    "node: Ray node id (first 8 characters); cards: the cluster-wide card numbers it holds; "
+    "req / err: requests intended in the measured window / failed; thr/s: completed per "
+    "second; p50 / p99 / max: latency in ms from the merge of its cards' histograms"
+)
+
+
 def node_table(result: Mapping[str, Any]):
-    """A ``rich`` table of each phase's ``per_node`` figures (None for a single-farm result)."""
-    from rich.table import Table  # as loadtest.render: the terminal's library
+    """A ``rich`` table of each phase's ``per_node`` figures (None for a single-farm result):
+    compact as :mod:`loadtest.render`'s tables (80 columns, numbers never cut)."""
+    from rich import box  # as loadtest.render: the terminal's library
+    from rich.table import Table
 
     rows = [
         (p, nid, fig)
         for p in result.get("phases", [])
-        for nid, fig in p.get("per_node", {}).items()
+        for nid, fig in (p.get("per_node") or {}).items()
     ]
     if not rows:
         return None
-    table = Table(title="per node (latency ms from merged histograms)", title_justify="left")
+    table = Table(
+        title="Per node (Ray)",
+        title_justify="left",
+        title_style="bold",
+        caption=NODE_CAPTION,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        header_style="bold",
+        padding=(0, 0),
+        show_edge=False,
+    )
     for name in ("phase", "node", "farm", "cards", "req", "err", "thr/s", "p50", "p99", "max"):
-        table.add_column(name, justify="left" if name in ("phase", "node", "farm") else "right")
+        left = name in ("phase", "node", "farm", "cards")
+        table.add_column(name, justify="left" if left else "right", no_wrap=True)
     for phase, node_id, fig in rows:
-        lat = fig["latency_ms"]
+        lat = fig.get("latency_ms") or {}
         table.add_row(
-            phase["name"],
-            node_id[:8],
+            str(phase.get("name", "?")),
+            str(node_id)[:8],
             str(fig.get("farm")),
-            ",".join(map(str, fig["cards"])),
-            str(fig["requests"]),
-            str(fig["requests"] - fig["completed"]),
-            f"{fig['throughput_rps'] or 0:,.1f}",
-            *(f"{lat[k]:.3g}" if lat[k] is not None else "-" for k in ("p50", "p99", "max")),
+            ",".join(map(str, fig.get("cards", ()))),
+            str(fig.get("requests", "-")),
+            str((fig.get("requests") or 0) - (fig.get("completed") or 0)),
+            f"{fig.get('throughput_rps') or 0:,.1f}",
+            *(_ms(lat.get(k)) for k in ("p50", "p99", "max")),
         )
     return table
+
+
+def _ms(value: Any) -> str:
+    """A latency as :mod:`loadtest.render`'s tables show it (3 figures, — for none)."""
+    if value is None:
+        return "—"
+    v = float(value)
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:,.0f}"
+
+
+def print_node_table(result: Mapping[str, Any], console) -> None:
+    """``npufarm report``'s and the Ray demo's hook: the per-node table of a ``--ray`` result
+    on ``console`` (a ``rich.console.Console``); nothing for a single-farm result."""
+    if (table := node_table(result)) is not None:
+        console.print()
+        console.print(table)

@@ -164,13 +164,13 @@ def bench_main(argv: list[str] | None = None) -> int:
     embedded = None
     try:
         if config.ray is not None:
-            if args.faults:
-                from loadtest.ray_nodes import inject_plan  # the optional ray extra
+            from loadtest.ray_bench import run_ray_bench  # the optional ray extra
 
-                inject_plan(config.ray, args.faults)
-        elif config.address is None:
-            config, embedded = _with_embedded_farm(config, args.config, args.faults)
-        result = run_bench(config)
+            result = run_ray_bench(config, faults=args.faults)  # at_s from the bench's start
+        else:
+            if config.address is None:
+                config, embedded = _with_embedded_farm(config, args.config, args.faults)
+            result = run_bench(config)
     except (ValueError, RuntimeError, OSError, NpuFarmError) as exc:
         print(f"npufarm bench: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,11 @@ nodes and cards of a cluster that runs one farm per node, merged into one report
       histograms → cluster_report (percentiles)     measured completed requests, encoded
     NodeSet.fault_events() ◀── each farm's fault log, on the driver's clock, cards made global
 
+A fault plan (``faults``) is checked (parsed, ``node=`` routed) before any actor starts and
+injected into the nodes' farms as the bench starts, its ``at_s`` counted from the bench's start
+(the result's time 0) on every node (:meth:`loadtest.ray_nodes.NodeSet.inject` with
+``since_s``), so its fault windows line up with the plan's times.
+
 Slots are planned over the global cards exactly as on one farm (:func:`loadtest.plan.plan`) and
 dealt to the actor that holds each card. A closed-loop ``--requests`` budget is split over the
 actors by their active slots (each actor counts its own share). Ray is imported only here and
@@ -36,6 +41,7 @@ import numpy as np
 
 import acl
 from client.visible import RT_VISIBLE_DEVICES
+from core.fault_plan import FaultPlan, FaultRule
 from loadtest import accuracy, report
 from loadtest.bench_run import BenchRun
 from loadtest.cluster_report import apply_histograms, cluster_section, per_node
@@ -192,23 +198,28 @@ class _StopAll:
             actor.stop.remote()
 
 
-def run_ray_bench(config: BenchConfig, on_phase_start=None) -> dict[str, Any]:
-    """:func:`loadtest.loadgen.run_bench` on a Ray cluster (``config.ray``)."""
-    return RayBenchRun(config, on_phase_start).run()
+def run_ray_bench(
+    config: BenchConfig, on_phase_start=None, faults: str | None = None
+) -> dict[str, Any]:
+    """:func:`loadtest.loadgen.run_bench` on a Ray cluster (``config.ray``); ``faults``: a fault
+    plan TOML whose ``at_s`` count from the bench's start."""
+    return RayBenchRun(config, on_phase_start, faults).run()
 
 
 class RayBenchRun(BenchRun):
     """A :class:`loadtest.bench_run.BenchRun` whose workers are Ray actors (see the module doc)."""
 
-    def __init__(self, config: BenchConfig, on_phase_start=None) -> None:
+    def __init__(self, config: BenchConfig, on_phase_start=None, faults: str | None = None) -> None:
         self.config, self.on_phase_start = config, on_phase_start
         self.interrupted_s: float | None = None
         self.setup_s = 0.0
+        self.fault_rules: list[FaultRule] = FaultPlan.from_toml(faults).rules if faults else []
         self.ray = connect(config.ray or "auto")
         self.address = config.ray or "auto"
         self.nodes = NodeSet.start(self.ray)
         self.actors: list = []
         try:
+            self.nodes.route(self.fault_rules)  # a node= no node answers to: refused now
             self._place_actors()
         except BaseException:
             self._release()
@@ -302,7 +313,20 @@ class RayBenchRun(BenchRun):
             return PhaseDone(message.index, message.phase, stats)
         return message
 
+    def _inject_faults(self) -> None:
+        """The plan's rules into the nodes' farms, ``at_s`` from ``bench_t0`` on every node."""
+        if not self.fault_rules:
+            return
+        for item in self.nodes.inject(self.fault_rules, since_s=self.bench_t0):
+            reply = item["reply"]
+            if reply.get("code"):
+                node = item["node_id"][:8]
+                self.errors.append(f"fault rule refused by node {node}: {reply.get('error')}")
+            else:
+                logger.info("node %s: fault rule %s", item["node_id"][:8], reply.get("sent"))
+
     def _start_workers(self) -> None:
+        self._inject_faults()
         deadline = time.monotonic() + _READY_TIMEOUT_S
         while len(self.got.ready) < self.n_workers and not self.errors:
             if self.interrupted_s is not None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from rich.console import Console
 
 from core.fault_plan import FaultRule
-from loadtest.cluster_report import node_table
 from loadtest.loadgen import run_bench
 from loadtest.plan import DEFAULT_MODEL, BenchConfig
 from loadtest.plots import render_all
@@ -99,9 +98,7 @@ def run_ray_demo(
         result = run_bench(config, on_phase_start=on_phase_start)
     finally:
         nodes.close()
-    render_terminal(result, console)
-    if (table := node_table(result)) is not None:
-        console.print(table)
+    render_terminal(result, console)  # with the per-node table
     pictures = render_all(result, out, samples=list(load_samples(out / "requests.jsonl")))
     console.print(f"\nreport: {out}")
     for path in [out / "result.json", out / "summary.csv", *pictures]:

@@ -11,11 +11,18 @@ and card bookkeeping the cluster bench needs.
       farm name                                      │ farm.admin: STATUS / inject / recover
     NodeSet.inject(rules) ─ route_rules ──────▶      ▼ (the raylet's environment names the farm)
       (a node= rule only to the nodes it names)   farm k: broker ══▶ cards
+      since_s= (bench start, node clock) ───────▶ at_s shifted by (since − farm start)
     NodeSet.fault_events() ◀── fault log read on the node, times on the driver's clock
 
 Ray is imported only by the functions that need it (the ``ray`` extra); the actor classes are
 plain classes made remote at run time. Every node with ``NPU`` resources gets an agent; its
 farm is the one its raylet's environment names (``NPUFARM_ADDRESS``, else the state file).
+
+Rule times: a farm counts a rule's ``at_s`` from its own start. A bench's fault plan counts it
+from the bench's start (``NodeSet.inject(rules, since_s=bench start)``): the agent adds the time
+its farm had been up at that instant (:func:`shift_rule`), so ``at_s = 5`` is 5 s into the bench
+on every node however long each farm has been running. ``npufarm inject --ray`` keeps the farm's
+own clock, as ``npufarm inject`` does.
 
 Clocks: each agent reports ``time.monotonic()``; the offset to the driver's clock is 0 when both
 run on the same boot of the same host (``/proc/sys/kernel/random/boot_id``), else estimated
@@ -31,7 +38,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from core.fault_plan import FaultPlan, FaultRule, route_rules
+from core.fault_plan import FaultRule, route_rules
 from core.faults import read_fault_log
 from core.statefile import resolve_address
 from farm import admin
@@ -42,9 +49,9 @@ __all__ = [
     "npu_nodes",
     "boot_id",
     "clock_offset_s",
+    "shift_rule",
     "NodeAgent",
     "NodeSet",
-    "inject_plan",
 ]
 
 logger = logging.getLogger(__name__)
@@ -93,6 +100,24 @@ def clock_offset_s(remote: Mapping[str, Any], before_s: float, after_s: float) -
     return float(remote["monotonic_s"]) - (before_s + after_s) / 2.0
 
 
+def shift_rule(rule: Mapping[str, Any], since_s: float, farm_start_s: float) -> dict[str, Any]:
+    """``rule`` (a dict) with its ``at_s`` counted from ``since_s`` instead of the farm's start
+    (both on one monotonic clock); a rule without ``at_s`` is unchanged. A farm started after
+    ``since_s`` gets the remaining delay (never a negative ``at_s``)."""
+    out = dict(rule)
+    if out.get("at_s") is not None:
+        out["at_s"] = round(max(0.0, float(out["at_s"]) + since_s - farm_start_s), 6)
+    return out
+
+
+def _farm_start_s(address: str) -> tuple[dict[str, Any], float]:
+    """A farm's status and its start on this host's monotonic clock (its uptime at the
+    midpoint of the request)."""
+    before = time.monotonic()
+    status = admin.query_status(address)
+    return status, (before + time.monotonic()) / 2 - status["uptime_s"]
+
+
 class NodeAgent:
     """Runs on one node (made a Ray actor by :class:`NodeSet`): that node's farm, by admin."""
 
@@ -115,8 +140,12 @@ class NodeAgent:
     def status(self) -> dict[str, Any]:
         return admin.query_status(self.address)
 
-    def inject(self, rule: dict[str, Any]) -> dict[str, Any]:
-        return admin.inject(self.address, rule)
+    def inject(self, rule: dict[str, Any], since_s: float | None = None) -> dict[str, Any]:
+        """Add ``rule`` to this node's farm; with ``since_s`` (this node's monotonic clock) its
+        ``at_s`` counts from then (:func:`shift_rule`). The reply carries the rule as sent."""
+        if since_s is not None and rule.get("at_s") is not None:
+            rule = shift_rule(rule, since_s, _farm_start_s(self.address)[1])
+        return {**admin.inject(self.address, rule), "sent": rule}
 
     def recover(self, kinds: list[str] | None = None) -> dict[str, Any]:
         return admin.recover(self.address, kinds)
@@ -124,9 +153,7 @@ class NodeAgent:
     def fault_events(self) -> dict[str, Any]:
         """The farm's fault log (read here, on the node) and the farm's start on this node's
         monotonic clock."""
-        before = time.monotonic()
-        status = admin.query_status(self.address)
-        farm_start_s = (before + time.monotonic()) / 2 - status["uptime_s"]
+        status, farm_start_s = _farm_start_s(self.address)
         faults = status.get("faults") or {}
         path = faults.get("log") or ""
         events = []
@@ -183,14 +210,23 @@ class NodeSet:
             for info in self.infos
         }
 
-    def inject(self, rules: Iterable[FaultRule]) -> list[dict[str, Any]]:
-        """Route ``rules`` (:func:`core.fault_plan.route_rules`) and add each to the farms of
-        the nodes it is for; one ``{"node_id", "rule", "reply"}`` per farm rule."""
-        routed = route_rules(rules, self.names())
+    def route(self, rules: Iterable[FaultRule]) -> dict[str, list[FaultRule]]:
+        """Node id -> its rules (:func:`core.fault_plan.route_rules`: ConfigError for a
+        ``node`` no node answers to)."""
+        return route_rules(rules, self.names())
+
+    def inject(
+        self, rules: Iterable[FaultRule], since_s: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Route ``rules`` and add each to the farms of the nodes it is for; one ``{"node_id",
+        "rule", "reply"}`` per farm rule. With ``since_s`` (the driver's monotonic clock) each
+        ``at_s`` counts from then on every node, not from each farm's start."""
+        routed = self.route(rules)
         calls = []
-        for agent, node_id in zip(self.agents, self.ids):
+        for agent, node_id, info in zip(self.agents, self.ids, self.infos):
+            since = None if since_s is None else since_s + info["offset_s"]
             for rule in routed[node_id]:
-                calls.append((node_id, rule.to_dict(), agent.inject.remote(rule.to_dict())))
+                calls.append((node_id, rule.to_dict(), agent.inject.remote(rule.to_dict(), since)))
         replies = self.ray.get([c[2] for c in calls], timeout=_AGENT_TIMEOUT_S)
         return [
             {"node_id": node_id, "rule": rule, "reply": reply}
@@ -206,17 +242,3 @@ class NodeSet:
         for agent in self.agents:
             self.ray.kill(agent)
         self.agents = []
-
-
-def inject_plan(ray_address: str, path: str) -> list[dict[str, Any]]:
-    """Add a fault plan's rules to the farms of a Ray cluster (``node=`` routes a rule to its
-    node's farm only); RuntimeError when a farm refuses one."""
-    nodes = NodeSet.start(connect(ray_address))
-    try:
-        done = nodes.inject(FaultPlan.from_toml(path).rules)
-    finally:
-        nodes.close()
-    for item in done:
-        if item["reply"].get("code"):
-            raise RuntimeError(f"node {item['node_id'][:8]}: {item['reply'].get('error')}")
-    return done

@@ -26,6 +26,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from loadtest.cluster_report import print_node_table
 from loadtest.plots import render_all
 from loadtest.report import SCHEMA, fault_title
 
@@ -401,6 +402,7 @@ def render_terminal(result: Mapping[str, Any], console=None) -> None:
         console.print(faults)
     elif result.get("faults"):
         console.print(f"{len(result['faults'])} fault event(s), no fault windows in this result")
+    print_node_table(result, console)  # a --ray result: per node
 
 
 def print_bench_summary(result: dict[str, Any]) -> None:

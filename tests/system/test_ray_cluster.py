@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -233,6 +234,62 @@ def test_bench_over_two_nodes_merges_histograms(cluster, tmp_path):
     assert result["generator"]["start_method"] == "ray"
 
 
+def test_bench_fault_plan_times_count_from_the_bench_start(cluster, tmp_path):
+    """`npufarm bench --ray --faults`: a rule's at_s counts from the bench's start on every node,
+    as the result's times do, not from each farm's start (these farms have been up for longer
+    than at_s: counted from there, the rule would have ended before the bench). A 0.6 s hang of
+    node2's card 1 at at_s = 2.5 shows in that card's latency timeline and as its fault window
+    2.5 s after the bench start; `npufarm report` of the result prints the per-node table."""
+    from farm.admin import recover
+
+    at_s, hang_s, tolerance_s = 2.5, 0.6, 0.3
+    out, plan = tmp_path / "bench", tmp_path / "plan.toml"
+    plan.write_text(
+        f'[[fault]]\nkind = "hang"\nat_s = {at_s}\nduration_s = {hang_s}\ncard = 1\n'
+        'node = "node2"\nname = "late-hang"\n'
+    )
+    uptime_s = min(query_status(n.farm.address)["uptime_s"] for n in cluster.nodes)
+    time.sleep(max(0.0, at_s + hang_s + 0.5 - uptime_s))  # in farm time, the rule is over
+    cmd = [sys.executable, "-m", "npufarm", "bench", "--ray", cluster.address, "--quiet"]
+    cmd += ["--concurrency", "4", "--duration-s", "3", "--warmup-s", "0.3", "--per-request"]
+    try:
+        done = subprocess.run(
+            [*cmd, "--faults", str(plan), "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        for node in cluster.nodes:
+            recover(node.farm.address)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    node2 = next(n for n in result["cluster"]["nodes"] if n["farm"] == "node2")
+    card = next(int(g) for g, device in node2["cards"].items() if device == 1)
+    rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    hung = [r for r in rows if r["card"] == card and r["latency_ms"] > hang_s * 500.0]
+    assert hung, result["generator"]
+    fired_s = min(r["end_s"] for r in hung) - hang_s  # the first hung task's fault
+    assert abs(fired_s - at_s) <= tolerance_s, (fired_s, result["generator"]["setup_s"])
+    before = [r for r in rows if r["card"] == card and r["end_s"] < at_s - tolerance_s]
+    assert before and max(r["latency_ms"] for r in before) < hang_s * 500.0
+    [window] = result["phases"][0]["fault_windows"]
+    assert (window["kind"], window["card"], window["name"]) == ("hang", card, "late-hang")
+    assert abs(window["start_s"] - at_s) <= tolerance_s, window["start_s"]
+    report = subprocess.run(
+        [sys.executable, "-m", "npufarm", "report", str(out / "result.json"), "--no-plots"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    table = report.stdout[report.stdout.index("Per node (Ray)") :]
+    for node in result["cluster"]["nodes"]:
+        assert f"{node['node_id'][:8]} {node['farm']}" in " ".join(table.split())
+
+
 def test_inject_node_rule_reaches_only_that_node(cluster):
     """`npufarm inject --ray ADDRESS ... node=node2`: the rule lands in node2's farm only."""
     cmd = [sys.executable, "-m", "npufarm", "inject", "--ray", cluster.address]
@@ -298,4 +355,4 @@ def test_demo_ray(cluster, tmp_path):
     others = [n for n in result["cluster"]["nodes"] if n["node_id"] != last["node_id"]]
     for node in others:
         assert phase["per_node"][node["node_id"]]["errors"] == {}
-    assert "per node" in done.stdout
+    assert done.stdout.count("Per node (Ray)") == 1  # render_terminal prints it
