@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     add(
         "--faults",
         help="fault plan TOML for an embedded farm (with --ray: its rules are injected into "
-        "the nodes' farms, a rule with node= only into that node's)",
+        "the nodes' farms as the bench starts, at_s counted from then; a rule with node= only "
+        "into that node's)",
     )
     add(
         "--ray",
