@@ -285,11 +285,18 @@ class BenchRun:
 
     def _result(self) -> dict[str, Any]:
         """The result (:func:`loadtest.report.build_result`), written to ``out_dir`` if set."""
-        config = self.config
         status, _ = _farm_start_s(self.address)
         events = [e for e in _fault_events(status) if self.farm_start_s + e["t_s"] >= self.bench_t0]
         runs = self._runs()
-        out_dir = Path(config.out_dir) if config.out_dir else None
+        result = self._build_result(status, events, runs, "spawn")
+        self._write(result, runs)
+        return result
+
+    def _build_result(
+        self, status: dict[str, Any], events: list, runs: list, start_method: str
+    ) -> dict[str, Any]:
+        """The report of ``runs`` (:meth:`_runs`) with the accuracy figures."""
+        config = self.config
         result = report.build_result(
             dataclasses.asdict(config),
             status,
@@ -302,20 +309,26 @@ class BenchRun:
             generator={
                 "workers": self.n_workers,
                 "slots": len(self.slots),
-                "start_method": "spawn",
+                "start_method": start_method,
                 "setup_s": round(self.setup_s, 3),
             },
-            samples_file="requests.jsonl" if out_dir and config.per_request else None,
+            samples_file="requests.jsonl" if config.out_dir and config.per_request else None,
         )
         accuracy.annotate(result, config.model, status, self.cards, runs)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            report.write_json(result, out_dir / "result.json")
-            report.write_csv(result, out_dir / "summary.csv")
-            if config.per_request:
-                samples = np.concatenate([run[1] for run in runs] or [as_samples([])])
-                report.write_jsonl(samples, out_dir / "requests.jsonl", origin_s=self.bench_t0)
         return result
+
+    def _write(self, result: dict[str, Any], runs: list) -> None:
+        """result.json, summary.csv and (``--per-request``) requests.jsonl in ``out_dir``."""
+        config = self.config
+        if not config.out_dir:
+            return
+        out_dir = Path(config.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.write_json(result, out_dir / "result.json")
+        report.write_csv(result, out_dir / "summary.csv")
+        if config.per_request:
+            samples = np.concatenate([run[1] for run in runs] or [as_samples([])])
+            report.write_jsonl(samples, out_dir / "requests.jsonl", origin_s=self.bench_t0)
 
 
 def _fault_events(status: dict[str, Any]) -> list[dict[str, Any]]:

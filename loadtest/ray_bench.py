@@ -27,14 +27,12 @@ in :mod:`loadtest.ray_nodes` (the ``ray`` extra).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,14 +40,13 @@ import numpy as np
 import acl
 from client.visible import RT_VISIBLE_DEVICES
 from core.fault_plan import FaultPlan, FaultRule
-from loadtest import accuracy, report
 from loadtest.bench_run import BenchRun
 from loadtest.cluster_report import apply_histograms, cluster_section, per_node
 from loadtest.histograms import LatencyHistogram
 from loadtest.messages import STOP, Bye, Phase, PhaseDone, Samples, WorkerError
 from loadtest.plan import BenchConfig, plan
 from loadtest.ray_nodes import NodeSet, boot_id, clock_offset_s, connect
-from loadtest.schema import as_samples, latency_ms
+from loadtest.schema import latency_ms
 from loadtest.workers import FLUSH_S, Worker
 
 __all__ = ["BenchActor", "RayBenchRun", "run_ray_bench", "split_budget"]
@@ -353,10 +350,8 @@ class RayBenchRun(BenchRun):
         calls = []
         for i, actor in enumerate(self.actors):
             off = self.offsets[i]
-            command = Phase(
-                phase["index"], t0 + off, warm_end + off, end + off, config.requests is not None,
-                shares[i],
-            )  # fmt: skip
+            window = (t0 + off, warm_end + off, end + off)
+            command = Phase(phase["index"], *window, config.requests is not None, shares[i])
             calls.append(actor.command.remote(command, budgets[i]))
         self.ray.get(calls, timeout=_CALL_TIMEOUT_S)
         if self.on_phase_start is not None:
@@ -433,39 +428,19 @@ class RayBenchRun(BenchRun):
     def _result(self) -> dict[str, Any]:
         config = self.config
         status, events, runs = self._status(), self._fault_events(), self._runs()
-        out_dir = Path(config.out_dir) if config.out_dir else None
-        result = report.build_result(
-            dataclasses.asdict(config),
-            status,
-            runs,
-            cards=self.cards,
-            fault_events=events,
-            farm_start_s=self.farm_start_s,
-            origin_s=self.bench_t0,
-            interrupted=self.interrupted_s is not None,
-            generator={
-                "workers": self.n_workers,
-                "slots": len(self.slots),
-                "start_method": "ray",
-                "setup_s": round(self.setup_s, 3),
-            },
-            samples_file="requests.jsonl" if out_dir and config.per_request else None,
-        )
-        accuracy.annotate(result, config.model, status, self.cards, runs)
+        result = self._build_result(status, events, runs, "ray")
         percentiles = config.percentiles
         for phase, (plan_phase, samples, window, _) in zip(result["phases"], runs):
             hists = self.hists.get(plan_phase["index"], {})
             apply_histograms(phase, hists, percentiles)
             phase["per_node"] = per_node(
-                samples, window, hists, self.nodes.infos, percentiles=percentiles,
+                samples,
+                window,
+                hists,
+                self.nodes.infos,
+                percentiles=percentiles,
                 slo_ms=config.slo_ms,
-            )  # fmt: skip
+            )
         result["cluster"] = cluster_section(self.address, self.nodes.infos, self.workers)
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            report.write_json(result, out_dir / "result.json")
-            report.write_csv(result, out_dir / "summary.csv")
-            if config.per_request:
-                samples = np.concatenate([run[1] for run in runs] or [as_samples([])])
-                report.write_jsonl(samples, out_dir / "requests.jsonl", origin_s=self.bench_t0)
+        self._write(result, runs)
         return result
