@@ -49,8 +49,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from client.visible import (
     CONTAINER_VISIBLE_DEVICES,
     DeviceView,
@@ -61,7 +59,7 @@ from client.visible import (
 from core import protocol as proto
 from core import statefile
 from core.errors import ACL_ERROR_RT_NO_DEVICE, AclError, NpuFarmError
-from core.protocol import BROKER_DEVICE, Cmd
+from core.protocol import Cmd
 
 __all__ = [
     "DISCOVERY_TIMEOUT_S",
@@ -89,24 +87,7 @@ def _ask_status(address: str, timeout_s: float) -> dict[str, Any]:
     ipc = address[len("ipc://") :] if address.startswith("ipc://") else None
     if ipc is not None and not Path(ipc).exists():
         raise NpuFarmError(f"no farm socket at {ipc}")
-    ctx = zmq.Context()
-    socket = ctx.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(address)
-        route = proto.pack_route(BROKER_DEVICE, 0)
-        socket.send_multipart(proto.client_message(Cmd.STATUS, route, proto.pack({})))
-        deadline_s = time.monotonic() + timeout_s
-        while not proto.wait_readable(socket, max(0.0, deadline_s - time.monotonic())):
-            if time.monotonic() >= deadline_s:
-                raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
-        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
-        return proto.unpack(reply.body)
-    except zmq.ZMQError as exc:
-        raise NpuFarmError(f"cannot reach a farm at {address}: {exc}") from None
-    finally:
-        socket.close(0)
-        ctx.term()
+    return proto.ask_broker(address, Cmd.STATUS, {}, timeout_s)
 
 
 def farm_cards(

@@ -28,6 +28,7 @@ import logging
 import math
 import select
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,9 +36,10 @@ from typing import Any
 import msgpack
 import zmq
 
-from core.errors import ProtocolError
+from core.errors import NpuFarmError, ProtocolError
 
 __all__ = [
+    "ask_broker",
     "CLIENT_HEADER",
     "WORKER_HEADER",
     "BROKER_DEVICE",
@@ -343,3 +345,26 @@ def batch_length(body: bytes) -> int:
     if first == 0xDD and len(body) >= 5:
         return int.from_bytes(body[1:5], "big")
     return 0
+
+
+def ask_broker(address: str, cmd: bytes, body: dict[str, Any], timeout_s: float) -> dict:
+    """One request/reply with a farm's broker (STATUS, an admin REQUEST) on a short-lived
+    DEALER, closed at once; ``NpuFarmError`` if nobody answers within ``timeout_s`` or the
+    address cannot be used (the admin CLI, and the calls that answer before ``acl.init``)."""
+    ctx = zmq.Context()
+    socket = ctx.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send_multipart(client_message(cmd, pack_route(BROKER_DEVICE, 0), pack(body)))
+        deadline_s = time.monotonic() + timeout_s
+        while not wait_readable(socket, max(0.0, deadline_s - time.monotonic())):
+            if time.monotonic() >= deadline_s:
+                raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
+        reply = parse_client_message(socket.recv_multipart(), with_identity=False)
+        return unpack(reply.body)
+    except zmq.ZMQError as exc:
+        raise NpuFarmError(f"cannot reach a farm at {address}: {exc}") from None
+    finally:
+        socket.close(0)
+        ctx.term()

@@ -33,13 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 from core import protocol as proto
 from core import statefile
 from core.config import FarmConfig
 from core.errors import NpuFarmError
-from core.protocol import BROKER_DEVICE, Cmd
+from core.protocol import Cmd
 
 __all__ = [
     "address_in_use",
@@ -73,34 +71,14 @@ def find_address(load_config: Callable[[], FarmConfig]) -> str:
     return state["endpoint"]
 
 
-def _ask_broker(address: str, cmd: bytes, body: dict[str, Any], timeout_s: float) -> dict:
-    """One request/reply with a farm's broker on a short-lived DEALER."""
-    ctx = zmq.Context()
-    socket = ctx.socket(zmq.DEALER)
-    socket.setsockopt(zmq.LINGER, 0)
-    try:
-        socket.connect(address)
-        route = proto.pack_route(BROKER_DEVICE, 0)
-        socket.send_multipart(proto.client_message(cmd, route, proto.pack(body)))
-        deadline_s = time.monotonic() + timeout_s
-        while not proto.wait_readable(socket, max(0.0, deadline_s - time.monotonic())):
-            if time.monotonic() >= deadline_s:
-                raise NpuFarmError(f"no farm answered at {address} within {timeout_s:g}s")
-        reply = proto.parse_client_message(socket.recv_multipart(), with_identity=False)
-        return proto.unpack(reply.body)
-    finally:
-        socket.close(0)
-        ctx.term()
-
-
 def query_status(address: str, timeout_s: float = 5.0) -> dict[str, Any]:
     """Ask a running farm for its description (cards, states, live stats, ledger, faults)."""
-    return _ask_broker(address, Cmd.STATUS, {}, timeout_s)
+    return proto.ask_broker(address, Cmd.STATUS, {}, timeout_s)
 
 
 def broker_request(address: str, body: dict[str, Any], timeout_s: float = 5.0) -> dict:
     """A broker request (inject, recover, ...)."""
-    return _ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
+    return proto.ask_broker(address, Cmd.REQUEST, {"rid": 1, **body}, timeout_s)
 
 
 def inject(address: str, rule: dict[str, Any], timeout_s: float = 5.0) -> dict:
