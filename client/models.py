@@ -273,7 +273,8 @@ class ModelApi:
                 ACL_ERROR_RT_STREAM_CONTEXT,
             )
         session = self.state.require()
-        session.check_device(found.device_id)
+        if session.broker_lost or found.device_id in session.lost:
+            session.check_device(found.device_id)
         if found.epoch != session.epochs[found.device_id]:
             raise AclError(
                 "the model was loaded before the device was reset",

@@ -13,20 +13,19 @@ Sockets move between threads only under their locks (ZeroMQ allows a socket to m
 full memory barrier). A thread that waits for a completion flushes the outbox itself and then
 receives on the socket itself (leader/follower), so a synchronous round trip has no thread
 hand-off; the I/O thread steps aside while anyone waits (and, when the wait left nothing in
-flight, for a lull of ``_LULL_S`` after it, so a submit/sync loop costs no wake-up), and
-otherwise drains completions, card events and pongs, pings an idle broker and declares it lost
-after the heartbeat expiry. Submits are one-way: a task submitted with nothing else in flight
-leaves from the API thread at once; with tasks in flight, submits are batched
-(:mod:`client.outbox`). A sync on a stream whose tasks are done is a local check, no round trip
-(:mod:`client.tracks`). A lost card fails every pending task of that card with 507010; a silent
-broker fails everything (:mod:`client.membership`).
+flight, for a lull after it, so a submit/sync loop costs no wake-up), and otherwise drains
+completions, card events and pongs, pings an idle broker and declares it lost after the
+heartbeat expiry (those rules: :mod:`client.receiving`). Submits are one-way: a task submitted
+with nothing else in flight leaves from the API thread at once; with tasks in flight, submits are
+batched (:mod:`client.outbox`). A sync on a stream whose tasks are done is a local check, no
+round trip (:mod:`client.tracks`). A lost card fails every pending task of that card with 507010;
+a silent broker fails everything (:mod:`client.membership`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import threading
 import time
@@ -38,6 +37,7 @@ import zmq
 
 from client.membership import Membership, hello_body
 from client.outbox import Outbox, send_message
+from client.receiving import Receiving
 from client.tracks import HELD_FOR_RECORD, Ledger, StreamTrack
 from core import protocol as proto
 from core.errors import (
@@ -56,31 +56,30 @@ logger = logging.getLogger(__name__)
 
 _BROKER_ROUTE = proto.pack_route(BROKER_DEVICE, 0)
 _REQUEST_TIMEOUT_S = 30.0
-_IO_THREAD = "io"  # the receiver marker of the I/O thread (waiting threads use their ident)
-_LULL_S = 1e-3
-"""After a wait that left no task in flight, the I/O thread takes the receive socket back once
-no thread has waited for this long (it looks on its own, nobody wakes it), so a thread
-alternating submit and sync keeps the socket with no wake-up per round trip. After a wait
-that left tasks in flight it is woken at once to drain their completions."""
-_MAX_ASIDE_S = 2e-3
-"""While threads keep waiting, the stepped-aside I/O thread looks every 1, 2, 2, ... ms: a task
-submitted after a wait that left nothing in flight (no wake-up then) is drained at most this
-late if nobody waits for it (a host callback, a polled event)."""
-_LONG_WAIT_S = 10e-3
-"""Once threads have waited this long without a break, the I/O thread stops looking (it sleeps
-until woken, at most a heartbeat interval) and the last waiter wakes it as it leaves: a long
-sync (a slow model, a hang fault) costs a few wake-ups, not 500 a second."""
+_THREAD = threading.local()
 
 
-class Session:
+def _native_thread_id() -> int:
+    """The calling thread's native id, asked of the kernel once per thread (a C thread that
+    calls in afresh gets a new thread state, hence a fresh look)."""
+    try:
+        return _THREAD.native_id
+    except AttributeError:
+        _THREAD.native_id = native_id = threading.get_native_id()
+        return native_id
+
+
+class Session(Receiving):
     """A connection to one farm. Thread-safe; create one per process."""
 
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0) -> None:
         self.address = address
-        self.cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # the condition's lock: hot paths take it directly
+        self.cond = threading.Condition(self._lock)
         self.tracks: dict[int, StreamTrack] = {}  # pending task id -> its stream track
         self.lost: dict[int, int] = {}  # device id -> epoch declared lost (sticky)
         self.epochs: dict[int, int] = {}
+        self._routes: dict[tuple[int, int], bytes] = {}  # (device id, epoch) -> route frame
         self.broker_lost = False
         self.ledger = Ledger()
         # (task id, code, track, end_s on the card's clock or None), called under cond
@@ -138,7 +137,11 @@ class Session:
         return self.farm["cards"][device_id]
 
     def route(self, device_id: int) -> bytes:
-        return proto.pack_route(device_id, self.epochs[device_id])
+        key = (device_id, self.epochs[device_id])
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = proto.pack_route(*key)
+        return route
 
     def check_device(self, device_id: int) -> None:
         """Raise 507010 if the device (or the whole farm) has been lost."""
@@ -198,16 +201,20 @@ class Session:
         ``registered(task_id)`` runs under the condition before the task can complete;
         ``on_send()`` right before the task leaves for the card, which for a task held behind a
         blocking callback is when the callback returns (the card cannot start it earlier)."""
-        self.check_device(track.device_id)
-        with self.cond:
-            alone = not self.tracks  # nothing of ours in flight: no batch to wait for
-            task_id = next(self._task_ids)
-            task["t"] = task_id
+        device_id = track.device_id
+        if self.broker_lost or device_id in self.lost:
+            self.check_device(device_id)
+        thread_id = _native_thread_id()
+        route = self.route(device_id)
+        tracks = self.tracks
+        with self._lock:
+            alone = not tracks  # nothing of ours in flight: no batch to wait for
+            task["t"] = task_id = next(self._task_ids)
             task["s"] = track.stream_id
             track.pending.append(task_id)
             track.last_task = task_id
-            track.thread_id = threading.get_native_id()
-            self.tracks[task_id] = track
+            track.thread_id = thread_id
+            tracks[task_id] = track
             self.ledger.submitted += 1
             if registered is not None:
                 registered(task_id)
@@ -223,7 +230,7 @@ class Session:
             on_send()
         # alone, it leaves from this thread at once (a round trip: no wake-up, no hand-off);
         # with tasks in flight it may wait for the I/O thread and leave batched
-        self._outbox.post(Cmd.SUBMIT, self.route(track.device_id), task, alone)
+        self._outbox.post(Cmd.SUBMIT, route, task, alone)
         return task_id
 
     def host_done(self, track: StreamTrack, task_id: int, release: bool) -> None:
@@ -253,7 +260,7 @@ class Session:
     def wait(self, track: StreamTrack, task_id: int, timeout_s: float | None) -> bool:
         """Wait until no task <= ``task_id`` is pending on ``track``. False on timeout.
         A lost card ends the wait at once (its tasks were failed)."""
-        with self.cond:
+        with self._lock:
             if not track.blocks(task_id):
                 return True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -307,130 +314,10 @@ class Session:
         self.membership.adopt_card_states(farm["cards"])
         return farm
 
-    def _await(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        """Wait until ``done()`` (checked under the condition) or the deadline; False on
-        timeout. The waiting thread flushes the outbox and, when no other thread is receiving,
-        becomes the receiver itself; otherwise it waits to be notified."""
-        if self._outbox:
-            self._outbox.flush_now()
-        me = threading.get_ident()
-        kicked = False
-        with self.cond:
-            if done():
-                return True
-            if self._waiters == 0:
-                self._aside_since_s = time.monotonic()
-            self._waiters += 1
-        try:
-            while True:
-                with self.cond:
-                    while True:
-                        if done():
-                            return True
-                        if not self._running:
-                            return False
-                        slice_s = self._interval_s()
-                        if deadline is not None:
-                            remaining = deadline - time.monotonic()
-                            if remaining <= 0:
-                                return False
-                            slice_s = min(slice_s, remaining)
-                        if self._receiver is None:
-                            self._receiver = me
-                            break
-                        if self._receiver == _IO_THREAD and not kicked:
-                            kicked = True  # the I/O thread is in poll: ask it to step aside
-                            self._wake()
-                        self.cond.wait(slice_s)
-                self._receive(slice_s)
-        finally:
-            with self.cond:
-                self._waiters -= 1
-                now_s = time.monotonic()
-                give_back = self._waiters == 0 and (
-                    bool(self.tracks) or now_s - self._aside_since_s >= _LONG_WAIT_S
-                )
-                if self._waiters == 0:  # nothing in flight: it takes the socket after a lull
-                    self._waited_s = 0.0 if give_back else now_s
-            if give_back:  # tasks in flight, or a long wait: the I/O thread takes it back now
-                self._wake()
-
-    def _receive(self, timeout_s: float, poller: zmq.Poller | None = None) -> None:
-        """Poll and drain the receive socket; the caller has just become the receiver."""
-        try:
-            if poller is None:
-                if self._socket.poll(timeout_s * 1000.0):
-                    self._drain_socket()
-            else:
-                for item, _ in poller.poll(timeout_s * 1000.0):
-                    if item == self._wake_r:
-                        os.read(self._wake_r, 4096)
-                        self._outbox.woken()
-                    else:
-                        self._drain_socket()
-        finally:
-            with self.cond:
-                self._receiver = None
-                self.cond.notify_all()  # a waiter may take over the receive socket
-
-    def _interval_s(self) -> float:
-        return self._hello["heartbeat_interval_s"] if self._hello else 0.05
-
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _io_loop(self) -> None:
-        """Receive while nobody waits; ping an idle broker; declare a silent one lost."""
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        wake_only = zmq.Poller()
-        wake_only.register(self._wake_r, zmq.POLLIN)
-        last_ping = time.monotonic()
-        look_s = _LULL_S  # stepped aside: look again this soon (doubles while threads wait)
-        while self._running:
-            interval_s = self._interval_s()
-            with self.cond:
-                aside_s = look_s
-                if self._waiters and time.monotonic() - self._aside_since_s >= _LONG_WAIT_S:
-                    aside_s = interval_s  # a long wait: its last waiter wakes this thread
-                elif self._waiters == 0 and self._receiver is None and self._running:
-                    aside_s = min(aside_s, self._waited_s + _LULL_S - time.monotonic())
-                    if aside_s <= 0:
-                        self._receiver = _IO_THREAD
-            if aside_s <= 0:
-                look_s = _LULL_S
-                self._receive(interval_s, poller)
-            elif wake_only.poll(math.ceil(min(aside_s, interval_s) * 1000.0)):  # (int ms)
-                os.read(self._wake_r, 4096)
-                self._outbox.woken()
-            else:
-                look_s = min(2.0 * look_s, _MAX_ASIDE_S)
-            if self._outbox:
-                self._outbox.flush_now()
-            now = time.monotonic()
-            if self._hello is None or not self._running:
-                continue
-            silent_s = now - self._last_heard
-            if self.sync_spans:
-                self._send_spans()
-            if now - last_ping >= interval_s:
-                # Paranoid Pirate: ping every interval; the broker answers, so a silent broker
-                # shows, and the broker knows this client lives (it releases dead clients)
-                self._outbox.send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
-                last_ping = now
-            if silent_s > self.heartbeat_expiry_s:
-                with self.cond:  # look once more: the answer may be queued behind a busy thread
-                    mine = self._receiver is None
-                    if mine:
-                        self._receiver = _IO_THREAD
-                if mine:
-                    self._receive(0.0)
-                if time.monotonic() - self._last_heard > self.heartbeat_expiry_s:
-                    self._broker_gone(silent_s)
+    def _ping_broker(self) -> None:
+        """Paranoid Pirate: the I/O thread pings every interval; the broker answers, so a
+        silent broker shows, and the broker knows this client lives (it releases dead ones)."""
+        self._outbox.send(Cmd.HEARTBEAT, _BROKER_ROUTE, proto.pack({}))
 
     @property
     def tracing(self) -> bool:
@@ -484,13 +371,14 @@ class Session:
     def _on_complete(self, rows: Any) -> None:
         if not isinstance(rows, list):
             raise NpuFarmError("COMPLETE body is not a list")
-        with self.cond:
+        settle = self._settle
+        with self._lock:
             for row in rows:
-                if not (isinstance(row, list) and len(row) >= 4 and isinstance(row[0], int)):
+                if not (type(row) is list and len(row) >= 4 and type(row[0]) is int):
                     logger.warning("malformed completion row dropped: %r", row)
                     continue
-                end_s = row[3] if isinstance(row[3], float) else None
-                self._settle(row[0], row[1], end_s)
+                end_s = row[3] if type(row[3]) is float else None
+                settle(row[0], row[1], end_s)
             self.cond.notify_all()
 
     def _settle(self, task_id: int, code: int, end_s: float | None = None) -> None:
@@ -499,12 +387,14 @@ class Session:
         track = self.tracks.pop(task_id, None)
         if track is None:
             return
-        self._before_send.pop(task_id, None)  # a held task failed before it was sent
-        if track.pending and track.pending[0] == task_id:
-            track.pending.popleft()
+        if self._before_send:
+            self._before_send.pop(task_id, None)  # a held task failed before it was sent
+        pending = track.pending
+        if pending and pending[0] == task_id:
+            pending.popleft()
         else:
             try:
-                track.pending.remove(task_id)
+                pending.remove(task_id)
             except ValueError:
                 pass
         if code == ACL_SUCCESS:

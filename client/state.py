@@ -228,6 +228,10 @@ class RuntimeState:
     # -- handle lookups --------------------------------------------------------------------
     def stream(self, handle: Any) -> Stream:
         """Resolve a stream handle (0 = the current context's default stream)."""
+        if type(handle) is int and handle and self.session is not None:  # the common case
+            found = self.streams.get(handle)
+            if found is not None:
+                return found
         handle = int_arg(handle, "stream")
         if handle == 0:
             return self.current_context().default_stream
@@ -249,6 +253,10 @@ class RuntimeState:
 
     def model(self, model_id: Any) -> LoadedModel:
         """Resolve a model id; unknown → 145003."""
+        if type(model_id) is int and self.session is not None:  # the common case
+            found = self.models.get(model_id)
+            if found is not None:
+                return found
         self.require()
         found = self.models.get(int_arg(model_id, "model id"))
         if found is None:
@@ -316,12 +324,20 @@ class RuntimeState:
         (``plan``: its :meth:`task_plan`, if the caller has it; ``on_send``: see
         :meth:`Session.submit`)."""
         spans = (plan or self.task_plan(writes, reads))[0]
+        pending_reads, sanitizer = self.pending_reads, self.sanitizer
+        registered: Callable[[int], None] | None = None  # under session.cond, before any end
+        if sanitizer.enabled:
 
-        def registered(task_id: int) -> None:  # under session.cond, before any completion
-            self.pending_reads.add(task_id, spans)
-            self.sanitizer.task_submitted(
-                task_id, track.device_id, track.stream_id, reads, writes, call
-            )
+            def registered(task_id: int) -> None:
+                pending_reads.add(task_id, spans)
+                sanitizer.task_submitted(
+                    task_id, track.device_id, track.stream_id, reads, writes, call
+                )
+
+        elif spans:
+
+            def registered(task_id: int) -> None:
+                pending_reads.add(task_id, spans)
 
         return self.require().submit(track, task, registered, on_send)
 
@@ -329,7 +345,8 @@ class RuntimeState:
         self, task_id: int, code: int, track: StreamTrack, end_s: float | None
     ) -> None:
         """A task of this process ended (the session's ``on_settle``, under its condition)."""
-        self.sanitizer.task_finished(task_id, code)
+        if code != ACL_SUCCESS:  # (the sanitizer notes failures only)
+            self.sanitizer.task_finished(task_id, code)
         for hook in self.settle_hooks:
             hook(task_id, code, track)
         if task_id in self.record_times:
@@ -345,6 +362,6 @@ class RuntimeState:
         """skip_sync = "poison": fill a task's outputs with NaN / 0xA5 at enqueue (``plan``
         from :meth:`task_plan` with the output tensors), so a read that skips the sync fails
         every run, unless a pending task (or this one) reads any of their bytes."""
-        todo = [fill for span, fill in plan[1] if not self.pending_reads.busy(span)]
-        for fill in todo:
-            fill()
+        if plan[1]:
+            for fill in self.pending_reads.unread(plan[1]):
+                fill()
