@@ -46,6 +46,8 @@ from farm import admin
 __all__ = [
     "import_ray",
     "connect",
+    "check_reachable",
+    "CONNECT_TIMEOUT_S",
     "npu_nodes",
     "boot_id",
     "clock_offset_s",
@@ -70,10 +72,32 @@ def import_ray():
     return ray
 
 
+CONNECT_TIMEOUT_S = 5.0
+"""How long ``HOST:PORT`` may take to accept a TCP connection before :func:`connect` gives up
+(``ray.init`` itself retries a dead address for minutes)."""
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """``RuntimeError`` at once when ``HOST:PORT`` does not accept a TCP connection (a typo, a
+    head that is not started): Ray's own connect would retry it for minutes. ``auto`` and
+    other forms (``ray://``) are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(
+            f"no Ray cluster at {address}: {exc} (start one with `ray start --head`, or pass "
+            "--ray auto on a node of the cluster)"
+        ) from None
+
+
 def connect(address: str):
     """``ray.init`` against a running cluster (``auto`` or ``HOST:PORT``); returns ``ray``."""
     ray = import_ray()
     if not ray.is_initialized():
+        check_reachable(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     return ray
 

@@ -83,3 +83,24 @@ def test_nodeset_names_and_clock_offset():
     assert clock_offset_s(here, 10.0, 12.0) == 0.0
     there = {"boot_id": "other/boot", "monotonic_s": 50.0}
     assert clock_offset_s(there, 10.0, 12.0) == 39.0
+
+
+def test_a_ray_address_nobody_listens_on_fails_at_once():
+    """`npufarm bench --ray HOST:PORT` with a typo must not sit in Ray's minutes of retries."""
+    import socket
+    import time
+
+    from loadtest.ray_nodes import check_reachable
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"no Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - start < 2.0
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"127.0.0.1:{listening.getsockname()[1]}")  # no error
+    check_reachable("auto")  # left to Ray
