@@ -53,11 +53,12 @@ from device.memory import Allocator, HbmSegment, segment_name
 from device.model_spec import ModelSpec
 from device.onnx_kernel import set_card_threads
 from device.requests import dispatch, error_reply
-from device.runner import TaskRunner
+from device.runner import TaskRunner, TurnStats
 from device.streams import StreamScheduler, Task
 from device.timing import MAX_STAMP_AGE_S, submitted_at
 
-__all__ = ["CardSpec", "Card", "run_card"]  # CardSpec: re-exported for farm/supervisor.py
+# CardSpec: re-exported for farm/supervisor.py
+__all__ = ["CardSpec", "Card", "run_card", "TIMING_DIAG_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +229,12 @@ class Card:
         while self.running:
             timeout_s = self._poll_timeout_s(time.monotonic())
             link_up = self.faults.link_up()
-            readable, inbound = self._receive(timeout_s)
+            if self.runner.turns is not None:  # (diagnostics: run-queue wait of the sleep)
+                self.runner.turns.before_sleep()
+                readable, inbound = self._receive(timeout_s)
+                self.runner.turns.after_sleep()
+            else:
+                readable, inbound = self._receive(timeout_s)
             if readable:
                 broker_seen = time.monotonic()
                 welcomed = True
@@ -343,6 +349,7 @@ class Card:
         stamps: list[float] = []  # the stamped tasks' submit times: one lead sample each
         oldest_s = now - MAX_STAMP_AGE_S
         validate, submit, scheduler = proto.validate_task, self.scheduler.submit, self.scheduler
+        diag = self.runner.diag is not None
         try:
             for body in tasks:  # (the hot path: a pipelined burst's 64 tasks per message)
                 problem = validate(body)
@@ -365,6 +372,8 @@ class Card:
                     if stamp is not None:
                         stamps.append(submitted_s)
                 submit(Task(client, body["s"], body["t"], body, submitted_s))
+                if diag:
+                    self.runner.received(client, body["t"], now)
                 answered += 1
                 submitted += 1
         finally:  # (counted even if a task broke the loop: the caller reports the rest refused)
@@ -466,11 +475,22 @@ class Card:
         outbox = self.runner.outbox
         if not outbox:
             return
+        if self.runner.diag is not None:  # (diagnostics: the rows' send time, last)
+            now = time.monotonic()
+            for rows in outbox.values():
+                for row in rows:
+                    row.append(now)
         with self.io_lock:
             for client, rows in outbox.items():
                 self._send(Cmd.COMPLETE, client, rows)
         outbox.clear()
 
+
+TIMING_DIAG_ENV = "NPUFARM_TIMING_DIAG"
+"""Set (non-empty) in a card's environment, its completion rows carry diagnostic stage times
+after the usual six fields: device id, receipt, planned send, timer fired (``time.monotonic()``),
+the loop's run-queue wait over the sleep that timer ended and the GC time since the previous
+timer (s), flushed (``time.monotonic()``; benchmarks/tail.py reads them). Off by default."""
 
 _PR_SET_TIMERSLACK = 29  # linux/prctl.h
 _TIMER_SLACK_NS = 1000
@@ -501,6 +521,8 @@ def run_card(spec_dict: dict[str, Any]) -> None:
         os.sched_setaffinity(0, cpus)
     set_card_threads(spec.intra_op_threads)
     card = Card(spec)
+    if os.environ.get(TIMING_DIAG_ENV):  # benchmarks/tail.py: stage times in completion rows
+        card.runner.diag, card.runner.turns = {}, TurnStats()
 
     def _stop(signum, frame):
         card.running = False

@@ -19,9 +19,11 @@ timeout or at ``recover``), slow it or corrupt its outputs.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +39,7 @@ from device.injection import CardFaults, TaskFault
 from device.streams import StreamScheduler, Task
 from device.timing import CompletionLead
 
-__all__ = ["TaskRunner"]
+__all__ = ["TaskRunner", "TurnStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,12 @@ class TaskRunner:
         self.outbox: dict[bytes, list] = {}  # client -> completion rows not yet sent
         self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
         self.lead = CompletionLead()  # how early a completion is sent (device/timing.py)
+        # NPUFARM_TIMING_DIAG (benchmarks/tail.py): per task (client, id) -> [device id,
+        # receipt, planned send, timer fired, run-queue wait and GC time before it fired],
+        # appended to its completion row (+ the flush time, device/card.py); None (the
+        # default): nothing kept, rows as usual
+        self.diag: dict[tuple[bytes, int], list] | None = None
+        self.turns: TurnStats | None = None  # (with diag: the card loop's, device/card.py)
         # results are written at completion, not at start, whenever completion is not at once
         self._defer = spec.min_completion_delay_s > 0 or spec.time_scale > 0
 
@@ -129,10 +137,26 @@ class TaskRunner:
         done_s = self.clock()
         task.end_s = end_s = max(start_s + max(duration_s, min_delay_s), done_s)
         send_s = max(end_s - self.lead.value, start_s + min_delay_s, done_s)
+        if self.diag is not None:
+            self._note(task, max(send_s, done_s), None if send_s > done_s else done_s)
         if send_s <= done_s:  # its modelled end is (nearly) past: transport or compute was longer
             self.finish(task, code, commit)
         else:
             heapq.heappush(self.timers, (send_s, next(self._timer_seq), task, code, commit))
+
+    def received(self, client: bytes, task_id: int, now: float) -> None:
+        """Diagnostics only (:attr:`diag` set): a task reached the card at ``now``."""
+        self.diag[(client, task_id)] = [self.spec.device_id, now, 0.0, 0.0, 0.0, 0.0]
+
+    def _note(self, task: Task, due_s: float | None, fired_s: float | None) -> None:
+        entry = self.diag.get((task.client, task.task_id))
+        if entry is not None:
+            if due_s is not None:
+                entry[2] = due_s
+            if fired_s is not None:
+                entry[3] = fired_s
+                if self.turns is not None:
+                    entry[4], entry[5] = self.turns.rq_s, self.turns.gc_since_fired()
 
     def task_fault(self, task: Task) -> TaskFault | None:
         model = None
@@ -192,6 +216,8 @@ class TaskRunner:
         while self.timers and self.timers[0][0] <= now:
             send_s, _, task, code, commit = heapq.heappop(self.timers)
             self.lead.fired(now - send_s)
+            if self.diag is not None:
+                self._note(task, None, now)
             self.finish(task, code, commit)
 
     def finish(self, task: Task, code: int, commit: Publish | None = None) -> None:
@@ -238,8 +264,44 @@ class TaskRunner:
             row = [task_id, code, start_s, end_s, 0, start_s]
         else:  # (proto.completion_row, inlined: once per task)
             row = [task_id, code, start_s, end_s, task.stream, task.submitted_s or start_s]
+        if self.diag is not None:
+            row += self.diag.pop((client, task_id), ())
         rows = self.outbox.get(client)
         if rows is None:
             self.outbox[client] = [row]
         else:
             rows.append(row)
+
+
+class TurnStats:
+    """Diagnostics of the card loop (with :attr:`TaskRunner.diag` only): how long its thread
+    waited on a run queue over its last sleep (``/proc/thread-self/schedstat`` field 2: woken,
+    but no core free), and the process's GC time. Made by the loop's thread (the file names the
+    thread that opened it)."""
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        self.rq_s = 0.0  # run-queue wait over the last sleep
+        self._mark_s = 0.0
+        self._gc_s = self._gc_fired_s = self._gc_start_s = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def waited_s(self) -> float:
+        return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
+
+    def before_sleep(self) -> None:
+        self._mark_s = self.waited_s()
+
+    def after_sleep(self) -> None:
+        self.rq_s = self.waited_s() - self._mark_s
+
+    def gc_since_fired(self) -> float:
+        """GC time since the previous call (the previous timer fired)."""
+        value, self._gc_fired_s = self._gc_s - self._gc_fired_s, self._gc_s
+        return value
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start_s = time.monotonic()
+        else:
+            self._gc_s += time.monotonic() - self._gc_start_s

@@ -1,6 +1,6 @@
 """The worker-process side of ``npufarm bench`` (:mod:`loadtest.loadgen` is the parent side and
 has the data-flow diagram): :func:`worker_main` is the entry of a spawned worker process; its
-:class:`Worker` runs one :class:`_Slot` thread per (card, stream) it was dealt, each with its
+:class:`Worker` runs one :class:`Slot` thread per (card, stream) it was dealt, each with its
 own ACL objects and request loop, and sends the samples to the parent in numpy batches
 (:data:`loadtest.schema.SAMPLE_DTYPE`) every :data:`FLUSH_S`, then each phase's CPU time. The
 messages both ways are the dataclasses of :mod:`loadtest.messages`.
@@ -37,7 +37,7 @@ from loadtest.messages import (
 )
 from loadtest.schema import SAMPLE_DTYPE
 
-__all__ = ["FLUSH_S", "Worker", "worker_main"]
+__all__ = ["FLUSH_S", "Slot", "Worker", "worker_main"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ _RECOVER_RETRY_S = 0.05
 _LOST = 507010  # ACL_ERROR_RT_LOST_HEARTBEAT: the slot resets the device and reopens it
 
 
-class _Slot(threading.Thread):
+class Slot(threading.Thread):
     """One (card, stream) of a worker: its ACL objects and its request loop."""
 
     def __init__(self, worker: Worker, slot_id: int, card: int) -> None:
@@ -249,7 +249,7 @@ class Worker:
         self.failure: str | None = None
         self.samples: deque = deque()
         self.done: queue.Queue = queue.Queue()
-        self.slots = {sid: _Slot(self, sid, card) for sid, card in slots}
+        self.slots = {sid: Slot(self, sid, card) for sid, card in slots}
 
     def flush(self) -> None:
         rows = [self.samples.popleft() for _ in range(len(self.samples))]

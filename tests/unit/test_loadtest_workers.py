@@ -13,12 +13,12 @@ import pytest
 
 import acl
 from loadtest.messages import Phase
-from loadtest.workers import _LOST, _Slot
+from loadtest.workers import _LOST, Slot
 
 
 def test_a_late_send_after_a_failed_recovery_is_a_lost_card_error_not_a_crash():
     worker = SimpleNamespace(acl=acl, stop=threading.Event(), samples=deque(), budget=None)
-    slot = _Slot(worker, 0, 0)  # never set up: what recover() leaves when the card stays lost
+    slot = Slot(worker, 0, 0)  # never set up: what recover() leaves when the card stays lost
     now = time.monotonic()
     # open loop, phase already ended but within the drain grace: the late send is still made
     phase = Phase(0, now - 1.0, now - 1.0, now - 0.5, False, {0: np.array([0.6])})

@@ -1,0 +1,561 @@
+"""Where a modelled task's latency tail goes: ``python -m benchmarks.tail [--case 1|8|all]``.
+
+Runs the two accuracy cases of issue 12 (a 5 ms fixed model; 1 card closed loop at 1 in flight;
+8 cards open loop at 70 % load, 1,120 req/s constant, 1 stream per card, 2 client processes, as
+``npufarm bench`` deals them) on a farm whose cards put their stage times in the completion rows
+(``NPUFARM_TIMING_DIAG``, device/card.py), and splits each request's end-to-end latency, on the
+host's one CLOCK_MONOTONIC, into stages that add up to it::
+
+    client: start ─pre_submit─▶ stamp (execute_async)                 (input copy, the submit)
+    card:   stamp ─model_wait─▶ modelled start ─model_run─▶ modelled end
+                  ─lead─▶ planned send (≤ 0: sent early) ─timer_late─▶ timer fired
+                  ─card_flush─▶ COMPLETE sent                         (the card loop's turn)
+    broker + client: ─way_back─▶ client received the rows            (broker hop, client wake)
+    client: ─sync_return─▶ synchronize_stream returned ─post─▶ output copied (end)
+
+``way_in`` (card receipt − stamp) is shown apart: the model absorbs it. For p50/p90/p99/p99.9
+of end-to-end, the requests at or above that percentile: their mean per stage minus the median
+request's (the stage's median over all): the stage that holds the excess. Also per case: which
+share of the tail requests were received by the client's I/O thread rather than the waiting
+one, which overlapped a client GC; apart (:data:`INFO`), the card loop's run-queue wait over the
+sleep its timer ended and its GC time, the client thread's run-queue wait during the sync; every
+process group's run-queue wait (``/proc/<pid>/task/*/schedstat`` field 2) per second of run;
+and the host's own floor, no farm code (:func:`host_floor`: a bare timer sleep's lateness, a
+two-hop pipe relay). JSON out, like the others (:func:`benchmarks.rounds.emit`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import select
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from benchmarks.rounds import emit
+from farm.admin import up_command
+from loadtest.messages import STOP, Phase
+from loadtest.plan import arrival_offsets
+from loadtest.workers import Slot
+
+__all__ = ["STAGES", "RECORD", "stages", "decompose", "run_case", "main"]
+
+logger = logging.getLogger(__name__)
+
+_REPO = Path(__file__).resolve().parents[1]
+_CONFIG = _REPO / "configs" / "default.toml"
+_MODEL = """[model]\nname = "m5"\nkind = "matmul"\nseed = 7\n[model.params]\nunits = 256
+[[inputs]]\nname = "x"\ndtype = "float32"\nshape = [1, 256]
+[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [1, 256]\n[latency]\nfixed_s = 0.005\n"""
+MODELLED_MS = 5.0
+BANDS = (50.0, 90.0, 99.0, 99.9)
+STAGES = (
+    "pre_submit",
+    "model_wait",
+    "model_run",
+    "lead",
+    "timer_late",
+    "card_flush",
+    "way_back",
+    "sync_return",
+    "post",
+)
+RECORD = np.dtype(
+    [(name, "f8") for name in ("start", "stamp", "m_start", "m_end", "received", "due")]
+    + [(name, "f8") for name in ("fired", "flushed", "receipt", "sync_ret", "done")]
+    + [(name, "f8") for name in ("card_rq", "card_gc", "client_rq")]
+    + [("io_thread", "?"), ("gc", "?")]
+)
+"""One request: client and card times (``time.monotonic()``, s); the card loop's run-queue
+wait over the sleep its timer ended and its GC time since the previous timer, the client
+thread's run-queue wait during the sync (s); who received the completion; a client GC during
+the request."""
+INFO = ("way_in", "card_rq", "card_gc", "client_rq")
+"""Shown apart, not part of the sum: the way to the card (absorbed by the model) and the
+scheduling and GC waits that explain part of ``timer_late`` and ``way_back``."""
+_DIAG_ENV = "NPUFARM_TIMING_DIAG"  # device.card.TIMING_DIAG_ENV (not imported: a lower layer)
+_CASES = {
+    "1": {"farm_cards": 4, "cards": 1, "rate": None},
+    "8": {"farm_cards": 8, "cards": 8, "rate": 1120.0},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# the decomposition (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def stages(records: np.ndarray) -> dict[str, np.ndarray]:
+    """Each stage's duration (ms) per request, ``e2e`` and the :data:`INFO` figures; the
+    stages add up to ``e2e``."""
+    r = records
+    bounds = ("start", "stamp", "m_start", "m_end", "due", "fired", "flushed", "receipt")
+    bounds += ("sync_ret", "done")
+    out = {name: (r[b] - r[a]) * 1e3 for name, a, b in zip(STAGES, bounds, bounds[1:])}
+    out["e2e"] = (r["done"] - r["start"]) * 1e3
+    out["way_in"] = (r["received"] - r["stamp"]) * 1e3
+    for name in INFO[1:]:
+        out[name] = r[name] * 1e3
+    return out
+
+
+def _r(value: float) -> float:
+    return round(float(value), 4)
+
+
+def decompose(records: np.ndarray, modelled_ms: float = MODELLED_MS) -> dict[str, Any]:
+    """The tail of ``records`` (:data:`RECORD`) stage by stage: end-to-end percentiles and
+    ratios to ``modelled_ms``; each stage's median; per band (p50 ... p99.9) the requests at
+    or above it: their count, mean e2e, mean per stage, its excess over the stage's median,
+    the stage with the largest excess, the share received by the I/O thread and overlapping a
+    client GC."""
+    if records.size == 0:
+        return {"requests": 0}
+    parts = stages(records)
+    e2e = parts["e2e"]
+    medians = {name: float(np.median(values)) for name, values in parts.items()}
+    out: dict[str, Any] = {
+        "requests": int(records.size),
+        "modelled_ms": modelled_ms,
+        "e2e_ms": {f"p{q:g}": _r(np.percentile(e2e, q)) for q in BANDS},
+        "ratio": {f"p{q:g}": _r(np.percentile(e2e, q) / modelled_ms) for q in BANDS},
+        "median_ms": {name: _r(value) for name, value in medians.items()},
+        "io_thread_share": _r(records["io_thread"].mean()),
+        "gc_share": _r(records["gc"].mean()),
+        "bands": {},
+    }
+    for q in BANDS:
+        tail = e2e >= np.percentile(e2e, q)
+        mean = {name: float(values[tail].mean()) for name, values in parts.items()}
+        excess = {name: _r(mean[name] - medians[name]) for name in (*STAGES, *INFO)}
+        top = max(STAGES, key=lambda name: excess[name])
+        out["bands"][f"p{q:g}"] = {
+            "requests": int(tail.sum()),
+            "threshold_ms": _r(np.percentile(e2e, q)),
+            "mean_ms": {name: _r(value) for name, value in mean.items()},
+            "excess_ms": excess,
+            "top": top,
+            "io_thread_share": _r(records["io_thread"][tail].mean()),
+            "gc_share": _r(records["gc"][tail].mean()),
+        }
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    """A markdown table: per case and band, e2e, the three largest stage excesses and the
+    run-queue and GC waits' excesses."""
+    lines = ["| case | band | e2e ms (×model) | n | largest excess over the median (ms) "]
+    lines[0] += "| of which: card run queue / card GC / client run queue (ms) |"
+    lines.append("|---|---|---|---|---|---|")
+    for case, result in results.items():
+        for band, entry in result.get("bands", {}).items():
+            ranked = sorted(STAGES, key=lambda n: -entry["excess_ms"][n])[:3]
+            text = ", ".join(f"{n} {entry['excess_ms'][n]:+.3f}" for n in ranked)
+            ratio = result["ratio"][band]
+            waits = " / ".join(f"{entry['excess_ms'][n]:+.3f}" for n in INFO[1:])
+            lines.append(
+                f"| {case} | {band} | {entry['threshold_ms']:.3f} (×{ratio:.3f}) "
+                f"| {entry['requests']} | {text} | {waits} |"
+            )
+    return "\n".join(lines)
+
+
+def schedstat_ns(pid: int) -> tuple[int, int]:
+    """(ns waited on a run queue, timeslices) summed over a process's threads (0s if gone)."""
+    waited = slices = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as handle:
+                fields = handle.read().split()
+        except OSError:
+            continue
+        waited, slices = waited + int(fields[1]), slices + int(fields[2])
+    return waited, slices
+
+
+def run_queue(before: dict, after: dict, wall_s: float) -> dict[str, dict[str, float]]:
+    """Per group of pids: run-queue wait (ms per s of run) and mean wait per timeslice (µs)
+    between two ``{group: {pid: (ns waited, slices)}}`` snapshots."""
+    out = {}
+    for group, pids in after.items():
+        waited = sum(w - before.get(group, {}).get(p, (0, 0))[0] for p, (w, _) in pids.items())
+        slices = sum(s - before.get(group, {}).get(p, (0, 0))[1] for p, (_, s) in pids.items())
+        out[group] = {
+            "processes": len(pids),
+            "wait_ms_per_s": _r(waited / 1e6 / max(wall_s, 1e-9)),
+            "wait_us_per_slice": _r(waited / 1e3 / max(slices, 1)),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the client side (a spawned process per worker, as the bench's)
+# --------------------------------------------------------------------------------------------
+
+_BOOK: dict[int, tuple[float, bool, list]] = {}  # device id -> (receipt, I/O thread?, its row)
+_GCS: deque[tuple[float, float]] = deque(maxlen=256)  # the client's GC pauses (start, end)
+_GC_START = [0.0]
+
+
+def _install_hooks() -> None:
+    """In a worker: note when each COMPLETE is received, by which thread, and every GC pause.
+    The session's own hook point is its message handler (a diagnostic wrapper, this process
+    only)."""
+    from client.session import Session  # (the client layer: only this process patches it)
+
+    original = Session._on_complete
+
+    def on_complete(self, rows: Any) -> None:
+        now = time.monotonic()
+        io_thread = threading.current_thread().name == "npufarm-io"
+        if isinstance(rows, list):
+            for row in rows:
+                if type(row) is list and len(row) >= 13:
+                    _BOOK[row[6]] = (now, io_thread, row)
+        original(self, rows)
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            _GC_START[0] = time.monotonic()
+        else:
+            _GCS.append((_GC_START[0], time.monotonic()))
+
+    Session._on_complete = on_complete
+    gc.callbacks.append(on_gc)
+
+
+_THREAD = threading.local()
+
+
+def _thread_rq_s() -> float:
+    """The calling thread's run-queue wait so far (s; schedstat field 2)."""
+    fd = getattr(_THREAD, "fd", None)
+    if fd is None:
+        fd = _THREAD.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+
+
+def _gc_during(start: float, end: float) -> bool:
+    return any(a < end and b > start for a, b in list(_GCS)[-8:])
+
+
+class _Rig:
+    """What a :class:`loadtest.workers.Slot` needs of its worker, plus the stage records."""
+
+    def __init__(self, acl_module: Any, model: str) -> None:
+        self.acl, self.model, self.sync_timeout_ms = acl_module, model, 10_000
+        self.stop = threading.Event()
+        self.samples: deque = deque(maxlen=1)  # (the bench's samples: not needed here)
+        self.done: queue.Queue = queue.Queue()
+        self.failure: str | None = None
+        self.budget = None
+        self.warm_end = float("inf")
+        self.records: list[tuple] = []
+
+
+class _TailSlot(Slot):
+    """The bench's slot, its request timed stage by stage (the same calls in the same order)."""
+
+    def request(self) -> tuple[int, float, float]:
+        if "config" not in self.__dict__:
+            return super().request()
+        acl, w = self.w.acl, self.w
+        start = time.monotonic()
+        ret = 0
+        for ptr, size, _, host_ptr in self.ins:
+            ret = ret or acl.rt.memcpy(ptr, size, host_ptr, size, 1)
+        ret = ret or acl.mdl.execute_async_v2(
+            self.model_id, self.datasets[0], self.datasets[1], self.stream, self.config
+        )
+        rq_s = _thread_rq_s()
+        ret = ret or acl.rt.synchronize_stream(self.stream)
+        sync_ret = time.monotonic()
+        rq_s = _thread_rq_s() - rq_s
+        for ptr, size, _, host_ptr in self.outs:
+            ret = ret or acl.rt.memcpy(host_ptr, size, ptr, size, 2)
+        done = time.monotonic()
+        hit = _BOOK.get(self.card)
+        if ret == 0 and start >= w.warm_end and hit is not None and start <= hit[2][5] <= done:
+            receipt, io_thread, row = hit
+            times = (start, row[5], row[2], row[3], row[7], row[8], row[9], row[12], receipt)
+            waits = (row[10], row[11], rq_s)
+            w.records.append((*times, sync_ret, done, *waits, io_thread, _gc_during(start, done)))
+        return ret, start, done
+
+
+def _worker_main(address: str, slots: list, model: str, commands: Any, results: Any) -> None:
+    """A spawned client process: its slots, one phase, its records back to the parent."""
+    os.environ["NPUFARM_ADDRESS"] = address
+    _install_hooks()
+    import acl  # (after the address is set; importing connects nothing)
+
+    if acl.init() != 0:
+        results.put(("error", f"acl.init failed: {acl.get_recent_err_msg()}"))
+        return
+    rig = _Rig(acl, model)
+    threads = [_TailSlot(rig, sid, card) for sid, card in slots]
+    try:
+        for slot in threads:
+            slot.start()
+        for slot in threads:
+            slot.ready.wait()
+        errors = [slot.setup_error for slot in threads if slot.setup_error]
+        results.put(("ready", errors[0] if errors else None))
+        phase = commands.get()
+        rig.warm_end = phase.warm_end
+        for slot in threads:
+            slot.inbox.put(phase)
+        for _ in threads:
+            rig.done.get()
+        results.put(("records", np.array(rig.records, RECORD), rig.failure))
+    finally:
+        for slot in threads:
+            slot.inbox.put(STOP)
+        for slot in threads:
+            slot.join(timeout=10.0)
+        acl.finalize()
+
+
+# --------------------------------------------------------------------------------------------
+# the parent: a farm, the workers, one phase
+# --------------------------------------------------------------------------------------------
+
+
+def _start_farm(runtime_dir: Path, cards: int, card_env: dict[str, str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
+    env.update({_DIAG_ENV: "1", **card_env})
+    log = open(runtime_dir / "farm.log", "w", encoding="utf-8")  # noqa: SIM115 (the child's)
+    cmd = up_command(_CONFIG, runtime_dir, "tail", cards, "--watch-parent", str(os.getpid()))
+    process = subprocess.Popen(
+        cmd, cwd=_REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+    )
+    log.close()
+    deadline = time.monotonic() + 60.0
+    while not (runtime_dir / "tail.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            tail = (runtime_dir / "farm.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"farm did not come up: {tail}")
+        time.sleep(0.02)
+    return process
+
+
+def _snapshot(groups: dict[str, list[int]]) -> dict[str, dict[int, tuple[int, int]]]:
+    return {group: {pid: schedstat_ns(pid) for pid in pids} for group, pids in groups.items()}
+
+
+def _phases(case: dict, workers: int, warmup_s: float, duration_s: float) -> list[Phase]:
+    t0 = time.monotonic() + 0.5
+    warm_end, end = t0 + warmup_s, t0 + warmup_s + duration_s
+    sids = list(range(case["cards"]))
+    if case["rate"] is None:
+        per_slot = dict.fromkeys(sids)
+    else:
+        offsets = arrival_offsets(
+            case["rate"], "constant", warmup_s=warmup_s, duration_s=duration_s, requests=None
+        )
+        per_slot = {sid: offsets[sid :: len(sids)] for sid in sids}
+    return [
+        Phase(0, t0, warm_end, end, False, {s: v for s, v in per_slot.items() if s % workers == i})
+        for i in range(workers)
+    ]
+
+
+def _drive(address: str, farm_pid: int, case: dict, model: str, timing: tuple) -> tuple:
+    """Spawn the workers, run one phase; (records, run-queue figures)."""
+    warmup_s, duration_s = timing
+    workers = min(2, case["cards"])
+    mp = multiprocessing.get_context("spawn")
+    commands = [mp.Queue() for _ in range(workers)]
+    results = mp.Queue()
+    slots = [(sid, sid) for sid in range(case["cards"])]
+    procs = [
+        mp.Process(
+            target=_worker_main,
+            args=(address, [s for s in slots if s[0] % workers == i], model, commands[i], results),
+            daemon=True,
+        )
+        for i in range(workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        for _ in procs:
+            kind, error = results.get(timeout=60.0)
+            if kind != "ready" or error:
+                raise RuntimeError(f"worker not ready: {error}")
+        farm = psutil.Process(farm_pid)
+        groups = {
+            "broker": [farm_pid],
+            "cards": [p.pid for p in farm.children(recursive=True)],
+            "clients": [p.pid for p in procs],
+            "tail": [os.getpid()],
+        }
+        phases = _phases(case, workers, warmup_s, duration_s)
+        for command, phase in zip(commands, phases):
+            command.put(phase)
+        time.sleep(max(0.0, phases[0].warm_end - time.monotonic()))
+        before = _snapshot(groups)
+        time.sleep(max(0.0, phases[0].end - time.monotonic()))
+        after = _snapshot(groups)
+        parts = []
+        for _ in procs:
+            kind, records, *rest = results.get(timeout=60.0)
+            if kind != "records" or (rest and rest[0]):
+                raise RuntimeError(f"worker failed: {records if kind == 'error' else rest}")
+            parts.append(records)
+        return np.concatenate(parts), run_queue(before, after, duration_s)
+    finally:
+        for proc in procs:
+            proc.join(timeout=15.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def run_case(
+    name: str,
+    duration_s: float,
+    warmup_s: float,
+    card_env: dict[str, str] | None = None,
+    records_out: Path | None = None,
+) -> dict[str, Any]:
+    """One case (:data:`_CASES`: "1" or "8") on a fresh farm: its decomposition, the
+    run-queue waits, the load average, the host's steal time (a VM's vCPUs not run); the raw
+    records (:data:`RECORD`) to ``records_out`` (``.npy``) if given."""
+    case = _CASES[name]
+    with tempfile.TemporaryDirectory(prefix="ntl", dir="/tmp") as tmp:
+        runtime_dir = Path(tmp)
+        model = runtime_dir / "m5.toml"
+        model.write_text(_MODEL, encoding="utf-8")
+        farm = _start_farm(runtime_dir, case["farm_cards"], card_env or {})
+        try:
+            address = json.loads((runtime_dir / "tail.json").read_text())["endpoint"]
+            load0, steal0 = os.getloadavg()[0], _steal_s()
+            records, waits = _drive(address, farm.pid, case, str(model), (warmup_s, duration_s))
+            steal_s = _steal_s() - steal0
+        finally:
+            farm.terminate()
+            try:
+                farm.wait(timeout=15.0)
+            except subprocess.TimeoutExpired:
+                farm.kill()
+                farm.wait()
+    if records_out is not None:
+        np.save(records_out, records)
+    result = decompose(records)
+    result.update(run_queue_ms=waits, load_avg=[_r(load0), _r(os.getloadavg()[0])])
+    result["steal_ms_per_s"] = _r(steal_s * 1e3 / (duration_s + warmup_s + 1.0))
+    return result
+
+
+def _percentiles(values_ms: np.ndarray) -> dict[str, float]:
+    out = {f"p{q:g}": _r(np.percentile(values_ms, q)) for q in BANDS}
+    out["top1_mean"] = _r(values_ms[values_ms >= np.percentile(values_ms, 99)].mean())
+    return out
+
+
+def host_floor(n: int = 1500, sleep_s: float = 0.0045) -> dict[str, Any]:
+    """What this host adds with no farm code at all (ms): how late a ``select`` sleep of
+    ``sleep_s`` wakes (1 µs timer slack, as a card's), and a relay of two pipe hops between
+    three processes that sleep meanwhile (card -> broker -> client, the way back's wake-ups)."""
+    ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, as device/card.py
+    hop1, hop2 = os.pipe(), os.pipe()
+    relay = os.fork()
+    if relay == 0:  # (the "broker": wakes on hop 1, passes it on)
+        try:
+            os.close(hop1[1])
+            os.close(hop2[0])
+            while data := os.read(hop1[0], 8):
+                os.write(hop2[1], data)
+        finally:
+            os._exit(0)
+    os.close(hop1[0])
+    os.close(hop2[1])
+    late, relayed = np.empty(n), np.empty(n)
+    try:
+        for k in range(n):
+            due = time.monotonic() + sleep_s
+            select.select([], [], [], sleep_s)
+            sent = time.monotonic()
+            late[k] = sent - due
+            os.write(hop1[1], np.float64(sent).tobytes())
+            os.read(hop2[0], 8)
+            relayed[k] = time.monotonic() - sent
+    finally:
+        os.close(hop1[1])
+        os.waitpid(relay, 0)
+        os.close(hop2[0])
+    return {"timer_late_ms": _percentiles(late * 1e3), "two_hops_ms": _percentiles(relayed * 1e3)}
+
+
+def _steal_s() -> float:
+    """The host's steal time so far (all CPUs, s; /proc/stat), 0 where unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tail", description=__doc__)
+    parser.add_argument("--case", choices=("1", "8", "all"), default="all")
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=1.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per case, interleaved")
+    parser.add_argument(
+        "--card-env", action="append", default=[], metavar="K=V", help="farm environment"
+    )
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--records", default=None, help="save each run's raw records in DIR")
+    parser.add_argument("--markdown", action="store_true", help="only the table, on stdout")
+    parser.add_argument("--no-floor", action="store_true", help="skip the host's own floor")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    card_env = dict(item.split("=", 1) for item in args.card_env)
+    names = ["1", "8"] if args.case == "all" else [args.case]
+    results: dict[str, Any] = {}
+    for run in range(args.repeat):
+        for name in names:
+            key = f"{name}card{'s' if name != '1' else ''}" + (f"#{run + 1}" if run else "")
+            raw = Path(args.records) / f"{key.replace('#', '-')}.npy" if args.records else None
+            if raw is not None:
+                raw.parent.mkdir(parents=True, exist_ok=True)
+            results[key] = run_case(name, args.duration_s, args.warmup_s, card_env, raw)
+    out = {"benchmark": "tail", "card_env": card_env, "cases": results}
+    if not args.no_floor:
+        out["host_floor"] = host_floor()
+        floor = out["host_floor"]
+        text = ", ".join(
+            f"{name} p50 {v['p50']:.3f} p99 {v['p99']:.3f} p99.9 {v['p99.9']:.3f}"
+            for name, v in floor.items()
+        )
+        logger.warning("host floor (ms): %s", text)
+    emit(out, table(results), args.out, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
