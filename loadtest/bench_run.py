@@ -125,6 +125,8 @@ class BenchRun:
     however the run ended, then builds the result. Used once.
     """
 
+    start_lead_s = _START_LEAD_S  # a phase starts this long after its broadcast
+
     def __init__(
         self, config: BenchConfig, on_phase_start: Callable[[str, float], None] | None = None
     ) -> None:
@@ -220,26 +222,37 @@ class BenchRun:
         """Start the processes; return once every one is ready, failed, or the run interrupted."""
         for proc in self.procs:
             proc.start()
-        deadline = time.monotonic() + READY_TIMEOUT_S
+        self._await_ready(READY_TIMEOUT_S)
+
+    def _await_ready(self, timeout_s: float) -> None:
+        """Pump until every worker is ready, one failed, or the run is interrupted."""
+        deadline = time.monotonic() + timeout_s
         while len(self.got.ready) < self.n_workers and not self.errors:
             if self.interrupted_s is not None:
                 break
             if time.monotonic() > deadline:
-                self.errors.append(f"workers not ready within {READY_TIMEOUT_S:g}s")
+                self.errors.append(f"workers not ready within {timeout_s:g}s")
             self._pump()
         self.setup_s = time.monotonic() - self.bench_t0
 
-    def _run_phase(self, phase: dict[str, Any]) -> None:
-        """Hand ``phase`` to every worker (its share of the slots) and collect until it is done."""
+    def _phase_window(self, phase: dict[str, Any]) -> tuple[float, float, float]:
+        """``phase``'s start, warm-up end and end on this clock (set in ``phase`` too), shown
+        in the live view."""
         config = self.config
-        t0 = time.monotonic() + _START_LEAD_S
+        t0 = time.monotonic() + self.start_lead_s
         warm_end = t0 + config.warmup_s
         end = warm_end + config.duration_s if config.duration_s is not None else math.inf
         if config.mode == "open" and config.requests is not None:
             end = min(end, t0 + phase["last_s"] + 1.0 / phase["rate"])
-        self.budget.value = config.requests or 0
         phase.update(t0=t0, warm_end=warm_end, end=end)
         self.live.phase(phase["name"], t0, end - t0 if math.isfinite(end) else None)
+        return t0, warm_end, end
+
+    def _run_phase(self, phase: dict[str, Any]) -> None:
+        """Hand ``phase`` to every worker (its share of the slots) and collect until it is done."""
+        config = self.config
+        self.budget.value = config.requests or 0
+        t0, warm_end, end = self._phase_window(phase)
         for i, command in enumerate(self.commands):
             mine = {sid: v for sid, v in phase["slots"].items() if sid % self.n_workers == i}
             command.put(Phase(phase["index"], t0, warm_end, end, config.requests is not None, mine))

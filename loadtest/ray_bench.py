@@ -206,6 +206,8 @@ def run_ray_bench(
 class RayBenchRun(BenchRun):
     """A :class:`loadtest.bench_run.BenchRun` whose workers are Ray actors (see the module doc)."""
 
+    start_lead_s = _START_LEAD_S
+
     def __init__(self, config: BenchConfig, on_phase_start=None, faults: str | None = None) -> None:
         self.config, self.on_phase_start = config, on_phase_start
         self.interrupted_s: float | None = None
@@ -324,24 +326,11 @@ class RayBenchRun(BenchRun):
 
     def _start_workers(self) -> None:
         self._inject_faults()
-        deadline = time.monotonic() + _READY_TIMEOUT_S
-        while len(self.got.ready) < self.n_workers and not self.errors:
-            if self.interrupted_s is not None:
-                break
-            if time.monotonic() > deadline:
-                self.errors.append(f"workers not ready within {_READY_TIMEOUT_S:g}s")
-            self._pump()
-        self.setup_s = time.monotonic() - self.bench_t0
+        self._await_ready(_READY_TIMEOUT_S)
 
     def _run_phase(self, phase: dict[str, Any]) -> None:
         config = self.config
-        t0 = time.monotonic() + _START_LEAD_S
-        warm_end = t0 + config.warmup_s
-        end = warm_end + config.duration_s if config.duration_s is not None else math.inf
-        if config.mode == "open" and config.requests is not None:
-            end = min(end, t0 + phase["last_s"] + 1.0 / phase["rate"])
-        phase.update(t0=t0, warm_end=warm_end, end=end)
-        self.live.phase(phase["name"], t0, end - t0 if math.isfinite(end) else None)
+        t0, warm_end, end = self._phase_window(phase)
         shares = [
             {sid: v for sid, v in phase["slots"].items() if self.slot_owner[sid] == i}
             for i in range(self.n_workers)
