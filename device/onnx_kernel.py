@@ -7,6 +7,13 @@ card is one compute unit, and N cards on a small host must not oversubscribe it)
 as typed views of device memory (no copy); outputs are copied into the output views (or the
 card's deferred-publish buffers).
 
+Pool threads never spin (``session.intra_op.allow_spinning`` / ``session.inter_op.allow_spinning``
+= 0): onnxruntime's default keeps idle pool threads busy-waiting for the next parallel section,
+which costs nothing on a real card's dedicated cores but here burns host cores that the other
+cards, the broker and the clients need (N cards share the host). With the default of one
+intra-op thread there is no pool and the setting changes nothing; with ``intra_op_threads`` > 1
+it does.
+
 onnxruntime is the ``onnx`` extra (``pip install 'npufarm[onnx]'``); without it loading an ONNX
 model fails with ACL_ERROR_FEATURE_UNSUPPORTED and says what to install. It is imported when the
 first session is built (:func:`make_session`), so importing this module (device/kernels.py and
@@ -30,6 +37,7 @@ logger = logging.getLogger(__name__)
 # intra-op threads of the sessions this process builds for cards: one process is one card, and
 # the card sets its profile's ``intra_op_threads`` here at start (device/card.py run_card)
 _card_threads = [1]
+_NO_SPINNING = ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning")
 
 
 def set_card_threads(threads: int) -> None:
@@ -51,6 +59,8 @@ def make_session(model: bytes, threads: int = 1):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    for key in _NO_SPINNING:  # see the module docstring: cards share the host's cores
+        options.add_session_config_entry(key, "0")
     options.log_severity_level = 3  # errors only: the card's log is not onnxruntime's
     try:
         return onnxruntime.InferenceSession(
