@@ -42,8 +42,9 @@ def runtime_dir():
     path = Path(tempfile.mkdtemp(prefix="nfd", dir="/tmp"))
     yield path
     survivors = [s for s in map(statefile.read_state, path.glob("*.json")) if s is not None]
-    for state in survivors:
-        os.kill(state["pid"], signal.SIGKILL)
+    for state in survivors:  # stopped as `down` stops them (cards and segments too), else killed
+        if npufarm(path, "down", "--name", state["name"], timeout_s=30.0).returncode != 0:
+            os.kill(state["pid"], signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
     assert not survivors, f"farms left running: {survivors}"
 
@@ -73,7 +74,8 @@ def up_detached(runtime_dir: Path, name: str, cards: int, *extra: str) -> dict:
 def test_up_detach_status_down(runtime_dir):
     state = up_detached(runtime_dir, "default", 2)
     log = runtime_dir / "default.log"
-    assert "ready at" in log.read_text()  # the daemon's own output went to its log
+    # the daemon's own output goes to its log (its ready line follows the state file: poll)
+    poll_for(lambda: "ready at" in log.read_text(), 10.0)
     status = npufarm(runtime_dir, "status", "--name", "default")
     assert status.returncode == 0 and "Ascend910B" in status.stdout, status.stderr
     # a process of the node finds the default farm through its state file, before acl.init
