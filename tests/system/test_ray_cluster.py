@@ -97,6 +97,23 @@ def _hbm_used(address: str, card: int) -> int:
     return next(c for c in status["cards"] if c["device_id"] == card)["stats"].get("hbm_used", 0)
 
 
+def _bench_ray(cluster, plan, out, duration_s: float) -> dict:
+    """``npufarm bench --ray`` (4 in flight, per-request samples) with the fault ``plan`` into
+    ``out``; every node's faults recovered afterwards; its result.json."""
+    from farm.admin import recover
+
+    cmd = [sys.executable, "-m", "npufarm", "bench", "--ray", cluster.address, "--quiet"]
+    cmd += ["--concurrency", "4", "--duration-s", str(duration_s), "--warmup-s", "0.3"]
+    cmd += ["--per-request", "--faults", str(plan), "--out", str(out)]
+    try:
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    finally:
+        for node in cluster.nodes:
+            recover(node.farm.address)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
 def test_npus_detected_and_one_device_per_actor(cluster, cnn):
     om, x, reference = cnn
     assert ray.cluster_resources()["NPU"] == cluster.cards == 4
@@ -181,25 +198,10 @@ def test_bench_over_two_nodes_merges_histograms(cluster, tmp_path):
     merged report's percentiles (overall, per node, per card) are those of every request's
     sample, within the histograms' precision (exactly those of a histogram of all of them);
     counts add up over the nodes; the errors are node2's only."""
-    from farm.admin import recover
 
     out, plan = tmp_path / "bench", tmp_path / "plan.toml"
     plan.write_text('[[fault]]\nkind = "error"\nprobability = 0.05\nnode = "node2"\n')
-    cmd = [sys.executable, "-m", "npufarm", "bench", "--ray", cluster.address, "--quiet"]
-    cmd += ["--concurrency", "4", "--duration-s", "1.5", "--warmup-s", "0.3", "--per-request"]
-    try:
-        done = subprocess.run(
-            [*cmd, "--faults", str(plan), "--out", str(out)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        for node in cluster.nodes:
-            recover(node.farm.address)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result = _bench_ray(cluster, plan, out, duration_s=1.5)
     phase = result["phases"][0]
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     start, end = phase["start_s"], phase["end_s"]
@@ -240,7 +242,6 @@ def test_bench_fault_plan_times_count_from_the_bench_start(cluster, tmp_path):
     than at_s: counted from there, the rule would have ended before the bench). A 0.6 s hang of
     node2's card 1 at at_s = 2.5 shows in that card's latency timeline and as its fault window
     2.5 s after the bench start; `npufarm report` of the result prints the per-node table."""
-    from farm.admin import recover
 
     at_s, hang_s, tolerance_s = 2.5, 0.6, 0.3
     out, plan = tmp_path / "bench", tmp_path / "plan.toml"
@@ -250,21 +251,7 @@ def test_bench_fault_plan_times_count_from_the_bench_start(cluster, tmp_path):
     )
     uptime_s = min(query_status(n.farm.address)["uptime_s"] for n in cluster.nodes)
     time.sleep(max(0.0, at_s + hang_s + 0.5 - uptime_s))  # in farm time, the rule is over
-    cmd = [sys.executable, "-m", "npufarm", "bench", "--ray", cluster.address, "--quiet"]
-    cmd += ["--concurrency", "4", "--duration-s", "3", "--warmup-s", "0.3", "--per-request"]
-    try:
-        done = subprocess.run(
-            [*cmd, "--faults", str(plan), "--out", str(out)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    finally:
-        for node in cluster.nodes:
-            recover(node.farm.address)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((out / "result.json").read_text())
+    result = _bench_ray(cluster, plan, out, duration_s=3.0)
     node2 = next(n for n in result["cluster"]["nodes"] if n["farm"] == "node2")
     card = next(int(g) for g, device in node2["cards"].items() if device == 1)
     rows = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
