@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean venv
+.PHONY: demo test lint format bench bench-core clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Every timing benchmark in one run (~15 min on 2 cores): benchmarks/results/suite/suite.md
 bench: $(STAMP)
+	$(PY) -m benchmarks.suite --out-dir benchmarks/results/suite
+
+bench-core: $(STAMP)
 	$(PY) -m benchmarks.core --out benchmarks/results/core.json
 
 clean:

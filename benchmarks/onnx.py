@@ -64,12 +64,12 @@ def _convert(work: Path) -> tuple[Path, Path]:
     return source, _atc(source, work / "cnn", (BATCH, *IMAGE))
 
 
-def _chain_model(path: Path) -> Path:
-    """x @ I, CHAIN_STEPS times: real onnxruntime work whose result is x again."""
+def _chain_model(path: Path, steps: int = CHAIN_STEPS) -> Path:
+    """x @ I, ``steps`` times: real onnxruntime work whose result is x again."""
     import onnx  # optional heavy dependency (the onnx extra): only this benchmark needs it
     from onnx import TensorProto, helper, numpy_helper
 
-    names = ["x", *(f"m{i}" for i in range(CHAIN_STEPS - 1)), "y"]
+    names = ["x", *(f"m{i}" for i in range(steps - 1)), "y"]
     nodes = [helper.make_node("MatMul", [a, "w"], [b]) for a, b in zip(names, names[1:])]
     shape = [CHAIN_ROWS, CHAIN_WIDTH]
     graph = helper.make_graph(
@@ -291,13 +291,14 @@ def _compute_variant(
     }
 
 
-def measure_compute(quick: bool = False) -> dict[str, Any]:
-    """The real-compute figures (goal 4): the chain model, each profile variant."""
+def measure_compute(quick: bool = False, steps: int = CHAIN_STEPS) -> dict[str, Any]:
+    """The real-compute figures (goal 4): the chain model of ``steps`` MatMuls, each profile
+    variant."""
     rounds, window_s = (1, 0.5) if quick else (5, 3.0)
     variants = {"default": ""} if quick else PROFILE_VARIANTS
     x = np.random.default_rng(1).standard_normal((CHAIN_ROWS, CHAIN_WIDTH)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="nfo-") as work:
-        source = _chain_model(Path(work) / "chain.onnx")
+        source = _chain_model(Path(work) / "chain.onnx", steps)
         om = _atc(source, Path(work) / "chain", x.shape)
         session = _host_session(source)
         run_ms = _p50_us(_timed(lambda: session.run(None, {"x": x}), 20)) / 1e3
@@ -306,7 +307,7 @@ def measure_compute(quick: bool = False) -> dict[str, Any]:
             for name, keys in variants.items()
         }
     return {
-        "model": {"name": "matmul_chain", "input": list(x.shape), "steps": CHAIN_STEPS},
+        "model": {"name": "matmul_chain", "input": list(x.shape), "steps": steps},
         "ort_run_p50_ms": run_ms,
         "cards": CARDS,
         "target": f"median ratio >= {COMPUTE_TARGET}",
@@ -314,7 +315,7 @@ def measure_compute(quick: bool = False) -> dict[str, Any]:
     }
 
 
-def measure(quick: bool = False) -> dict[str, Any]:
+def measure(quick: bool = False, steps: int = CHAIN_STEPS) -> dict[str, Any]:
     """Convert the model, measure the host baselines, then the farm; the JSON-able result."""
     rounds, window_s = (50, 1.0) if quick else (400, 4.0)
     x = np.random.default_rng(0).standard_normal((BATCH, *IMAGE)).astype(np.float32)
@@ -349,7 +350,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
                 "meets_target": throughput / parallel >= 0.75,
             },
         },
-        "compute": measure_compute(quick),
+        "compute": measure_compute(quick, steps),
     }
 
 
@@ -357,9 +358,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ONNX on the farm vs onnxruntime on the host")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (for the tests)")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument(
+        "--chain-steps", type=int, default=CHAIN_STEPS, help="MatMuls of the compute model"
+    )
+    parser.add_argument(
+        "--compute-only", action="store_true", help="only the real-compute part (goal 4)"
+    )
     args = parser.parse_args(argv)
+    if args.chain_steps < 1:
+        parser.error("--chain-steps must be >= 1")
     logging.basicConfig(level=logging.WARNING)
-    result = measure(quick=args.quick)
+    if args.compute_only:
+        result = {
+            "schema": "npufarm.bench.onnx/1",
+            "compute": measure_compute(args.quick, args.chain_steps),
+        }
+    else:
+        result = measure(quick=args.quick, steps=args.chain_steps)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
