@@ -222,6 +222,26 @@ def _onnx_table(onnx: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _tiny_lines(onnx: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The tiny CNN's figures (one window each, no rounds), when the run has them."""
+    doc = onnx.get("onnx") or {}
+    farm, base = doc.get("farm"), doc.get("baselines")
+    if not farm or not base:
+        return []
+    run_us, exec_fig = base["ort_run"]["p50_us"], farm["exec"]
+    pair, host_rps = farm["throughput_2cards"], base["ort_parallel"]["requests_per_s"]
+    return [
+        "",
+        f"Tiny CNN (`examples/pyacl`, batch 8): `session.run` p50 {run_us:,.0f} µs on the host; "
+        f"execute + sync on a card {exec_fig['p50_us']:,.0f} µs (overhead "
+        f"{exec_fig['overhead_us']:,.0f} µs, target <= 500: "
+        f"{'met' if exec_fig['meets_target'] else '**not met**'}); 2 cards "
+        f"{pair['requests_per_s']:,.0f} req/s against {host_rps:,.0f} "
+        f"on 2 host threads ({pair['ratio']:.2f}; on a model this small the round trip is as "
+        "large as the compute).",
+    ]
+
+
 def markdown(suite: Mapping[str, Any], docs: Mapping[str, Any]) -> str:
     """The whole run as markdown: the goals, then each part's own table."""
     host = suite.get("host") or {}
@@ -248,6 +268,7 @@ def markdown(suite: Mapping[str, Any], docs: Mapping[str, Any]) -> str:
         parts.append(markdown_table(docs["core"]["summary"], rounds))
     if docs.get("onnx"):
         parts += ["", "#### Real compute: `benchmarks.onnx`", "", _onnx_table(docs["onnx"])]
+        parts += _tiny_lines(docs["onnx"])
     if docs.get("scale"):
         parts += ["", "#### How cost grows: `benchmarks.scale`", "", scale_markdown(docs["scale"])]
     return "\n".join(parts)
