@@ -21,7 +21,9 @@ one, which overlapped a client GC; apart (:data:`INFO`), the card loop's run-que
 sleep its timer ended and its GC time, the client thread's run-queue wait during the sync; every
 process group's run-queue wait (``/proc/<pid>/task/*/schedstat`` field 2) per second of run;
 and the host's own floor, no farm code (:func:`host_floor`: a bare timer sleep's lateness, a
-two-hop pipe relay). JSON out, like the others (:func:`benchmarks.rounds.emit`).
+two-hop pipe relay); the cards' CPU (ms per s) and the host's CPU pressure (PSI "some" share:
+what a card's spin rule sees, device/pacing.py). ``--profile-set timer_spin_s=0`` runs the cards
+with a profile field changed. JSON out, like the others (:func:`benchmarks.rounds.emit`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import numpy as np
 import psutil
 
 from benchmarks.rounds import emit
+from device.pacing import psi_some_us
 from farm.admin import up_command
 from loadtest.messages import STOP, Phase
 from loadtest.plan import arrival_offsets
@@ -340,11 +343,25 @@ def _worker_main(address: str, slots: list, model: str, commands: Any, results: 
 # --------------------------------------------------------------------------------------------
 
 
-def _start_farm(runtime_dir: Path, cards: int, card_env: dict[str, str]) -> subprocess.Popen:
+def farm_config(profile: dict[str, str]) -> str:
+    """The farm's config text: configs/default.toml, its card profile's fields overridden by
+    ``profile`` (TOML values, e.g. ``{"timer_spin_s": "0.0"}``) as an inline table."""
+    text = _CONFIG.read_text(encoding="utf-8")
+    if not profile:
+        return text
+    fields = ", ".join(f"{key} = {value}" for key, value in profile.items())
+    return text.replace('profile = "910b"', f'profile = {{ base = "910b", {fields} }}', 1)
+
+
+def _start_farm(
+    runtime_dir: Path, cards: int, card_env: dict[str, str], profile: dict[str, str]
+) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPUFARM_")}
     env.update({_DIAG_ENV: "1", **card_env})
+    config = runtime_dir / "farm.toml"
+    config.write_text(farm_config(profile), encoding="utf-8")
     log = open(runtime_dir / "farm.log", "w", encoding="utf-8")  # noqa: SIM115 (the child's)
-    cmd = up_command(_CONFIG, runtime_dir, "tail", cards, "--watch-parent", str(os.getpid()))
+    cmd = up_command(config, runtime_dir, "tail", cards, "--watch-parent", str(os.getpid()))
     process = subprocess.Popen(
         cmd, cwd=_REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
     )
@@ -362,6 +379,18 @@ def _start_farm(runtime_dir: Path, cards: int, card_env: dict[str, str]) -> subp
 
 def _snapshot(groups: dict[str, list[int]]) -> dict[str, dict[int, tuple[int, int]]]:
     return {group: {pid: schedstat_ns(pid) for pid in pids} for group, pids in groups.items()}
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU time (user + system, s) of these processes so far (0 for one gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def _phases(case: dict, workers: int, warmup_s: float, duration_s: float) -> list[Phase]:
@@ -415,16 +444,20 @@ def _drive(address: str, farm_pid: int, case: dict, model: str, timing: tuple) -
         for command, phase in zip(commands, phases):
             command.put(phase)
         time.sleep(max(0.0, phases[0].warm_end - time.monotonic()))
-        before = _snapshot(groups)
+        before, cpu0, psi0 = _snapshot(groups), cpu_s(groups["cards"]), psi_some_us()
         time.sleep(max(0.0, phases[0].end - time.monotonic()))
-        after = _snapshot(groups)
+        after, cpu1, psi1 = _snapshot(groups), cpu_s(groups["cards"]), psi_some_us()
         parts = []
         for _ in procs:
             kind, records, *rest = results.get(timeout=60.0)
             if kind != "records" or (rest and rest[0]):
                 raise RuntimeError(f"worker failed: {records if kind == 'error' else rest}")
             parts.append(records)
-        return np.concatenate(parts), run_queue(before, after, duration_s)
+        waits = run_queue(before, after, duration_s)
+        waits["cards"]["cpu_ms_per_s"] = _r((cpu1 - cpu0) * 1e3 / duration_s)
+        if psi0 is not None and psi1 is not None:  # (the host's: what a card's spin rule sees)
+            waits["host"] = {"cpu_pressure_share": _r((psi1 - psi0) / 1e6 / duration_s)}
+        return np.concatenate(parts), waits
     finally:
         for proc in procs:
             proc.join(timeout=15.0)
@@ -439,6 +472,7 @@ def run_case(
     warmup_s: float,
     card_env: dict[str, str] | None = None,
     records_out: Path | None = None,
+    profile: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One case (:data:`_CASES`: "1" or "8") on a fresh farm: its decomposition, the
     run-queue waits, the load average, the host's steal time (a VM's vCPUs not run); the raw
@@ -448,7 +482,7 @@ def run_case(
         runtime_dir = Path(tmp)
         model = runtime_dir / "m5.toml"
         model.write_text(_MODEL, encoding="utf-8")
-        farm = _start_farm(runtime_dir, case["farm_cards"], card_env or {})
+        farm = _start_farm(runtime_dir, case["farm_cards"], card_env or {}, profile or {})
         try:
             address = json.loads((runtime_dir / "tail.json").read_text())["endpoint"]
             load0, steal0 = os.getloadavg()[0], _steal_s()
@@ -528,13 +562,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--card-env", action="append", default=[], metavar="K=V", help="farm environment"
     )
+    parser.add_argument(
+        "--profile-set",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="card profile field (TOML value), e.g. timer_spin_s=0.0",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     parser.add_argument("--records", default=None, help="save each run's raw records in DIR")
     parser.add_argument("--markdown", action="store_true", help="only the table, on stdout")
     parser.add_argument("--no-floor", action="store_true", help="skip the host's own floor")
+    parser.add_argument("--quick", action="store_true", help="4 s runs, no host floor")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.duration_s, args.warmup_s, args.no_floor = 4.0, 0.5, True
     logging.basicConfig(level=logging.WARNING)
     card_env = dict(item.split("=", 1) for item in args.card_env)
+    profile = dict(item.split("=", 1) for item in args.profile_set)
     names = ["1", "8"] if args.case == "all" else [args.case]
     results: dict[str, Any] = {}
     for run in range(args.repeat):
@@ -543,8 +588,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raw = Path(args.records) / f"{key.replace('#', '-')}.npy" if args.records else None
             if raw is not None:
                 raw.parent.mkdir(parents=True, exist_ok=True)
-            results[key] = run_case(name, args.duration_s, args.warmup_s, card_env, raw)
-    out = {"benchmark": "tail", "card_env": card_env, "cases": results}
+            results[key] = run_case(name, args.duration_s, args.warmup_s, card_env, raw, profile)
+    out = {"benchmark": "tail", "card_env": card_env, "profile": profile, "cases": results}
     if not args.no_floor:
         out["host_floor"] = host_floor()
         floor = out["host_floor"]

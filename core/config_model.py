@@ -131,6 +131,7 @@ PROFILE_SPEC: dict[str, Spec] = {
     "exec_config_extensions": Spec(to_ints, _check_extensions),
     "intra_op_threads": Spec(to_int, between(1, 64)),
     "cpu_affinity": Spec(_to_affinity, _check_affinity),
+    "timer_spin_s": Spec(to_float, between(0, 0.01)),
 }
 
 FARM_SPEC: dict[str, Spec] = {
@@ -169,6 +170,7 @@ class CardProfile:
     exec_config_extensions: tuple[int, ...] = ()  # exec-config attr ids accepted beyond 0/1
     intra_op_threads: int = 1  # onnxruntime intra-op threads of each ONNX model on the card
     cpu_affinity: tuple[int, ...] | str = ()  # CPUs the card process may run on; "auto"; () any
+    timer_spin_s: float = 0.001  # most a card spins before a due completion (device/pacing.py)
 
     def __post_init__(self) -> None:
         for name, spec in PROFILE_SPEC.items():

@@ -8,11 +8,11 @@
 
 The card never blocks on a kernel's modelled duration: a started task computes its real outputs at
 once (numpy on the shm views) and completes when its timer fires, ``max(start + modelled, compute
-done)``, the start anchored at the client's submit stamp (device/timing.py). The poll timeout is
-the nearest timer or heartbeat, so an idle card sleeps. The real compute itself may take seconds;
-the heartbeat keeper (device/heartbeat.py) beats for the loop meanwhile, which is why every socket
-call here holds ``io_lock``. A card whose broker has been silent for the heartbeat expiry exits and
-unlinks its segment.
+done)``, the start anchored at the client's submit stamp (device/timing.py). The poll sleeps to
+the heartbeat or to a short window before the nearest timer, then spins to it (device/pacing.py),
+so an idle card sleeps. The real compute itself may take seconds; the heartbeat keeper
+(device/heartbeat.py) beats for the loop meanwhile, which is why every socket call holds
+``io_lock``. A card whose broker has been silent for the heartbeat expiry exits and unlinks it.
 
 Tasks are started and timed by device/runner.py through the executor (device/executor.py);
 request ops are the table of device/requests.py; the spec the card starts with is
@@ -28,7 +28,6 @@ as ended, so a killed client leaves nothing in flight.
 from __future__ import annotations
 
 import cProfile
-import ctypes
 import itertools
 import logging
 import os
@@ -52,8 +51,9 @@ from device.loader import ModelLoader
 from device.memory import Allocator, HbmSegment, segment_name
 from device.model_spec import ModelSpec
 from device.onnx_kernel import set_card_threads
+from device.pacing import SpinWindow, tighten_timer_slack
 from device.requests import dispatch, error_reply
-from device.runner import TaskRunner, TurnStats
+from device.runner import TIMING_DIAG_ENV, TaskRunner, TurnStats
 from device.streams import StreamScheduler, Task
 from device.timing import MAX_STAMP_AGE_S, submitted_at
 
@@ -111,6 +111,7 @@ class Card:
         self.runner = TaskRunner(
             spec, self.scheduler, self.executor, self.faults, self.stats, self.crash
         )
+        self.spin, self._timed = SpinWindow(spec.timer_spin_s), False  # (the hybrid wait)
         self._warned_s, self._unwarned = float("-inf"), 0  # malformed-input warnings
         self.reclaimed = dict.fromkeys(_RECLAIMED, 0)  # cumulative, from departed clients
         self.running = True
@@ -166,7 +167,7 @@ class Card:
             "queued": self.scheduler.queued,
             "running": self.scheduler.running,
             "stream_queues": self.scheduler.queue_depths(),
-            "timing": self.runner.timing(),
+            "timing": {**self.runner.timing(), **self.spin.stats()},
             **self.stats,
             **self.reclaimed,
         }
@@ -189,6 +190,7 @@ class Card:
         if events:
             self._send(Cmd.CARD_EVENT, b"", {"faults": events})
         if from_loop:
+            self.spin.tick(now)
             self._last_stats = self.stats_body()
         if beat:
             self._send(Cmd.HEARTBEAT, b"", self._last_stats)
@@ -227,14 +229,13 @@ class Card:
         welcomed = False  # the broker's silence counts only once it has spoken (READY welcome)
         self.farm_starting = True
         while self.running:
-            timeout_s = self._poll_timeout_s(time.monotonic())
             link_up = self.faults.link_up()
             if self.runner.turns is not None:  # (diagnostics: run-queue wait of the sleep)
                 self.runner.turns.before_sleep()
-                readable, inbound = self._receive(timeout_s)
+                readable, inbound = self._wait(time.monotonic())
                 self.runner.turns.after_sleep()
             else:
-                readable, inbound = self._receive(timeout_s)
+                readable, inbound = self._wait(time.monotonic())
             if readable:
                 broker_seen = time.monotonic()
                 welcomed = True
@@ -252,14 +253,27 @@ class Card:
                 self.running = False
 
     def _poll_timeout_s(self, now: float) -> float:
-        """How long the loop may wait on its socket: until the next timer or heartbeat (a few
-        ms while a model builds), not at all while work is left over from the last turn."""
+        """How long the loop may wait on its socket: until the next heartbeat or the spin
+        window before the next timer (then :attr:`_timed`), a few ms while a model builds, not
+        at all while work is left over from the last turn."""
+        self._timed = False
         if self.prefault_queue or self.backlog:
             return 0.0
-        deadline = self.runner.next_deadline(self.heartbeat.next_s)
+        deadline = self.heartbeat.next_s
         if self.loader.pending:  # look for finished model builds every few ms
             deadline = min(deadline, now + _LOAD_POLL_S)
+        if self.runner.timers and self.runner.timers[0][0] - self.spin.value <= deadline:
+            deadline, self._timed = self.runner.timers[0][0] - self.spin.value, True
         return max(0.0, deadline - now)
+
+    def _wait(self, now: float) -> tuple[bool, list]:
+        """Sleep on the socket until the next deadline; once a sleep that ended for a
+        completion ran out, spin until it is due (device/pacing.py: the hybrid wait)."""
+        timeout_s = self._poll_timeout_s(now)
+        readable, inbound = self._receive(timeout_s)
+        if readable or not self._timed or not self.spin.woke(now + timeout_s, timeout_s > 0.0):
+            return readable, inbound
+        return self.spin.spin(self.runner.timers[0][0], lambda: self._receive(0.0))
 
     def _work(self, now: float, link_up: bool) -> None:
         """One turn's work after the socket: timers, starts, finished loads, completions out
@@ -484,25 +498,9 @@ class Card:
             for client, rows in outbox.items():
                 self._send(Cmd.COMPLETE, client, rows)
         outbox.clear()
-
-
-TIMING_DIAG_ENV = "NPUFARM_TIMING_DIAG"
-"""Set (non-empty) in a card's environment, its completion rows carry diagnostic stage times
-after the usual six fields: device id, receipt, planned send, timer fired (``time.monotonic()``),
-the loop's run-queue wait over the sleep that timer ended and the GC time since the previous
-timer (s), flushed (``time.monotonic()``; benchmarks/tail.py reads them). Off by default."""
-
-_PR_SET_TIMERSLACK = 29  # linux/prctl.h
-_TIMER_SLACK_NS = 1000
-
-
-def _tighten_timer_slack() -> None:
-    """Ask Linux to end this process's sleeps within 1 µs of their timeout instead of the
-    default 50 µs: a card's completions are timers. Best effort (other systems: no-op)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _TIMER_SLACK_NS, 0, 0, 0)
-    except (OSError, AttributeError):
-        logger.debug("timer slack unchanged")
+        if self.runner.fired_s:  # (timers fired: their fire-to-send time feeds the lead)
+            self.runner.lead.flushed(time.monotonic() - self.runner.fired_s)
+            self.runner.fired_s = 0.0
 
 
 def run_card(spec_dict: dict[str, Any]) -> None:
@@ -513,7 +511,7 @@ def run_card(spec_dict: dict[str, Any]) -> None:
         level=os.environ.get("NPUFARM_LOG_LEVEL", "WARNING"),
         format=f"%(asctime)s card{spec.device_id} %(levelname)s %(message)s",
     )
-    _tighten_timer_slack()
+    tighten_timer_slack()
     cpus = affinity_cpus(
         spec.cpu_affinity, spec.device_id, spec.intra_op_threads, os.sched_getaffinity(0)
     )

@@ -38,6 +38,7 @@ class CardSpec:
     faults: dict[str, Any] | None = None  # this card's part of the fault plan
     intra_op_threads: int = 1  # onnxruntime intra-op threads per ONNX model (profile)
     cpu_affinity: list[int] | str | None = None  # CPUs to pin the card to, "auto", None: any
+    timer_spin_s: float = 0.0  # most a card spins before a due completion (device/pacing.py)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CardSpec:

@@ -39,11 +39,17 @@ from device.injection import CardFaults, TaskFault
 from device.streams import StreamScheduler, Task
 from device.timing import CompletionLead
 
-__all__ = ["TaskRunner", "TurnStats"]
+__all__ = ["TaskRunner", "TurnStats", "TIMING_DIAG_ENV"]
 
 logger = logging.getLogger(__name__)
 
 Timer = tuple[float, int, Task, int, Publish | None]  # (send at, seq, task, code, commit)
+
+TIMING_DIAG_ENV = "NPUFARM_TIMING_DIAG"
+"""Set (non-empty) in a card's environment, its completion rows carry diagnostic stage times
+after the usual six fields: device id, receipt, planned send, timer fired (``time.monotonic()``),
+the loop's run-queue wait over the sleep that timer ended and the GC time since the previous
+timer (s), flushed (``time.monotonic()``; benchmarks/tail.py reads them). Off by default."""
 
 
 class TaskRunner:
@@ -76,6 +82,7 @@ class TaskRunner:
         self.outbox: dict[bytes, list] = {}  # client -> completion rows not yet sent
         self.hung: set[tuple[bytes, int]] = set()  # (client, task id) stuck in a sticky hang
         self.lead = CompletionLead()  # how early a completion is sent (device/timing.py)
+        self.fired_s = 0.0  # when timers last fired with their rows not sent yet (0: none)
         # NPUFARM_TIMING_DIAG (benchmarks/tail.py): per task (client, id) -> [device id,
         # receipt, planned send, timer fired, run-queue wait and GC time before it fired],
         # appended to its completion row (+ the flush time, device/card.py); None (the
@@ -88,7 +95,7 @@ class TaskRunner:
     def timing(self) -> dict[str, float]:
         """The card's latency model (its heartbeat stats), for a bench to set observed latency
         against: the profile's speed and jitter, the farm's time scale, the completion lead and
-        its two parts (device/timing.py), in microseconds."""
+        its three parts (device/timing.py), in microseconds."""
         lead, spec = self.lead, self.spec
         return {
             "speed_factor": spec.speed_factor,
@@ -97,6 +104,7 @@ class TaskRunner:
             "lead_us": round(lead.value * 1e6, 1),
             "transport_us": round(lead.transport.value * 1e6, 1),
             "late_us": round(lead.lateness.value * 1e6, 1),
+            "flush_us": round(lead.flush.value * 1e6, 1),
         }
 
     def next_deadline(self, default: float) -> float:
@@ -213,6 +221,8 @@ class TaskRunner:
         """End the tasks whose completion is due, at their modelled end (not at ``now``: the
         loop's lateness must not push the stream's next task back); how late each timer fired
         feeds the lead."""
+        if self.timers and self.timers[0][0] <= now:
+            self.fired_s = now  # (the card's flush: how long until the rows were sent)
         while self.timers and self.timers[0][0] <= now:
             send_s, _, task, code, commit = heapq.heappop(self.timers)
             self.lead.fired(now - send_s)

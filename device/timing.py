@@ -17,7 +17,8 @@ once, when its compute is done: its client sees the transport's latency, not the
 
 The way back is absorbed too: the card sends a completion ``lead`` before the modelled end
 (:class:`CompletionLead`: the median of the last tasks' client-to-card transport, taken as the
-card-to-client one, plus the median of how late the card's timers fire; at most
+card-to-client one, plus the median of how late the card's timers fire and of how long the card
+takes from a timer firing to the completion sent; at most
 :data:`MAX_LEAD_S`), so that it reaches the client near the modelled end. The completion row
 still says the modelled start and end (event times, the trace); only the outputs land in memory
 that much early, never before the compute is done or before ``min_completion_delay_s`` (the
@@ -43,6 +44,7 @@ __all__ = [
     "modelled_start",
     "modelled_end",
     "send_at",
+    "RunningQuantile",
     "RunningMedian",
     "CompletionLead",
 ]
@@ -86,14 +88,14 @@ def send_at(
     return max(end_s - lead_s, start_s + min_delay_s, computed_s)
 
 
-class RunningMedian:
-    """The median of the last ``window`` samples, recomputed every ``every`` samples (a few
-    microseconds then, an append otherwise); 0.0 until the first recompute."""
+class RunningQuantile:
+    """The ``quantile`` (0..1) of the last ``window`` samples, recomputed every ``every``
+    samples (a few microseconds then, an append otherwise); 0.0 until the first recompute."""
 
-    __slots__ = ("window", "every", "samples", "value", "_next", "_count")
+    __slots__ = ("window", "every", "quantile", "samples", "value", "_next", "_count")
 
-    def __init__(self, window: int = 64, every: int = 16) -> None:
-        self.window, self.every = window, every
+    def __init__(self, window: int = 64, every: int = 16, quantile: float = 0.5) -> None:
+        self.window, self.every, self.quantile = window, every, quantile
         self.samples: list[float] = []
         self.value = 0.0
         self._next = self._count = 0
@@ -113,7 +115,7 @@ class RunningMedian:
 
     def add_many(self, samples: list[float]) -> bool:
         """Take several samples at once (a message's worth: one call, not one per sample);
-        the median is recomputed once, after them, if the count passed a multiple of
+        the value is recomputed once, after them, if the count passed a multiple of
         ``every`` meanwhile. True when :attr:`value` was recomputed."""
         count = len(samples)
         if count >= self.window:  # the window is the last ``window`` of them
@@ -135,19 +137,31 @@ class RunningMedian:
 
     def _recompute(self) -> None:
         ordered = sorted(self.samples)
-        self.value = ordered[len(ordered) // 2]
+        self.value = ordered[min(len(ordered) - 1, int(len(ordered) * self.quantile))]
+
+
+class RunningMedian(RunningQuantile):
+    """The median of the last ``window`` samples (:class:`RunningQuantile` at 0.5)."""
+
+    __slots__ = ()
+
+    def __init__(self, window: int = 64, every: int = 16) -> None:
+        super().__init__(window, every, 0.5)
 
 
 class CompletionLead:
     """How long before its modelled end a card sends a completion (:attr:`value`, seconds):
     the median transport of the tasks' way in (receipt − submit stamp), taken for the way back,
-    plus the median lateness of the card's timers, within ``[0, MAX_LEAD_S]``."""
+    plus the median lateness of the card's timers, plus the median time from a timer firing to
+    its completion sent (the card loop's own turn: publish, free, pack, send), within
+    ``[0, MAX_LEAD_S]``."""
 
-    __slots__ = ("transport", "lateness", "value")
+    __slots__ = ("transport", "lateness", "flush", "value")
 
     def __init__(self, window: int = 64, every: int = 16) -> None:
         self.transport = RunningMedian(window, every)
         self.lateness = RunningMedian(window, every)
+        self.flush = RunningMedian(window, every)
         self.value = 0.0
 
     def arrived(self, submitted_s: float, received_s: float) -> None:
@@ -170,5 +184,11 @@ class CompletionLead:
         if self.lateness.add(late_s):
             self._update()
 
+    def flushed(self, after_s: float) -> None:
+        """The completions of timers that fired were sent ``after_s`` after they fired."""
+        if self.flush.add(after_s):
+            self._update()
+
     def _update(self) -> None:
-        self.value = min(MAX_LEAD_S, max(0.0, self.transport.value + self.lateness.value))
+        total = self.transport.value + self.lateness.value + self.flush.value
+        self.value = min(MAX_LEAD_S, max(0.0, total))

@@ -94,6 +94,7 @@ class Supervisor:
             faults=self.card_plan(device_id).to_dict() if self.plan.rules else None,
             intra_op_threads=profile.intra_op_threads,
             cpu_affinity=profile.to_dict()["cpu_affinity"] or None,  # msgpack: list or "auto"
+            timer_spin_s=profile.timer_spin_s,
         )
 
     def card_plan(self, device_id: int) -> FaultPlan:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,5 +164,20 @@ def test_a_short_real_run_splits_every_request(tmp_path):
     assert np.all(records["received"] >= records["stamp"])
     assert np.all(records["flushed"] >= records["fired"])
     assert 4.5 < result["e2e_ms"]["p50"] < 7.0
-    assert set(result["run_queue_ms"]) == {"broker", "cards", "clients", "tail"}
+    groups = {"broker", "cards", "clients", "tail"}
+    assert set(result["run_queue_ms"]) - {"host"} == groups  # (host: where there is PSI)
+    assert result["run_queue_ms"]["cards"]["cpu_ms_per_s"] > 0.0
     assert set(os.listdir("/dev/shm")) <= before
+
+
+def test_the_farm_config_overrides_the_card_profile(tmp_path):
+    """--profile-set: the default config, its profile an inline table on the 910b; it loads."""
+    from benchmarks.tail import farm_config
+    from core.config import load_config
+
+    assert farm_config({}) == (Path(__file__).parents[2] / "configs/default.toml").read_text()
+    path = tmp_path / "farm.toml"
+    path.write_text(farm_config({"timer_spin_s": "0.0", "exec_slots": "2"}))
+    profile = load_config(path, env={}).cards[0].profile
+    assert profile.timer_spin_s == 0.0 and profile.exec_slots == 2
+    assert profile.soc_name == "Ascend910B" and profile.op_timeout_s == 1091.0  # (the 910b's)
