@@ -1,4 +1,4 @@
-"""benchmarks/tail.py's decomposition (pure) and the card's optional stage times in its
+"""benchmarks/tail_stages.py's decomposition (pure) and the card's optional stage times in its
 completion rows (device/runner.py ``diag``, on a fake clock): the stages add up to the
 end-to-end latency, the tail's excess is found in the stage that holds it, the run-queue
 figures are per second of run, and a card without diagnostics sends its rows as before."""
@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.tail import INFO, RECORD, STAGES, decompose, run_queue, schedstat_ns, stages, table
+from benchmarks.tail_stages import (
+    INFO,
+    RECORD,
+    STAGES,
+    decompose,
+    run_queue,
+    schedstat_ns,
+    stages,
+    table,
+)
 from core.errors import ACL_SUCCESS
 from device.runner import TaskRunner, TurnStats
 from device.streams import StreamScheduler, Task
@@ -160,7 +169,11 @@ def test_a_short_real_run_splits_every_request(tmp_path):
     records = np.load(raw)
     parts = stages(records)
     assert sum(parts[name] for name in STAGES) == pytest.approx(parts["e2e"])
-    assert np.all(parts["model_run"] == pytest.approx(5.0))
+    # the modelled run is 5 ms, longer only for a task that reached its card after its modelled
+    # end (it ends when its compute is done: a way in over 5 ms, seen on a loaded box)
+    late = records["received"] - records["stamp"] > 0.004  # (1 ms left for the compute)
+    assert np.all(parts["model_run"][~late] == pytest.approx(5.0))
+    assert np.all(parts["model_run"][late] >= 5.0 - 1e-6) and late.mean() < 0.1
     assert np.all(records["received"] >= records["stamp"])
     assert np.all(records["flushed"] >= records["fired"])
     assert 4.5 < result["e2e_ms"]["p50"] < 7.0
