@@ -11,14 +11,15 @@ receive socket read by whichever thread is waiting (or the I/O thread when nobod
 The broker answers everything sent from ``<id>/s`` to ``<id>`` (``protocol.reply_identity``).
 Sockets move between threads only under their locks (ZeroMQ allows a socket to migrate with a
 full memory barrier). A thread that waits for a completion flushes the outbox itself and then
-receives on the socket itself (leader/follower), so a synchronous round trip has no thread
-hand-off; the I/O thread steps aside while anyone waits (and, when the wait left nothing in
-flight, for a lull after it, so a submit/sync loop costs no wake-up), and otherwise drains
-completions, card events and pongs, pings an idle broker and declares it lost after the
-heartbeat expiry (those rules: :mod:`client.receiving`). Submits are one-way: a task submitted
-with nothing else in flight leaves from the API thread at once; with tasks in flight, submits are
-batched (:mod:`client.outbox`). A sync on a stream whose tasks are done is a local check, no
-round trip (:mod:`client.tracks`). A lost card fails every pending task of that card with 507010;
+receives on the socket itself (leader/follower: a follower wakes only when its task is done or
+the socket is free), so a synchronous round trip has no thread hand-off; the I/O thread steps
+aside while anyone waits (and, when the wait left nothing in flight, for a lull after it, so a
+submit/sync loop costs no wake-up), and otherwise drains completions, card events and pongs,
+pings an idle broker and declares it lost after the heartbeat expiry (those rules:
+:mod:`client.receiving`). Submits are one-way: a task submitted with nothing else in flight
+leaves from the API thread at once; with tasks in flight, submits are batched
+(:mod:`client.outbox`). A sync on a stream whose tasks are done is a local check, no round trip
+(:mod:`client.tracks`). A lost card fails every pending task of that card with 507010;
 a silent broker fails everything (:mod:`client.membership`).
 """
 
@@ -37,7 +38,7 @@ import zmq
 
 from client.membership import Membership, hello_body
 from client.outbox import Outbox, send_message
-from client.receiving import Receiving
+from client.receiving import Receiving, Turns
 from client.tracks import HELD_FOR_RECORD, Ledger, StreamTrack
 from core import protocol as proto
 from core.errors import (
@@ -75,7 +76,7 @@ class Session(Receiving):
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0) -> None:
         self.address = address
         self._lock = threading.Lock()  # the condition's lock: hot paths take it directly
-        self.cond = threading.Condition(self._lock)
+        self.cond = Turns(self._lock, lambda: self._receiver is None)
         self.tracks: dict[int, StreamTrack] = {}  # pending task id -> its stream track
         self.lost: dict[int, int] = {}  # device id -> epoch declared lost (sticky)
         self.epochs: dict[int, int] = {}
@@ -96,6 +97,8 @@ class Session(Receiving):
         self._waiters = 0  # threads in _await (the I/O thread steps aside while > 0)
         self._waited_s = 0.0  # time.monotonic() when the latest wait ended (cond)
         self._aside_since_s = 0.0  # time.monotonic() when _waiters last went 0 -> 1 (cond)
+        self._long_waited = False  # the latest wait lasted _LONG_WAIT_S or more (cond)
+        self._io_dozing = False  # the I/O thread sleeps until woken: a leaver wakes it (cond)
         self._last_heard = time.monotonic()
         self._wake_r, self._wake_w = os.pipe()
         self._running = True

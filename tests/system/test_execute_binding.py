@@ -206,9 +206,9 @@ def timed_farm():
 
 
 def test_a_long_sync_does_not_keep_the_io_thread_looking(timed_farm, acl_on, monkeypatch, tmp_path):
-    """While a thread waits long (a slow model, a hang), the stepped-aside I/O thread stops
-    looking every 1-2 ms after ``_LONG_WAIT_S`` (it sleeps until the waiter's exit wakes it):
-    a 0.3 s sync costs it a few turns (heartbeat pings included), not ~150."""
+    """While a thread waits long (a slow model, a hang), the stepped-aside I/O thread looks
+    once, ``_LONG_WAIT_S`` into the wait, then sleeps until the waiter's exit wakes it: a 0.3 s
+    sync costs it a few turns (heartbeat pings included), not ~150."""
     import threading
 
     import zmq
