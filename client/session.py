@@ -185,13 +185,15 @@ class Session(Receiving):
         return reply
 
     def notify_card(self, device_id: int, op: str, /, **args: Any) -> None:
-        """A request to a card whose reply nobody waits for (it is dropped on arrival); nothing
-        is sent to a lost card or through a lost broker."""
+        """A request to a card whose reply nobody waits for: marked so that the card sends
+        none (a client that leaves right after a release would have the broker drop it and
+        warn); nothing is sent to a lost card or through a lost broker."""
         with self.cond:
             if self.broker_lost or device_id in self.lost or device_id not in self.epochs:
                 return
             route = self.route(device_id)
-        self._outbox.post(Cmd.REQUEST, route, {"rid": next(self._rids), "op": op, **args})
+        body = {"rid": next(self._rids), "op": op, proto.NO_REPLY: True, **args}
+        self._outbox.post(Cmd.REQUEST, route, body)
 
     def submit(
         self,

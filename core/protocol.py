@@ -43,6 +43,7 @@ __all__ = [
     "CLIENT_HEADER",
     "WORKER_HEADER",
     "BROKER_DEVICE",
+    "NO_REPLY",
     "Cmd",
     "ClientFrame",
     "WorkerFrame",
@@ -77,6 +78,9 @@ BROKER_DEVICE = 0xFFFF
 RECONNECT_IVL_MS = 10  # peers reconnect to the broker with back-off: 10 ms doubling ...
 RECONNECT_IVL_MAX_MS = 1000  # ... up to 1 s (ZeroMQ's reconnect interval settings)
 SENDER_SUFFIX = b"/s"  # a client's send-only socket: identity of its receiving socket + this
+NO_REPLY = "nr"
+"""A REQUEST body's key: true when the sender waits for no reply (a release at teardown), so
+the card sends none (the op's outcome is the same)."""
 _ROUTE = struct.Struct(">HH")
 
 

@@ -401,8 +401,8 @@ class Card:
             self.malformed("request without rid dropped")
             return
         reply = dispatch(self, client, body)
-        if reply is not None:  # (None: answered later, a model still building: finish_loads)
-            self.reply(client, body["rid"], reply)
+        if reply is not None and not body.get(proto.NO_REPLY):  # (None: answered later, a
+            self.reply(client, body["rid"], reply)  # model still building: finish_loads)
 
     def reply(self, client: bytes, rid: int, reply: dict) -> None:
         reply["rid"] = rid

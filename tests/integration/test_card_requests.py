@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from core import protocol as proto
 from core.errors import (
     ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
     ACL_ERROR_INVALID_PARAM,
@@ -91,3 +92,17 @@ def test_load_of_an_invalid_model_gets_an_error_reply(harness):
     reply = h.broker.reply(rid, timeout_s=2.0)
     assert reply["code"] == ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID, reply
     assert h.alive()
+
+
+def test_a_request_marked_no_reply_takes_effect_and_gets_no_reply(harness):
+    """A release nobody waits for (a client's teardown) gets no REPLY, so the broker has
+    nothing to drop for a client that left; the op itself is done."""
+    h = harness
+    h.start()
+    free_before = h.broker.request("mem_info")["free"]
+    offset = h.malloc(4096)
+    assert h.broker.request("mem_info")["free"] < free_before
+    rid = h.broker.request_nowait("free", offset=offset, **{proto.NO_REPLY: True})
+    assert h.broker.request("mem_info")["free"] == free_before  # (answered after the free)
+    h.broker.pump(50.0)
+    assert not [m for m in h.broker.pending(Cmd.REPLY) if proto.unpack(m.body)["rid"] == rid]
