@@ -43,7 +43,7 @@ from typing import Any
 from benchmarks.rounds import spread
 from benchmarks.suite_report import FIDELITY_CASES, goals, markdown, replace_block
 
-__all__ = ["PARTS", "Plan", "run", "main"]
+__all__ = ["PARTS", "Plan", "load_docs", "run", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,27 @@ def _load(out_dir: Path, name: str) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def load_docs(out_dir: Path) -> dict[str, Any]:
+    """The parts' documents found in ``out_dir`` (None / absent where a part did not run)."""
+    docs: dict[str, Any] = {name: _load(out_dir, f"{name}.json") for name in ("fidelity", "core")}
+    docs["tail"] = _load(out_dir, "tail.json")
+    docs["scale"] = _load(out_dir, "scale/scale.json")
+    docs["onnx"] = {
+        name: doc
+        for name in ("onnx", "onnx-heavy")
+        if (doc := _load(out_dir, f"{name}.json")) is not None
+    }
+    return docs
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (as the README shows it)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def run(plan: Plan, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run ``plan``'s parts into ``out_dir``; (suite.json's document, the parts' documents)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,28 +223,23 @@ def run(plan: Plan, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         "schema": "npufarm.bench.suite/1",
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _commit(),
-        "out_dir": str(out_dir),
+        "out_dir": _shown(out_dir),
         "plan": dataclasses.asdict(plan),
         "host": {"cpus": os.cpu_count(), "loadavg_at_start": _loadavg()},
         "steps": {},
     }
-    docs: dict[str, Any] = {"onnx": {}}
+    docs: dict[str, Any] = {}
     for part in plan.parts:
         log.info("suite: %s ...", part)
         if part == "fidelity":
-            docs["fidelity"], outcomes = _fidelity(plan, out_dir)
-            (out_dir / "fidelity.json").write_text(json.dumps(docs["fidelity"], indent=2) + "\n")
+            fidelity, outcomes = _fidelity(plan, out_dir)
+            (out_dir / "fidelity.json").write_text(json.dumps(fidelity, indent=2) + "\n")
             for k, outcome in enumerate(outcomes):
                 suite["steps"][f"fidelity#{k + 1}"] = outcome
             continue
         for name, argv in _part_argv(plan, part, out_dir):
             suite["steps"][name] = _run_part(name, argv, out_dir, 3600.0)
-    for name in ("core", "tail"):
-        docs[name] = _load(out_dir, f"{name}.json")
-    docs["scale"] = _load(out_dir, "scale/scale.json")
-    for name in ("onnx", "onnx-heavy"):
-        if (doc := _load(out_dir, f"{name}.json")) is not None:
-            docs["onnx"][name] = doc
+    docs.update(load_docs(out_dir))
     suite["host"]["loadavg_at_end"] = _loadavg()
     suite["elapsed_s"] = round(time.perf_counter() - started, 1)
     return suite, docs
@@ -257,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="fidelity runs per case (default 5, quick 1)")
     parser.add_argument("--big-cards", type=int, help="the scale part's big farm (0: none)")
     parser.add_argument("--readme", help="replace this file's benchmarks.suite block with suite.md")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: rewrite suite.md (and --readme) from the files of --out-dir's run",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(message)s")
@@ -265,9 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown parts {unknown}; parts: {', '.join(PARTS)}")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    plan = Plan.for_mode(args.quick, parts=parts, rounds=args.rounds, big_cards=args.big_cards)
     out_dir = Path(args.out_dir).resolve()
-    suite, docs = run(plan, out_dir)
+    if args.render:
+        suite = json.loads((out_dir / "suite.json").read_text(encoding="utf-8"))
+        suite["out_dir"] = _shown(out_dir)
+        docs = load_docs(out_dir)
+    else:
+        plan = Plan.for_mode(args.quick, parts=parts, rounds=args.rounds, big_cards=args.big_cards)
+        suite, docs = run(plan, out_dir)
     suite["goals"] = goals(docs)
     text = markdown(suite, docs)
     (out_dir / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")

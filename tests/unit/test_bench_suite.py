@@ -143,3 +143,16 @@ def test_a_quick_fidelity_run_end_to_end(tmp_path):
     text = readme.read_text()
     assert "stale" not in text and (out / "suite.md").read_text().strip() in text
     assert text.startswith("# x\n") and text.rstrip().endswith(end)
+    # --render runs nothing and writes the same block from the run's files
+    (out / "suite.md").unlink()
+    readme.write_text(f"# x\n{begin}\nstale\n{end}\n", encoding="utf-8")
+    again = subprocess.run(
+        [sys.executable, "-m", "benchmarks.suite", "--render", "--out-dir", str(out)]
+        + ["--readme", str(readme)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert readme.read_text() == text and not list(out.glob("fidelity/*-3"))
