@@ -264,8 +264,11 @@ class CardHarness:
         assert reply["code"] == ACL_SUCCESS, reply
         return reply["offset"]
 
-    def load_add(self, client: bytes = CLIENT) -> int:
+    def load_add(self, client: bytes = CLIENT, fixed_s: float | None = None) -> int:
+        """Load the add model (with a fixed modelled latency of ``fixed_s`` if given)."""
         spec = load_model_file(ADD_MODEL).to_dict()
+        if fixed_s is not None:
+            spec["latency"] = {"fixed_s": fixed_s}
         reply = self.broker.request("load", client, spec=spec)
         assert reply["code"] == ACL_SUCCESS, reply
         return reply["handle"]

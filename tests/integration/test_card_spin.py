@@ -16,9 +16,8 @@ import pytest
 
 from core.errors import ACL_SUCCESS
 from core.protocol import TASK_STAMP
-from device.models import load_model_file
 from device.timing import MAX_LEAD_S
-from tests.integration.card_harness import ADD_MODEL, CLIENT, AddBuffers, CardHarness
+from tests.integration.card_harness import CLIENT, AddBuffers, CardHarness
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,11 +28,8 @@ WINDOW_S = 0.2
 def open_card(spin_s: float):
     h = CardHarness(time_scale=1.0, timer_spin_s=spin_s)
     h.start()
-    spec = load_model_file(ADD_MODEL).to_dict()
-    spec["latency"] = {"fixed_s": MODELLED_S}
-    reply = h.broker.request("load", CLIENT, spec=spec)
-    assert reply["code"] == ACL_SUCCESS, reply
-    return h, AddBuffers(h), reply["handle"]
+    handle = h.load_add(fixed_s=MODELLED_S)
+    return h, AddBuffers(h), handle
 
 
 def force_window(h: CardHarness, window_s: float) -> None:

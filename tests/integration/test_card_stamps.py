@@ -15,9 +15,8 @@ import pytest
 
 from core.errors import ACL_ERROR_RT_PARAM_INVALID, ACL_SUCCESS
 from core.protocol import TASK_STAMP
-from device.models import load_model_file
 from device.timing import MAX_LEAD_S, MAX_STAMP_AGE_S
-from tests.integration.card_harness import ADD_MODEL, CLIENT, AddBuffers, CardHarness
+from tests.integration.card_harness import AddBuffers, CardHarness
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,11 +28,8 @@ def card():
     h = CardHarness(time_scale=1.0)
     try:
         h.start()
-        spec = load_model_file(ADD_MODEL).to_dict()
-        spec["latency"] = {"fixed_s": MODELLED_S}
-        reply = h.broker.request("load", CLIENT, spec=spec)
-        assert reply["code"] == ACL_SUCCESS, reply
-        yield h, AddBuffers(h), reply["handle"]
+        handle = h.load_add(fixed_s=MODELLED_S)
+        yield h, AddBuffers(h), handle
     finally:
         h.close()
 
