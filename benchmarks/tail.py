@@ -56,7 +56,7 @@ from benchmarks.tail_stages import (
     table,
 )
 from device.pacing import psi_some_us
-from farm.admin import up_command
+from farm.admin import stop_process, up_command
 from loadtest.messages import STOP, Phase
 from loadtest.plan import arrival_offsets
 from loadtest.workers import Slot
@@ -67,9 +67,7 @@ logger = logging.getLogger(__name__)
 
 _REPO = Path(__file__).resolve().parents[1]
 _CONFIG = _REPO / "configs" / "default.toml"
-_MODEL = """[model]\nname = "m5"\nkind = "matmul"\nseed = 7\n[model.params]\nunits = 256
-[[inputs]]\nname = "x"\ndtype = "float32"\nshape = [1, 256]
-[[outputs]]\nname = "y"\ndtype = "float32"\nshape = [1, 256]\n[latency]\nfixed_s = 0.005\n"""
+_MODEL = _REPO / "configs" / "models" / "matmul-5ms.toml"  # fixed 5 ms (MODELLED_MS)
 _DIAG_ENV = "NPUFARM_TIMING_DIAG"  # device.card.TIMING_DIAG_ENV (not imported: a lower layer)
 _CASES = {
     "1": {"farm_cards": 4, "cards": 1, "rate": None},
@@ -347,21 +345,14 @@ def run_case(
     case = _CASES[name]
     with tempfile.TemporaryDirectory(prefix="ntl", dir="/tmp") as tmp:
         runtime_dir = Path(tmp)
-        model = runtime_dir / "m5.toml"
-        model.write_text(_MODEL, encoding="utf-8")
         farm = _start_farm(runtime_dir, case["farm_cards"], card_env or {}, profile or {})
         try:
             address = json.loads((runtime_dir / "tail.json").read_text())["endpoint"]
             load0, steal0 = os.getloadavg()[0], _steal_s()
-            records, waits = _drive(address, farm.pid, case, str(model), (warmup_s, duration_s))
+            records, waits = _drive(address, farm.pid, case, str(_MODEL), (warmup_s, duration_s))
             steal_s = _steal_s() - steal0
         finally:
-            farm.terminate()
-            try:
-                farm.wait(timeout=15.0)
-            except subprocess.TimeoutExpired:
-                farm.kill()
-                farm.wait()
+            stop_process(farm)
     if records_out is not None:
         np.save(records_out, records)
     result = decompose(records)

@@ -48,6 +48,7 @@ __all__ = [
     "recover",
     "start_detached",
     "stop_farm",
+    "stop_process",
     "up_command",
     "write_trace",
 ]
@@ -160,16 +161,22 @@ def start_detached(
                 f"the end of {log_path}:\n{_log_tail(log_path)}"
             )
         time.sleep(_READY_POLL_S)
-    process.terminate()
-    try:
-        process.wait(timeout=15.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
     raise NpuFarmError(
         f"the farm was not up within {timeout_s:g}s (stopped it); the end of {log_path}:\n"
         f"{_log_tail(log_path)}"
     )
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """SIGTERM a farm process we started (it stops its cards and unlinks its segments) and
+    wait; SIGKILL it if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def stop_farm(state: dict[str, Any], timeout_s: float = 15.0) -> list[str]:

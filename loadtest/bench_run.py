@@ -249,28 +249,43 @@ class BenchRun:
         return t0, warm_end, end
 
     def _run_phase(self, phase: dict[str, Any]) -> None:
-        """Hand ``phase`` to every worker (its share of the slots) and collect until it is done."""
-        config = self.config
-        self.budget.value = config.requests or 0
+        """Hand ``phase`` to every worker (:meth:`_deliver`) and collect until it is done."""
         t0, warm_end, end = self._phase_window(phase)
-        for i, command in enumerate(self.commands):
-            mine = {sid: v for sid, v in phase["slots"].items() if sid % self.n_workers == i}
-            command.put(Phase(phase["index"], t0, warm_end, end, config.requests is not None, mine))
+        self._deliver(phase, (t0, warm_end, end))
         if self.on_phase_start is not None:
             self.on_phase_start(phase["name"], t0)
         while len(self.got.done.get(phase["index"], {})) < self.n_workers and not self.errors:
             self._pump()
         phase["ran"] = True
 
+    def _deliver(self, phase: dict[str, Any], window: tuple[float, float, float]) -> None:
+        """Each worker process its share of the slots, through its command queue."""
+        counted = self.config.requests is not None
+        self.budget.value = self.config.requests or 0
+        for i, command in enumerate(self.commands):
+            mine = {sid: v for sid, v in phase["slots"].items() if sid % self.n_workers == i}
+            command.put(Phase(phase["index"], *window, counted, mine))
+
     def _stop_workers(self) -> None:
-        """Tell every worker to stop, collect until each said bye, terminate any that hangs."""
-        for command in self.commands:
-            command.put(STOP)
+        """Tell every worker to stop (:meth:`_send_stop`), collect until each said bye
+        (:meth:`_workers_gone` ends it early), then :meth:`_end_workers`."""
+        self._send_stop()
         deadline = time.monotonic() + self.config.sync_timeout_ms / 1000.0 + 10.0
         while len(self.got.bye) < self.n_workers and time.monotonic() < deadline:
             self._pump()
-            if all(not p.is_alive() for p in self.procs) and self.results.empty():
+            if self._workers_gone():
                 break
+        self._end_workers(deadline)
+
+    def _send_stop(self) -> None:
+        for command in self.commands:
+            command.put(STOP)
+
+    def _workers_gone(self) -> bool:
+        return all(not p.is_alive() for p in self.procs) and self.results.empty()
+
+    def _end_workers(self, deadline: float) -> None:
+        """Join the worker processes; terminate any that hangs past ``deadline``."""
         for proc in (p for p in self.procs if p.pid is not None):
             proc.join(timeout=max(0.1, deadline - time.monotonic()))
             if proc.is_alive():

@@ -133,8 +133,7 @@ NODE_CAPTION = (
 def node_table(result: Mapping[str, Any]):
     """A ``rich`` table of each phase's ``per_node`` figures (None for a single-farm result):
     compact as :mod:`loadtest.render`'s tables (80 columns, numbers never cut)."""
-    from rich import box  # as loadtest.render: the terminal's library
-    from rich.table import Table
+    from loadtest.tables import compact_table  # (rich: only a terminal report needs it)
 
     rows = [
         (p, nid, fig)
@@ -143,20 +142,8 @@ def node_table(result: Mapping[str, Any]):
     ]
     if not rows:
         return None
-    table = Table(
-        title="Per node (Ray)",
-        title_justify="left",
-        title_style="bold",
-        caption=NODE_CAPTION,
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        header_style="bold",
-        padding=(0, 0),
-        show_edge=False,
-    )
-    for name in ("phase", "node", "farm", "cards", "req", "err", "thr/s", "p50", "p99", "max"):
-        left = name in ("phase", "node", "farm", "cards")
-        table.add_column(name, justify="left" if left else "right", no_wrap=True)
+    columns = ("<phase", "<node", "<farm", "<cards", "req", "err", "thr/s", "p50", "p99", "max")
+    table = compact_table("Per node (Ray)", columns, NODE_CAPTION)
     for phase, node_id, fig in rows:
         lat = fig.get("latency_ms") or {}
         table.add_row(

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -39,7 +40,7 @@ from loadtest.plan import BenchConfig
 from loadtest.plots import render_all
 from loadtest.render import load_samples, render_terminal
 
-__all__ = ["run_demo"]
+__all__ = ["demo_config", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,9 +170,15 @@ def _load(console: Console, address: str, out: Path, duration_s: float, rate: fl
         at_s = _link_drop(address, t0 + _DROP_INTO_LOAD_S)
         logger.info("phase %s: card 3 link drop at farm time %.1f s", name, at_s)
 
-    config = BenchConfig(
-        address=address,
-        model=str(_MODEL),
+    config = demo_config(out, rate, duration_s, address=address, model=str(_MODEL), workers=2)
+    return run_bench(config, on_phase_start=on_phase_start)
+
+
+def demo_config(out: Path, rate: float, duration_s: float, **target: Any) -> BenchConfig:
+    """The demo's load (open-loop Poisson at ``rate``, per-request samples into ``out``, SLO
+    50 ms) against ``target`` (``address=`` or ``ray=``, the model, ...); the local and the
+    Ray demo share it."""
+    return BenchConfig(
         mode="open",
         rates=(rate,),
         arrival="poisson",
@@ -180,12 +187,11 @@ def _load(console: Console, address: str, out: Path, duration_s: float, rate: fl
         slo_ms=50.0,
         per_request=True,
         out_dir=str(out),
-        workers=2,
         seed=2026,
         sync_timeout_ms=2000,
         live=None,
+        **target,
     )
-    return run_bench(config, on_phase_start=on_phase_start)
 
 
 def _report(console: Console, result: dict, out: Path, trace: Path) -> None:

@@ -328,9 +328,9 @@ class RayBenchRun(BenchRun):
         self._inject_faults()
         self._await_ready(_READY_TIMEOUT_S)
 
-    def _run_phase(self, phase: dict[str, Any]) -> None:
+    def _deliver(self, phase: dict[str, Any], window: tuple[float, float, float]) -> None:
+        """Each actor its share of the slots and of the request budget, in its node's clock."""
         config = self.config
-        t0, warm_end, end = self._phase_window(phase)
         shares = [
             {sid: v for sid, v in phase["slots"].items() if self.slot_owner[sid] == i}
             for i in range(self.n_workers)
@@ -338,23 +338,19 @@ class RayBenchRun(BenchRun):
         budgets = split_budget(config.requests or 0, [len(s) for s in shares])
         calls = []
         for i, actor in enumerate(self.actors):
-            off = self.offsets[i]
-            window = (t0 + off, warm_end + off, end + off)
-            command = Phase(phase["index"], *window, config.requests is not None, shares[i])
+            shifted = tuple(t + self.offsets[i] for t in window)
+            command = Phase(phase["index"], *shifted, config.requests is not None, shares[i])
             calls.append(actor.command.remote(command, budgets[i]))
         self.ray.get(calls, timeout=_CALL_TIMEOUT_S)
-        if self.on_phase_start is not None:
-            self.on_phase_start(phase["name"], t0)
-        while len(self.got.done.get(phase["index"], {})) < self.n_workers and not self.errors:
-            self._pump()
-        phase["ran"] = True
 
-    def _stop_workers(self) -> None:
+    def _send_stop(self) -> None:
         for actor in self.actors:
             actor.stop.remote()
-        deadline = time.monotonic() + self.config.sync_timeout_ms / 1000.0 + 10.0
-        while len(self.got.bye) < self.n_workers and time.monotonic() < deadline:
-            self._pump()
+
+    def _workers_gone(self) -> bool:
+        return False  # (an actor's end is known from its bye or the deadline)
+
+    def _end_workers(self, deadline: float) -> None:
         self._release()
 
     def run(self) -> dict[str, Any]:

@@ -20,8 +20,9 @@ from pathlib import Path
 from rich.console import Console
 
 from core.fault_plan import FaultRule
+from loadtest.demo import demo_config
 from loadtest.loadgen import run_bench
-from loadtest.plan import DEFAULT_MODEL, BenchConfig
+from loadtest.plan import DEFAULT_MODEL
 from loadtest.plots import render_all
 from loadtest.ray_nodes import NodeSet, connect
 from loadtest.render import load_samples, render_terminal
@@ -81,20 +82,7 @@ def run_ray_demo(
             rule = _link_drop(nodes, victim, t0 + _DROP_INTO_LOAD_S)
             logger.info("phase %s: %s", name, rule.to_dict())
 
-        config = BenchConfig(
-            ray=address,
-            model=DEFAULT_MODEL,
-            mode="open",
-            rates=(rate,),
-            arrival="poisson",
-            duration_s=duration_s,
-            warmup_s=0.5,
-            slo_ms=50.0,
-            per_request=True,
-            out_dir=str(out),
-            seed=2026,
-            sync_timeout_ms=2000,
-        )
+        config = demo_config(out, rate, duration_s, ray=address, model=DEFAULT_MODEL)
         result = run_bench(config, on_phase_start=on_phase_start)
     finally:
         nodes.close()

@@ -22,13 +22,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from loadtest.cluster_report import print_node_table
 from loadtest.plots import render_all
 from loadtest.report import SCHEMA, fault_title
+from loadtest.tables import compact_table
 
 __all__ = [
     "SCHEMA",
@@ -145,31 +144,6 @@ def _card_name(card: Any) -> str:
     return "broker" if str(card) == "-1" else str(card)
 
 
-def _table(
-    title: str, columns: Sequence[str], caption: str | None = None, *, wrap_labels: bool = False
-):
-    """A compact table (one space between columns, so 80 columns suffice): columns named
-    ``"<name"`` are left-aligned; numbers are never wrapped or cut; with ``wrap_labels`` the
-    left-aligned columns may wrap (a label folds rather than being cut)."""
-    table = Table(
-        title=title,
-        title_justify="left",
-        title_style="bold",
-        caption=caption,
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        header_style="bold",
-        padding=(0, 0),
-        show_edge=False,
-    )
-    for name in columns:
-        if name.startswith("<"):
-            table.add_column(name[1:], justify="left", no_wrap=not wrap_labels)
-        else:
-            table.add_column(name, justify="right", no_wrap=True)
-    return table
-
-
 def _title(result: Mapping[str, Any]) -> str:
     farm = result.get("farm") or {}
     cards = farm.get("cards")
@@ -214,7 +188,7 @@ def _phase_table(result: Mapping[str, Any], wide: bool):
     title, caption = _title(result), "; ".join(_phase_notes(result))
     extra = ["<mode", "dur s", "req", "done"] if wide else ["req"]
     columns = ["<phase", *extra, "thr/s", "good/s", "p50", "p90", "p99", "p99.9", "max"]
-    table = _table(title, [*columns, "err"], caption)
+    table = compact_table(title, [*columns, "err"], caption)
     for p in phases:
         lat = p.get("latency_ms") or {}
         req, done = str(p.get("requests", "—")), str(p.get("completed", "—"))
@@ -232,7 +206,7 @@ def _phase_table(result: Mapping[str, Any], wide: bool):
 
 def _card_table(result: Mapping[str, Any]):
     columns = ["<phase", "<card", "req", "err", "thr/s", "p50", "p99", "max"]
-    table = _table("Per card", columns, caption="latency in ms")
+    table = compact_table("Per card", columns, caption="latency in ms")
     for p in result.get("phases", []):
         cards = p.get("per_card") or {}
         for k, card in enumerate(sorted(cards, key=lambda c: (len(str(c)), str(c)))):
@@ -315,7 +289,7 @@ def _fault_table(result: Mapping[str, Any], wide: bool):
         "detect",
         "recover",
     ]
-    table = _table("Fault windows", columns, _FAULT_CAPTION, wrap_labels=True)
+    table = compact_table("Fault windows", columns, _FAULT_CAPTION, wrap_labels=True)
     for p, w in rows:
         table.add_row(*([str(p.get("name", "?"))] if named else []), *_fault_row(w, wide))
     return table
@@ -335,7 +309,7 @@ def bench_table(result: Mapping[str, Any]):
     model = Path((result.get("config") or {}).get("model") or "?").stem
     cards = (result.get("farm") or {}).get("cards")
     columns = ["<phase", "req", "err", "thr/s", "good/s", "p50", "p99", "max", "lag|gap ms", "cpu"]
-    table = _table(f"npufarm bench: {model} on cards {cards}", columns, _GENERATOR_CAPTION)
+    table = compact_table(f"npufarm bench: {model} on cards {cards}", columns, _GENERATOR_CAPTION)
     for p in result.get("phases", []):
         lat, gen = p.get("latency_ms") or {}, p.get("generator") or {}
         lag = gen.get("lag_ms") or gen.get("issue_gap_ms") or {}
@@ -366,7 +340,7 @@ def _accuracy_table(result: Mapping[str, Any]):
         f"send) and its ratio to the modelled duration; ok: within {bounds}"
     )
     columns = ["<phase", "modelled", "p50", "p50 ×", "p99", "p99 ×", "ok"]
-    table = _table("Accuracy", columns, caption)
+    table = compact_table("Accuracy", columns, caption)
     for p in phases:
         figure = p["accuracy"]
         ok = figure.get("within")
